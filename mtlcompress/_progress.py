@@ -1,0 +1,33 @@
+"""One progress-bar helper for long library work (training, generation, calibration).
+
+The library reports progress through rich when asked; the CLI decides whether to ask
+(``--quiet``/``--json`` turn it off), and nothing is drawn when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+Advance = Callable[..., None]
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True, completed: int = 0) -> Iterator[Advance]:
+    """Yield ``advance(n=1, status="")``; ``status`` is shown after the bar."""
+    if not enabled:
+        yield lambda n=1, status="": None
+        return
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
+        task_id = progress.add_task(description, total=total, completed=completed, status="")
+
+        def advance(n: int = 1, status: str = "") -> None:
+            progress.update(task_id, advance=n, status=status)
+
+        yield advance

@@ -1,0 +1,143 @@
+"""The multi-task bundle in memory: one base backbone, a sparse weight delta per
+sub-task, every task head, and each task's activation-sparsity settings.
+
+``Bundle.from_checkpoints`` builds one from single-task checkpoints (sparsified or
+not); ``mtlcompress.bundle.format`` writes and reads it; the runtime executes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlcompress.errors import BundleError, MtlCompressError
+from mtlcompress.models.backbone import BackboneConfig
+from mtlcompress.models.checkpoint import CheckpointInfo, build_model, load_checkpoint
+from mtlcompress.models.single_task import SingleTaskModel
+
+GRANULARITIES = ("element", "token")
+
+
+@dataclass
+class ActivationSparsity:
+    """Per-layer thresholds on activation deltas (layer names from ``models.taps``).
+
+    ``task_thresholds`` apply to ``x_t - x_base``; ``temporal_thresholds`` to
+    ``x^f - x^{f-1}`` on video. A layer without a threshold is computed exactly.
+    """
+
+    granularity: str = "token"
+    task_thresholds: dict[str, float] = field(default_factory=dict)
+    temporal_thresholds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ActivationSparsity:
+        if not data:
+            return cls()
+        if not isinstance(data, dict) or data.get("granularity", "token") not in GRANULARITIES:
+            raise MtlCompressError(f"activation sparsity must name a granularity in {GRANULARITIES}")
+        def thresholds(key: str) -> dict[str, float]:
+            values = data.get(key) or {}
+            if not isinstance(values, dict) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values.values()):
+                raise MtlCompressError(f"activation '{key}' must map layer names to non-negative numbers")
+            return {str(k): float(v) for k, v in values.items()}
+        return cls(granularity=data.get("granularity", "token"), task_thresholds=thresholds("task_thresholds"),
+                   temporal_thresholds=thresholds("temporal_thresholds"))
+
+
+@dataclass
+class BundleTask:
+    """One task inside a bundle. ``delta`` is empty for the base task."""
+
+    info: CheckpointInfo
+    head: dict[str, torch.Tensor]
+    delta: dict[str, torch.Tensor]
+    activation: ActivationSparsity
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.info.task
+
+
+@dataclass
+class Bundle:
+    backbone: BackboneConfig
+    base_task: str
+    base_weights: dict[str, torch.Tensor]
+    tasks: dict[str, BundleTask]
+
+    @property
+    def sub_tasks(self) -> list[str]:
+        return [name for name in self.tasks if name != self.base_task]
+
+    def task_weights(self, name: str) -> dict[str, torch.Tensor]:
+        """The task's full backbone weights, ``W_0 + dW_t``."""
+        delta = self.task(name).delta
+        return {k: (w + delta[k]) if k in delta else w for k, w in self.base_weights.items()}
+
+    def task(self, name: str) -> BundleTask:
+        if name not in self.tasks:
+            raise MtlCompressError(f"task '{name}' is not in this bundle (it has {', '.join(self.tasks)})")
+        return self.tasks[name]
+
+    def task_model(self, name: str) -> SingleTaskModel:
+        """A dense single-task model equal to the task's source checkpoint."""
+        entry = self.task(name)
+        model = build_model(entry.info)
+        state = {f"backbone.{k}": v for k, v in self.task_weights(name).items()}
+        state.update({f"head.{k}": v for k, v in entry.head.items()})
+        model.load_state_dict(state)
+        return model.eval()
+
+    def delta_density(self, name: str) -> float:
+        """Fraction of backbone weights whose delta is non-zero (0 for the base)."""
+        delta = self.task(name).delta
+        total = sum(w.numel() for w in self.base_weights.values())
+        return sum(int((d != 0).sum()) for d in delta.values()) / total
+
+    @classmethod
+    def from_checkpoints(cls, base: str | os.PathLike, tasks: Sequence[str | os.PathLike]) -> Bundle:
+        """Combine a base checkpoint and sub-task checkpoints (any delta density)."""
+        paths = [Path(base), *[Path(p) for p in tasks if Path(p) != Path(base)]]
+        loaded = [(path, *load_checkpoint(path)) for path in paths]
+        _, base_model, base_info = loaded[0]
+        base_weights = {k: v.detach().clone() for k, v in base_model.backbone.state_dict().items()}
+        entries: dict[str, BundleTask] = {}
+        for path, model, info in loaded:
+            if info.task in entries:
+                raise BundleError(f"{path}: a second checkpoint for task '{info.task}' "
+                                  f"(first: {entries[info.task].provenance['path']})")
+            if _shape_signature(info.backbone) != _shape_signature(base_info.backbone):
+                raise BundleError(f"{path}: backbone {info.backbone.describe()} differs from the base checkpoint's "
+                                  f"{base_info.backbone.describe()}; all tasks must share one architecture")
+            weights = model.backbone.state_dict()
+            delta = {} if path == paths[0] else {
+                k: (w - base_weights[k]) for k, w in weights.items() if not torch.equal(w, base_weights[k])}
+            try:
+                activation = ActivationSparsity.from_dict(info.sparsity.get("activation"))
+            except MtlCompressError as exc:
+                raise BundleError(f"{path}: {exc}") from None
+            entries[info.task] = BundleTask(
+                info=info,
+                head={k: v.detach().clone() for k, v in model.head.state_dict().items()},
+                delta=delta,
+                activation=activation,
+                provenance={"path": str(path), "metrics": info.metrics, "training": info.training.get("stage"),
+                            "sparsity": {k: v for k, v in info.sparsity.items() if k != "activation"}},
+            )
+        return cls(backbone=base_info.backbone, base_task=base_info.task, base_weights=base_weights, tasks=entries)
+
+
+def _shape_signature(config: BackboneConfig) -> tuple:
+    return dataclasses.astuple(dataclasses.replace(config, arch=""))

@@ -1,0 +1,493 @@
+"""Storage layouts for one weight tensor (or weight delta) inside a bundle.
+
+A bundle stores the base backbone dense and, for every other task, a sparse delta of
+each weight. This module turns one tensor into a handful of plain 1-D tensors
+("parts") that safetensors can hold, and back, with no pickle anywhere.
+
+Every tensor is handled as a 2-D view ``[rows, cols]``: rank >= 2 is
+``[shape[0], prod(shape[1:])]``, rank 1 is ``[1, n]``, rank 0 is ``[1, 1]``. Only
+entries that compare unequal to zero are stored by the sparse layouts, so ``-0.0``
+comes back as ``+0.0``; NaN and Inf are stored like any other non-zero value.
+
+Layouts and their parts (all parts are 1-D except dense ``values``):
+
+* ``dense``: ``values``, the tensor itself, in its own shape.
+* ``bitmask``: ``bitmask`` (uint8, ``rows * ceil(cols / 8)`` bytes: each row is
+  packed on its own and padded with zero bits, so any row decodes without the
+  others), ``values`` (non-zeros in row-major order) and ``row_offsets``
+  (``rows + 1`` entries: row ``r`` owns ``values[row_offsets[r]:row_offsets[r+1]]``).
+  Bit order is ``numpy.packbits``' default ("big"): column ``8*j`` of a row is the
+  most significant bit (0x80) of that row's byte ``j``. The layout follows
+  compressed-tensors' ``compressed``/``bitmask``/``row_offsets`` idea, with
+  CSR-style offsets (leading 0 and total) so corrupt counts are detectable.
+* ``csr``: ``row_offsets``, ``col_indices`` (strictly increasing within a row) and
+  ``values``.
+* ``coo``: ``indices`` (flat row-major positions, strictly increasing) and
+  ``values``.
+
+Index dtypes are a pure function of the shape, so a reader can check them and
+:func:`layout_nbytes` can predict sizes exactly: offsets and flat indices are int32
+when ``rows * cols < 2**31`` and int64 otherwise; column indices are int16 when
+``cols < 2**15``, then int32, then int64. Signed types are used because torch's
+sparse kernels and safetensors' torch bridge handle them everywhere.
+
+Parts read from a file are untrusted: :func:`decode_parts` checks every invariant
+before indexing with them and raises :class:`~mtlcompress.errors.BundleError` with a
+one-line message naming the layout and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from mtlcompress.errors import BundleError
+
+__all__ = [
+    "DTYPE_NAMES",
+    "LAYOUTS",
+    "EncodedTensor",
+    "decode",
+    "decode_parts",
+    "dtype_to_str",
+    "encode",
+    "encoded_from_state",
+    "encoded_to_state",
+    "layout_nbytes",
+    "part_names",
+    "str_to_dtype",
+    "to_torch_sparse_csr",
+    "view_2d_shape",
+]
+
+# Value dtypes a bundle may hold, by the name a manifest uses for them.
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_NAME_OF_DTYPE = {dtype: name for name, dtype in DTYPE_NAMES.items()}
+
+# Bit j of a packed byte (0 = first column of the group) sits at this shift.
+_BIT_SHIFTS = (7, 6, 5, 4, 3, 2, 1, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedTensor:
+    """One tensor in a storage layout: what a bundle writes for a weight.
+
+    ``eq=False`` because comparing dicts of tensors with ``==`` is not meaningful;
+    compare ``decode(a)`` and ``decode(b)`` instead.
+    """
+
+    layout: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    parts: dict[str, torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the parts occupy on disk (safetensors adds only a header)."""
+        return sum(part.numel() * part.element_size() for part in self.parts.values())
+
+
+# --------------------------------------------------------------------------- dtypes
+
+
+def dtype_to_str(dtype: torch.dtype) -> str:
+    """Name of a value dtype for a JSON manifest; only the allow-listed floats."""
+    try:
+        return _NAME_OF_DTYPE[dtype]
+    except KeyError:
+        raise BundleError(
+            f"dtype {dtype} cannot be stored in a bundle; allowed: {', '.join(DTYPE_NAMES)}"
+        ) from None
+
+
+def str_to_dtype(name: str) -> torch.dtype:
+    """Inverse of :func:`dtype_to_str`; rejects anything off the allow-list."""
+    if isinstance(name, str) and name in DTYPE_NAMES:
+        return DTYPE_NAMES[name]
+    raise BundleError(f"unknown dtype {name!r} in bundle; allowed: {', '.join(DTYPE_NAMES)}")
+
+
+# ----------------------------------------------------------------- shapes and sizes
+
+
+def view_2d_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """The ``(rows, cols)`` every layout works on for a tensor of ``shape``."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return 1, int(shape[0])
+    return int(shape[0]), math.prod(int(d) for d in shape[1:])
+
+
+def _index_dtype(limit: int, *, allow_int16: bool = False) -> torch.dtype:
+    """Smallest signed integer dtype whose maximum is at least ``limit``."""
+    for dtype in (torch.int16, torch.int32, torch.int64)[0 if allow_int16 else 1 :]:
+        if limit <= torch.iinfo(dtype).max:
+            return dtype
+    raise BundleError(f"tensor too large to index: {limit} elements")
+
+
+def _part_dtype(kind: str, rows: int, cols: int, dtype: torch.dtype) -> torch.dtype:
+    """The one rule for every part's dtype, used by encoders, validators and sizes."""
+    if kind in ("dense", "values"):
+        return dtype
+    if kind == "bits":
+        return torch.uint8
+    if kind == "cols":
+        return _index_dtype(cols, allow_int16=True)
+    return _index_dtype(rows * cols)  # "offsets" and "flat"
+
+
+def _part_numel(kind: str, rows: int, cols: int, nnz: int) -> int:
+    """Entries of a part of ``kind``: what layout_nbytes sums and validators expect."""
+    return {
+        "dense": rows * cols,
+        "bits": rows * ((cols + 7) // 8),
+        "offsets": rows + 1,
+    }.get(kind, nnz)  # "values", "cols", "flat": one per stored non-zero
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+# ------------------------------------------------------------------ bit packing
+
+
+def _shifts(device: torch.device) -> torch.Tensor:
+    return torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=device)
+
+
+def _pack_rows(mask: torch.Tensor) -> torch.Tensor:
+    """Pack a ``[rows, cols]`` bool mask row by row into ``rows * ceil(cols/8)`` bytes."""
+    rows, cols = mask.shape
+    nbytes_row = (cols + 7) // 8
+    padded = torch.zeros(rows, nbytes_row * 8, dtype=torch.uint8, device=mask.device)
+    padded[:, :cols] = mask
+    groups = padded.view(rows, nbytes_row, 8) << _shifts(mask.device)
+    return groups.sum(dim=-1, dtype=torch.uint8).reshape(-1)
+
+
+def _unpack_rows(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """All ``rows * ceil(cols/8) * 8`` bits as a ``[rows, padded_cols]`` uint8 0/1 tensor."""
+    nbytes_row = (cols + 7) // 8
+    bits = (packed.reshape(rows, nbytes_row, 1) >> _shifts(packed.device)) & 1
+    return bits.reshape(rows, nbytes_row * 8)
+
+
+# ------------------------------------------------------------------- encoders
+# An encoder gets the 2-D view and its non-zero mask and returns the parts.
+
+
+def _row_offsets(mask: torch.Tensor) -> torch.Tensor:
+    rows, cols = mask.shape
+    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=mask.device)
+    torch.cumsum(mask.sum(dim=1), dim=0, out=offsets[1:])
+    return offsets.to(_part_dtype("offsets", rows, cols, torch.int64))
+
+
+def _encode_bitmask(view: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"bitmask": _pack_rows(mask), "values": view[mask], "row_offsets": _row_offsets(mask)}
+
+
+def _encode_csr(view: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    col_dtype = _part_dtype("cols", *mask.shape, view.dtype)
+    return {
+        "row_offsets": _row_offsets(mask),
+        "col_indices": mask.nonzero()[:, 1].to(col_dtype),
+        "values": view[mask],
+    }
+
+
+def _encode_coo(view: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    flat_dtype = _part_dtype("flat", *mask.shape, view.dtype)
+    return {"indices": mask.reshape(-1).nonzero().reshape(-1).to(flat_dtype), "values": view[mask]}
+
+
+# ------------------------------------------------------------------ validators
+# A sparse validator checks its layout's invariants on parts whose names, dtypes,
+# ranks and lengths _check_parts already vetted, and returns where the values go in
+# the flattened 2-D view (a bool mask or int64 positions), ready for decoding.
+
+
+def _fail(layout: str, problem: str) -> BundleError:
+    return BundleError(f"{layout} layout: {problem}")
+
+
+def _check_offsets(layout: str, offsets: torch.Tensor, nnz: int) -> torch.Tensor:
+    offsets = offsets.to(torch.int64)
+    if int(offsets[0]) != 0:
+        raise _fail(layout, f"row_offsets must start at 0, got {int(offsets[0])}")
+    if bool((offsets[1:] < offsets[:-1]).any()):
+        raise _fail(layout, "row_offsets is not non-decreasing")
+    if int(offsets[-1]) != nnz:
+        raise _fail(layout, f"row_offsets ends at {int(offsets[-1])} but there are {nnz} values")
+    return offsets
+
+
+def _validate_bitmask(parts: Mapping[str, torch.Tensor], rows: int, cols: int) -> torch.Tensor:
+    offsets = _check_offsets("bitmask", parts["row_offsets"], parts["values"].numel())
+    bits = _unpack_rows(parts["bitmask"], rows, cols)
+    if bool(bits[:, cols:].any()):
+        raise _fail("bitmask", "padding bits after the last column of a row are not zero")
+    mask = bits[:, :cols].bool()
+    if not torch.equal(mask.sum(dim=1), offsets[1:] - offsets[:-1]):
+        raise _fail("bitmask", "set bits per row do not match row_offsets")
+    return mask.reshape(-1)
+
+
+def _validate_csr(parts: Mapping[str, torch.Tensor], rows: int, cols: int) -> torch.Tensor:
+    nnz = parts["values"].numel()
+    offsets = _check_offsets("csr", parts["row_offsets"], nnz)
+    col = parts["col_indices"].to(torch.int64)
+    if nnz and (int(col.min()) < 0 or int(col.max()) >= cols):
+        raise _fail("csr", f"column index out of range [0, {cols})")
+    row = torch.repeat_interleave(
+        torch.arange(rows, device=col.device), offsets[1:] - offsets[:-1], output_size=nnz
+    )
+    if bool((col[1:] <= col[:-1])[row[1:] == row[:-1]].any()):
+        raise _fail("csr", "column indices not strictly increasing within a row (duplicate?)")
+    return row * cols + col
+
+
+def _validate_coo(parts: Mapping[str, torch.Tensor], rows: int, cols: int) -> torch.Tensor:
+    flat = parts["indices"].to(torch.int64)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= rows * cols):
+        raise _fail("coo", f"flat index out of range [0, {rows * cols})")
+    if bool((flat[1:] <= flat[:-1]).any()):
+        raise _fail("coo", "indices not strictly increasing (duplicate or unsorted)")
+    return flat
+
+
+# --------------------------------------------------------------------- registry
+
+
+class _Layout(NamedTuple):
+    """One layout: its parts (name -> kind, see _part_dtype) and its sparse codec."""
+
+    parts: dict[str, str]
+    encode: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None
+    validate: Callable[[Mapping[str, torch.Tensor], int, int], torch.Tensor] | None
+
+
+# Insertion order is the tie-break order of encode(layout="auto"): on equal size the
+# simplest layout to read wins (dense, then bitmask, csr, coo).
+_LAYOUTS: dict[str, _Layout] = {
+    "dense": _Layout({"values": "dense"}, None, None),
+    "bitmask": _Layout(
+        {"bitmask": "bits", "values": "values", "row_offsets": "offsets"},
+        _encode_bitmask,
+        _validate_bitmask,
+    ),
+    "csr": _Layout(
+        {"row_offsets": "offsets", "col_indices": "cols", "values": "values"},
+        _encode_csr,
+        _validate_csr,
+    ),
+    "coo": _Layout({"indices": "flat", "values": "values"}, _encode_coo, _validate_coo),
+}
+LAYOUTS: tuple[str, ...] = tuple(_LAYOUTS)
+
+
+def _layout(layout: str) -> _Layout:
+    if isinstance(layout, str) and layout in _LAYOUTS:
+        return _LAYOUTS[layout]
+    raise BundleError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+
+
+def part_names(layout: str) -> tuple[str, ...]:
+    """Part names a layout stores, so a bundle reader can account for every key."""
+    return tuple(_layout(layout).parts)
+
+
+# ------------------------------------------------------------------ public API
+
+
+def layout_nbytes(shape: Sequence[int], dtype: torch.dtype, nnz: int, layout: str) -> int:
+    """Exact bytes of the parts :func:`encode` would write, without encoding.
+
+    ``nnz`` is the number of entries that are not zero.
+    """
+    rows, cols = view_2d_shape(shape)
+    return sum(
+        _part_numel(kind, rows, cols, int(nnz)) * _itemsize(_part_dtype(kind, rows, cols, dtype))
+        for kind in _layout(layout).parts.values()
+    )
+
+
+def encode(tensor: torch.Tensor, layout: str = "auto") -> EncodedTensor:
+    """Encode ``tensor`` in ``layout``; ``"auto"`` picks the smallest.
+
+    "auto" compares :func:`layout_nbytes` for every layout (one count of non-zeros,
+    nothing materialised) and encodes only the winner; ties go to the earlier of
+    dense, bitmask, csr, coo.
+    """
+    dtype_to_str(tensor.dtype)  # rejects dtypes a manifest could not name
+    shape = tuple(tensor.shape)
+    rows, cols = view_2d_shape(shape)
+    view = tensor.detach().reshape(rows, cols)
+    if layout == "auto":
+        nnz = int(torch.count_nonzero(view))
+        layout = min(LAYOUTS, key=lambda name: layout_nbytes(shape, tensor.dtype, nnz, name))
+    spec = _layout(layout)
+    if spec.encode is None:
+        parts = {"values": tensor.detach().clone().contiguous()}  # never alias the model
+    else:
+        parts = {k: v.contiguous() for k, v in spec.encode(view, view != 0).items()}
+    return EncodedTensor(layout=layout, shape=shape, dtype=tensor.dtype, parts=parts)
+
+
+def _check_shape(layout: str, shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise _fail(layout, f"shape {shape!r} is not a sequence of integers") from None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise _fail(layout, f"shape {list(dims)!r} must be non-negative integers")
+    return dims
+
+
+def _check_parts(
+    layout: str, rows: int, cols: int, dtype: torch.dtype, parts: Mapping[str, torch.Tensor]
+) -> None:
+    """Names, types, dtypes, ranks, lengths and devices: checked alike for every layout."""
+    kinds = _layout(layout).parts
+    if not isinstance(parts, Mapping):
+        raise _fail(layout, f"parts must be a mapping, got {type(parts).__name__}")
+    missing = sorted(set(kinds) - set(parts))
+    extra = sorted(map(str, set(parts) - set(kinds)))
+    if missing or extra:
+        raise _fail(layout, f"missing parts {missing}, unexpected parts {extra}")
+    if not all(isinstance(p, torch.Tensor) and p.layout == torch.strided for p in parts.values()):
+        raise _fail(layout, "every part must be a dense (strided) torch.Tensor")
+    nnz = parts["values"].numel()
+    for name, kind in kinds.items():
+        part, expected = parts[name], _part_dtype(kind, rows, cols, dtype)
+        if part.dtype != expected:
+            raise _fail(layout, f"part {name!r} has dtype {part.dtype}, expected {expected}")
+        if kind != "dense" and part.dim() != 1:
+            raise _fail(layout, f"part {name!r} must be 1-D, got shape {tuple(part.shape)}")
+        if part.numel() != _part_numel(kind, rows, cols, nnz):
+            want = _part_numel(kind, rows, cols, nnz)
+            raise _fail(layout, f"part {name!r} has {part.numel()} entries, expected {want}")
+    if len({p.device for p in parts.values()}) > 1:
+        raise _fail(layout, "parts live on different devices")
+
+
+def _validated(
+    layout: str, shape: Sequence[int], dtype: torch.dtype, parts: Mapping[str, torch.Tensor]
+) -> tuple[tuple[int, ...], int, int, torch.Tensor | None]:
+    """Vet untrusted parts; return the shape, 2-D view size and where values go."""
+    spec = _layout(layout)
+    shape = _check_shape(layout, shape)
+    if dtype not in _NAME_OF_DTYPE:
+        raise _fail(layout, f"value dtype {dtype} is not one of {', '.join(DTYPE_NAMES)}")
+    rows, cols = view_2d_shape(shape)
+    _check_parts(layout, rows, cols, dtype, parts)
+    if spec.validate is None:
+        if tuple(parts["values"].shape) != shape:
+            got = tuple(parts["values"].shape)
+            raise _fail(layout, f"values has shape {got}, expected {shape}")
+        return shape, rows, cols, None
+    return shape, rows, cols, spec.validate(parts, rows, cols)
+
+
+def decode_parts(
+    layout: str, shape: Sequence[int], dtype: torch.dtype, parts: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """Rebuild the dense tensor from untrusted parts, validating them first.
+
+    Dense ``values`` are returned as they are (sharing memory with ``parts``).
+
+    Raises:
+        BundleError: on any inconsistency (names, dtypes, lengths, offsets, index
+            range or order, padding bits), before any part is used as an index.
+    """
+    shape, rows, cols, where = _validated(layout, shape, dtype, parts)
+    values = parts["values"]
+    if where is None:
+        return values
+    out = torch.zeros(rows * cols, dtype=values.dtype, device=values.device)
+    out[where] = values
+    return out.reshape(shape)
+
+
+def decode(encoded: EncodedTensor) -> torch.Tensor:
+    """Dense tensor of an :class:`EncodedTensor` (validated like :func:`decode_parts`)."""
+    return decode_parts(encoded.layout, encoded.shape, encoded.dtype, encoded.parts)
+
+
+def to_torch_sparse_csr(encoded: EncodedTensor) -> torch.Tensor:
+    """torch sparse CSR tensor of the 2-D view, built from the parts without densifying.
+
+    Index tensors are int32 when the tensor has fewer than 2**31 entries, else int64
+    (torch wants both equal). Zeros of the dense layout are dropped.
+    """
+    parts = encoded.parts
+    shape, rows, cols, where = _validated(encoded.layout, encoded.shape, encoded.dtype, parts)
+    values = parts["values"]
+    if where is None:  # dense: keep only the non-zeros, like the sparse layouts
+        values = values.reshape(-1)
+        where = values != 0
+        values = values[where]
+    flat = where.nonzero().reshape(-1) if where.dtype == torch.bool else where
+    row, col = flat // max(cols, 1), flat % max(cols, 1)
+    crow = torch.zeros(rows + 1, dtype=torch.int64, device=values.device)
+    torch.cumsum(torch.bincount(row, minlength=rows), dim=0, out=crow[1:])
+    index_dtype = _part_dtype("offsets", rows, cols, values.dtype)
+    with warnings.catch_warnings():  # torch's one-off "CSR support is in beta" notice
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            crow.to(index_dtype),
+            col.to(index_dtype),
+            values,
+            size=(rows, cols),
+            dtype=values.dtype,
+            check_invariants=False,  # validated above
+        )
+
+
+# ------------------------------------------------------------ safetensors state
+
+
+def encoded_to_state(name: str, encoded: EncodedTensor) -> dict[str, torch.Tensor]:
+    """Flatten to ``{f"{name}.{part}": tensor}`` for one safetensors file.
+
+    Layout, shape and dtype are not in the state: they belong in the manifest
+    (use :func:`dtype_to_str` for the dtype).
+    """
+    return {f"{name}.{part}": tensor for part, tensor in encoded.parts.items()}
+
+
+def encoded_from_state(
+    name: str,
+    layout: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    state: Mapping[str, torch.Tensor],
+) -> EncodedTensor:
+    """Collect ``name``'s parts from a loaded state dict; validation happens on decode.
+
+    Keys are looked up, not scanned for, because tensor names nest ("a.b" and
+    "a.b.c"); checking that every key in a file was claimed by some tensor is the
+    bundle reader's job (see :func:`part_names`).
+    """
+    keys = {part: f"{name}.{part}" for part in part_names(layout)}
+    missing = [key for key in keys.values() if key not in state]
+    if missing:
+        raise _fail(layout, f"tensor {name!r} has no {', '.join(missing)} in the bundle")
+    return EncodedTensor(
+        layout=layout,
+        shape=_check_shape(layout, shape),
+        dtype=dtype,
+        parts={part: state[key] for part, key in keys.items()},
+    )

@@ -1,0 +1,16 @@
+"""Options shared by several commands, written once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+DataOpt = Annotated[Path, typer.Option("--data", help="Dataset folder (generic, PASCAL-Context or NYUD-v2 layout).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume",
+                                         help="Continue from the saved state of an interrupted run.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]

@@ -1,0 +1,53 @@
+"""One output helper: every command prints either a rich table for people or JSON for
+machines (``--json``), never both, and never progress on stdout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    # Plain print: rich would wrap long lines and break machine parsing.
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def make_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="left" if column == columns[0] else "right")
+    for row in rows:
+        table.add_row(*(format_cell(v) for v in row))
+    return table
+
+
+def format_cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def emit(data: Mapping[str, Any] | Sequence[Any], as_json: bool, *tables: Table, note: str | None = None) -> None:
+    """Print ``data`` as JSON, or the given tables (and an optional note) for people."""
+    if as_json:
+        print_json(data)
+        return
+    for table in tables:
+        console.print(table)
+    if note:
+        console.print(note)
+
+
+def info(message: str, quiet: bool = False) -> None:
+    """Human status lines go to stderr so stdout stays clean for ``--json``."""
+    if not quiet:
+        err_console.print(message)

@@ -1,0 +1,137 @@
+"""The single-task checkpoint format: one safetensors file, weights + JSON metadata.
+
+Document layout (format ``mtlcompress.single_task``, version 1)::
+
+    {"task": "depth", "num_classes": null, "class_names": [...],
+     "backbone": BackboneConfig, "head": {"out_channels": 1, "hidden": 128},
+     "training": {...}, "metrics": {...}, "sparsity": {...}, "mtlcompress_version": "0.1.0"}
+
+Loading validates the document, the task, and every tensor name and shape against the
+model the document describes, so a wrong or damaged file fails with one line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlcompress import __version__
+from mtlcompress.errors import CheckpointError, MtlCompressError
+from mtlcompress.io.container import read_container_header, read_container_tensors, write_container
+from mtlcompress.models.backbone import BackboneConfig
+from mtlcompress.models.single_task import SingleTaskModel
+from mtlcompress.tasks.registry import get_task
+
+FORMAT_NAME = "mtlcompress.single_task"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CheckpointInfo:
+    """The metadata of a single-task checkpoint."""
+
+    task: str
+    backbone: BackboneConfig
+    out_channels: int
+    head_hidden: int = 128
+    num_classes: int | None = None
+    class_names: list[str] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    # Set by `sparsify`: base checkpoint, delta density, activation thresholds.
+    sparsity: dict[str, Any] = field(default_factory=dict)
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "backbone": self.backbone.to_dict(),
+            "head": {"out_channels": self.out_channels, "hidden": self.head_hidden},
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "training": self.training,
+            "metrics": self.metrics,
+            "sparsity": self.sparsity,
+            "mtlcompress_version": __version__,
+        }
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any], path: Path) -> CheckpointInfo:
+        try:
+            backbone = BackboneConfig.from_dict(doc["backbone"])
+            task = doc["task"]
+            head = doc["head"]
+            info = cls(
+                task=task,
+                backbone=backbone,
+                out_channels=int(head["out_channels"]),
+                head_hidden=int(head.get("hidden", 128)),
+                num_classes=doc.get("num_classes"),
+                class_names=list(doc.get("class_names") or []),
+                training=dict(doc.get("training") or {}),
+                metrics=dict(doc.get("metrics") or {}),
+                sparsity=dict(doc.get("sparsity") or {}),
+            )
+        except KeyError as exc:
+            raise CheckpointError(f"{path}: metadata is missing the field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: metadata field has the wrong type ({exc})") from None
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        try:
+            spec = get_task(info.task)
+        except MtlCompressError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        expected = spec.out_channels(info.num_classes) if (spec.channels or info.num_classes) else None
+        if expected is not None and expected != info.out_channels:
+            raise CheckpointError(
+                f"{path}: task '{info.task}' needs {expected} output channels, head has {info.out_channels}"
+            )
+        return info
+
+
+def build_model(info: CheckpointInfo) -> SingleTaskModel:
+    return SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden)
+
+
+def save_checkpoint(model: SingleTaskModel, info: CheckpointInfo, path: str | os.PathLike) -> None:
+    """Atomically write ``model``'s weights with ``info`` as metadata."""
+    write_container(path, model.state_dict(), format_name=FORMAT_NAME, version=FORMAT_VERSION,
+                    document=info.to_document())
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Read and validate only the metadata (cheap: no tensors are loaded)."""
+    _, doc = read_container_header(path, format_name=FORMAT_NAME, versions=(FORMAT_VERSION,), error=CheckpointError)
+    return CheckpointInfo.from_document(doc, Path(path))
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SingleTaskModel, CheckpointInfo]:
+    """Load and fully validate a single-task checkpoint; the model is in eval mode."""
+    info = read_checkpoint_info(path)
+    model = build_model(info)
+    load_state_strict(model, read_container_tensors(path, error=CheckpointError), Path(path))
+    return model.to(device).eval(), info
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """``load_state_dict`` with one-line errors that name the first offending tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{path}: missing {len(missing)} tensor(s), e.g. '{missing[0]}' (wrong architecture?)")
+    if unexpected:
+        raise CheckpointError(f"{path}: {len(unexpected)} unexpected tensor(s), e.g. '{unexpected[0]}' (wrong architecture?)")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the architecture in the "
+                f"metadata needs {tuple(expected[name].shape)}"
+            )
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor '{name}' is not finite floating point")
+    model.load_state_dict(state)

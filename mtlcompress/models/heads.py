@@ -1,0 +1,29 @@
+"""Dense task heads: patch tokens -> a full-resolution prediction map."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DenseHead(nn.Module):
+    """3x3 conv on the token grid, then a 1x1 conv to ``channels * patch**2`` and a
+    pixel shuffle, so every pixel of a patch gets its own output.
+
+    Heads are small and task-specific; they stay dense in a bundle.
+    """
+
+    def __init__(self, embed_dim: int, out_channels: int, patch_size: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.patch_size = patch_size
+        self.hidden = hidden
+        self.conv = nn.Conv2d(embed_dim, hidden, kernel_size=3, padding=1)
+        self.proj = nn.Conv2d(hidden, out_channels * patch_size * patch_size, kernel_size=1)
+
+    def forward(self, patch_tokens: torch.Tensor, grid_size: int) -> torch.Tensor:
+        batch, num_tokens, dim = patch_tokens.shape
+        grid = patch_tokens.transpose(1, 2).reshape(batch, dim, grid_size, grid_size)
+        features = F.gelu(self.conv(grid))
+        return F.pixel_shuffle(self.proj(features), self.patch_size)

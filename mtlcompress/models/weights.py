@@ -1,0 +1,123 @@
+"""Shared initial weights for the single-task models.
+
+All task models must start from one initialisation (the method assumes the tasks
+were fine-tuned from the same pretrained ViT). That initialisation is either our
+``mtlcompress.backbone`` file (the demo makes one by shared pretraining) or a foreign
+timm-style state dict (``.safetensors``, ``.pt``/``.pth``/``.bin`` loaded with
+``weights_only=True``), which ``checkpoint_filter_fn`` adapts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from timm.models import vision_transformer as timm_vit
+
+from mtlcompress.errors import CheckpointError
+from mtlcompress.io.container import FORMAT_KEY, read_container_header, read_container_tensors, write_container
+from mtlcompress.models.backbone import BackboneConfig
+
+FORMAT_NAME = "mtlcompress.backbone"
+FORMAT_VERSION = 1
+
+# Wrappers that training frameworks put around a state dict, and key prefixes they add.
+_NESTING_KEYS = ("state_dict", "model", "module", "model_state", "ema")
+_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "vit.")
+# Classifier/pooling parameters of a timm ViT; our backbones have none.
+_DROPPED_PREFIXES = ("head.", "fc_norm.", "head_drop.", "attn_pool.")
+
+
+def save_backbone_init(backbone: torch.nn.Module, config: BackboneConfig, path: str | os.PathLike,
+                       training: dict[str, Any] | None = None) -> None:
+    write_container(path, backbone.state_dict(), format_name=FORMAT_NAME, version=FORMAT_VERSION,
+                    document={"backbone": config.to_dict(), "training": training or {}})
+
+
+def read_backbone_config(path: str | os.PathLike) -> BackboneConfig:
+    _, doc = read_container_header(path, format_name=FORMAT_NAME, versions=(FORMAT_VERSION,), error=CheckpointError)
+    try:
+        return BackboneConfig.from_dict(doc.get("backbone"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: timm_vit.VisionTransformer) -> dict[str, torch.Tensor]:
+    """Adapt a foreign ViT state dict to ``model``: unwrap, strip prefixes, drop the
+    classifier, then let timm's own filter convert layouts and resize ``pos_embed``.
+
+    Returns a new dict; the input is not modified.
+    """
+    state: Any = state_dict
+    while isinstance(state, dict) and len(state) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        nested = next((state[k] for k in _NESTING_KEYS if isinstance(state.get(k), dict)), None)
+        if nested is None:
+            break
+        state = nested
+    if not isinstance(state, dict):
+        raise CheckpointError("weights file does not contain a state dict")
+    cleaned: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if key.startswith(_DROPPED_PREFIXES):
+            continue
+        cleaned[key] = value
+    return timm_vit.checkpoint_filter_fn(cleaned, model)
+
+
+def load_initial_backbone(model: timm_vit.VisionTransformer, path: str | os.PathLike) -> dict[str, Any]:
+    """Load shared initial weights into ``model`` in place; returns provenance info."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found")
+    state = _read_any_weights(path)
+    try:
+        adapted = checkpoint_filter_fn(state, model)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except Exception as exc:  # timm's filter raises assorted errors on odd inputs
+        raise CheckpointError(f"{path}: cannot adapt these weights to the backbone ({exc})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(adapted))
+    if missing:
+        raise CheckpointError(f"{path}: missing backbone tensor '{missing[0]}' (and {len(missing) - 1} more); "
+                              "is this a ViT of the same family?")
+    for name, tensor in adapted.items():
+        if name in expected and tensor.shape != expected[name].shape:
+            raise CheckpointError(f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, "
+                                  f"the backbone needs {tuple(expected[name].shape)} (different architecture?)")
+    model.load_state_dict({k: v for k, v in adapted.items() if k in expected})
+    return {"init": str(path), "init_format": "mtlcompress" if is_backbone_init(path) else "foreign"}
+
+
+def is_backbone_init(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(FORMAT_KEY) == FORMAT_NAME
+    except (SafetensorError, OSError):
+        return False
+
+
+def _read_any_weights(path: Path) -> dict[str, Any]:
+    if is_backbone_init(path):
+        read_backbone_config(path)
+        return read_container_tensors(path, error=CheckpointError)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    if path.suffix in (".pt", ".pth", ".bin"):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # weights_only refuses anything that would run code
+            raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({str(exc).splitlines()[0][:160]})") from None
+    raise CheckpointError(f"{path}: unsupported weights file type '{path.suffix}' (use .safetensors, .pt, .pth or .bin)")

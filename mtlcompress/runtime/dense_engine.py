@@ -1,0 +1,149 @@
+"""The dense engine: every task runs as its own dense model and activation
+thresholds are *simulated* with taps. It saves no compute; it is the reference the
+shared engine must match (the DeltaCNN lesson: keep simulation and fast path apart).
+
+Semantics (the shared engine implements exactly these):
+
+Images. The base task runs exactly and its linear-layer inputs ``x_0`` are recorded.
+A sub-task ``t`` runs with each tapped input replaced by
+``x_0 + threshold(x_t - x_0, tau_t)`` (``ActivationSparsity.task_thresholds``).
+
+Video. Each task keeps, per tapped layer, the last *propagated* input. On a keyframe
+the task runs as for images and its (thresholded) inputs become the references. On
+other frames each tapped input becomes ``ref + threshold(x - ref, tau_temporal)`` and
+the reference is updated to that value; layers without a temporal threshold run
+exactly. A keyframe is forced by ``KeyframePolicy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.errors import MtlCompressError
+from mtlcompress.models.taps import (
+    propagated_linear_inputs,
+    record_linear_inputs,
+    shared_linear_names,
+    thresholded_linear_inputs,
+)
+from mtlcompress.runtime.keyframes import KeyframePolicy
+
+
+@dataclass
+class FrameResult:
+    index: int
+    keyframe: bool
+    outputs: dict[str, torch.Tensor]
+    drift: float = 0.0
+
+
+@dataclass
+class DensityStats:
+    """Kept fraction of activation deltas per task and layer, averaged over calls."""
+
+    kept: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def add(self, task: str, layer_stats: dict[str, list[float]]) -> None:
+        for layer, values in layer_stats.items():
+            self.kept.setdefault(task, {}).setdefault(layer, []).extend(values)
+
+    def mean(self) -> dict[str, dict[str, float]]:
+        return {task: {layer: sum(v) / len(v) for layer, v in layers.items()} for task, layers in self.kept.items()}
+
+
+def select_tasks(bundle: Bundle, tasks: Sequence[str] | None) -> list[str]:
+    """Requested tasks in bundle order (all by default); unknown names are an error."""
+    if not tasks:
+        return list(bundle.tasks)
+    unknown = [t for t in tasks if t not in bundle.tasks]
+    if unknown:
+        raise MtlCompressError(f"task(s) {', '.join(unknown)} not in the bundle (it has {', '.join(bundle.tasks)})")
+    return [t for t in bundle.tasks if t in tasks]
+
+
+def check_images(images: torch.Tensor, img_size: int) -> None:
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (img_size, img_size):
+        raise MtlCompressError(f"images must be [B, 3, {img_size}, {img_size}] in [0, 1], got {tuple(images.shape)}")
+
+
+class DenseEngine:
+    """Reference execution of a bundle: simulated sparsity, no savings."""
+
+    name = "dense"
+
+    def __init__(self, bundle: Bundle, tasks: Sequence[str] | None = None, device: str | torch.device = "cpu") -> None:
+        self.bundle = bundle
+        self.tasks = select_tasks(bundle, tasks)
+        self.device = torch.device(device)
+        self.models = {t: bundle.task_model(t).to(self.device) for t in {bundle.base_task, *self.tasks}}
+        self.layers = shared_linear_names(bundle.backbone.depth)
+        self.stats = DensityStats()
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw outputs ``{task: [B, C, H, W]}`` for images ``[B, 3, H, W]`` in [0, 1]."""
+        outputs, _ = self._task_domain(images.to(self.device))
+        return {t: outputs[t] for t in self.tasks}
+
+    def _task_domain(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+        """Run every task on one batch; return outputs and each task's propagated inputs."""
+        check_images(images, self.bundle.backbone.img_size)
+        base = self.bundle.base_task
+        outputs: dict[str, torch.Tensor] = {}
+        inputs: dict[str, dict[str, torch.Tensor]] = {}
+        with record_linear_inputs(self.models[base].backbone, self.layers, detach=True) as recorded:
+            outputs[base] = self.models[base](images)
+        inputs[base] = dict(recorded)
+        for task in self.tasks:
+            if task == base:
+                continue
+            backbone = self.models[task].backbone
+            layer_stats: dict[str, list[float]] = {}
+            activation = self.bundle.task(task).activation
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(thresholded_linear_inputs(
+                    backbone, inputs[base], activation.task_thresholds, activation.granularity, layer_stats))
+                recorded = stack.enter_context(record_linear_inputs(backbone, self.layers, detach=True))
+                outputs[task] = self.models[task](images)
+            inputs[task] = dict(recorded)
+            self.stats.add(task, layer_stats)
+        return outputs, inputs
+
+    @torch.no_grad()
+    def stream(self, frames: Iterable[torch.Tensor], policy: KeyframePolicy | None = None) -> Iterator[FrameResult]:
+        """Process video frames ``[B, 3, H, W]`` in order, reusing the previous frame."""
+        policy = policy or KeyframePolicy()
+        references: dict[str, dict[str, torch.Tensor]] = {}
+        since_keyframe: int | None = None
+        drift = 0.0
+        for index, frame in enumerate(frames):
+            frame = frame.to(self.device)
+            if policy.is_keyframe(since_keyframe, drift):
+                outputs, references = self._task_domain(frame)
+                since_keyframe, drift = 0, 0.0
+                yield FrameResult(index, True, {t: outputs[t] for t in self.tasks})
+                continue
+            check_images(frame, self.bundle.backbone.img_size)
+            since_keyframe += 1
+            outputs = {}
+            drift = 0.0
+            for task in self.models:
+                out, task_drift = self._temporal_step(task, frame, references[task])
+                outputs[task] = out
+                drift = max(drift, task_drift)
+            yield FrameResult(index, False, {t: outputs[t] for t in self.tasks}, drift)
+
+    def _temporal_step(self, task: str, frame: torch.Tensor, refs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+        activation = self.bundle.task(task).activation
+        layer_stats: dict[str, list[float]] = {}
+        drifts = [0.0]
+        with propagated_linear_inputs(self.models[task].backbone, refs, activation.temporal_thresholds,
+                                      activation.granularity, layer_stats, drifts):
+            out = self.models[task](frame)
+        self.stats.add(f"{task}/temporal", layer_stats)
+        return out, max(drifts)

@@ -1,0 +1,221 @@
+"""Per-layer activation thresholds, calibrated on held-in images.
+
+One knob drives all layers: the fraction ``keep`` of activation deltas that survive.
+For each tapped layer the threshold is the ``1 - keep`` quantile of that layer's delta
+magnitudes (token RMS for token granularity, ``|dx|`` for element), measured without
+thresholds. A bisection on ``keep`` then finds the sparsest setting whose task metric
+stays within a relative tolerance of the unthresholded model, or whose measured
+density hits a requested target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mtlcompress.models.taps import record_linear_inputs, thresholded_linear_inputs
+from mtlcompress.tasks.registry import TaskSpec
+
+# Quantiles on at most this many values per layer (torch.quantile's input is bounded).
+_MAX_SAMPLES = 200_000
+BISECTION_STEPS = 8
+
+
+@dataclass
+class Calibration:
+    thresholds: dict[str, float]
+    keep: float
+    metrics: dict[str, float]
+    reference_metrics: dict[str, float]
+    density: float
+    layer_density: dict[str, float]
+
+
+def delta_magnitudes(delta: torch.Tensor, granularity: str) -> torch.Tensor:
+    """What a threshold is compared with (see ``runtime.kernels.threshold_delta``)."""
+    if granularity == "token":
+        return torch.linalg.vector_norm(delta.float(), dim=-1).flatten() / math.sqrt(delta.shape[-1])
+    return delta.abs().float().flatten()
+
+
+@contextlib.contextmanager
+def _recorded_pair(student: torch.nn.Module, base: torch.nn.Module, layers: list[str]) -> Iterator[tuple[dict, dict]]:
+    with record_linear_inputs(base.backbone, layers, detach=True) as base_inputs, \
+            record_linear_inputs(student.backbone, layers, detach=True) as task_inputs:
+        yield base_inputs, task_inputs
+
+
+@torch.no_grad()
+def layer_magnitudes(student: torch.nn.Module, base: torch.nn.Module, loader: DataLoader, layers: list[str],
+                     granularity: str) -> dict[str, torch.Tensor]:
+    """Unthresholded delta magnitudes per layer (subsampled deterministically)."""
+    values: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    with _recorded_pair(student, base, layers) as (base_inputs, task_inputs):
+        for batch in loader:
+            base(batch["image"])
+            student(batch["image"])
+            for layer in layers:
+                values[layer].append(delta_magnitudes(task_inputs[layer] - base_inputs[layer], granularity))
+    out = {}
+    generator = torch.Generator().manual_seed(0)
+    for layer, chunks in values.items():
+        flat = torch.cat(chunks)
+        if flat.numel() > _MAX_SAMPLES:
+            flat = flat[torch.randperm(flat.numel(), generator=generator)[:_MAX_SAMPLES]]
+        out[layer] = flat
+    return out
+
+
+def thresholds_for_keep(magnitudes: dict[str, torch.Tensor], keep: float) -> dict[str, float]:
+    """Per-layer thresholds that keep about ``keep`` of each layer's deltas."""
+    if keep >= 1.0:
+        return {layer: 0.0 for layer in magnitudes}
+    return {layer: float(torch.quantile(values, 1.0 - keep)) for layer, values in magnitudes.items()}
+
+
+@torch.no_grad()
+def evaluate_thresholded(student: torch.nn.Module, base: torch.nn.Module, loader: DataLoader, spec: TaskSpec,
+                         num_classes: int | None, thresholds: dict[str, float], granularity: str
+                         ) -> tuple[dict[str, float], dict[str, float]]:
+    """Task metrics and kept fraction per layer with thresholds simulated on ``student``."""
+    metric = spec.metric(num_classes)
+    stats: dict[str, list[float]] = {}
+    layers = list(thresholds)
+    with record_linear_inputs(base.backbone, layers, detach=True) as base_inputs:
+        for batch in loader:
+            base(batch["image"])
+            with thresholded_linear_inputs(student.backbone, base_inputs, thresholds, granularity, stats):
+                raw = student(batch["image"])
+            metric.update(spec.predict(raw), batch[spec.name])
+    return ({k: float(v) for k, v in metric.compute().items()},
+            {layer: sum(v) / len(v) for layer, v in stats.items()})
+
+
+def within_tolerance(value: float, reference: float, tolerance: float, higher_is_better: bool) -> bool:
+    slack = tolerance * abs(reference)
+    return value >= reference - slack if higher_is_better else value <= reference + slack
+
+
+def calibration_loader(dataset: Dataset, images: int, batch_size: int = 32) -> DataLoader:
+    return DataLoader(Subset(dataset, range(min(images, len(dataset)))), batch_size=batch_size)
+
+
+def search_keep(evaluate: Callable[[float], tuple[bool, Calibration]], to_target: bool) -> Calibration:
+    """Bisect ``keep`` in [0, 1]; ``evaluate(keep)`` says whether the setting is acceptable.
+
+    For a tolerance (``to_target`` False) acceptance grows with ``keep`` and we want the
+    smallest acceptable keep. For a density target acceptance ("not denser than the
+    target") shrinks with ``keep`` and we want the largest acceptable keep.
+    """
+    low, high = 0.0, 1.0
+    best = evaluate(0.0 if to_target else 1.0)[1]
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        ok, result = evaluate(middle)
+        if ok == to_target:
+            low = middle
+        else:
+            high = middle
+        if ok:
+            best = result
+    return best
+
+
+def calibrate_task_thresholds(
+    student: torch.nn.Module, base: torch.nn.Module, dataset: Dataset, spec: TaskSpec, num_classes: int | None,
+    layers: list[str], granularity: str, *, tolerance: float = 0.02, target_density: float | None = None,
+    images: int = 128,
+) -> Calibration:
+    """Thresholds for ``x_t - x_0``: the sparsest within ``tolerance``, or at ``target_density``."""
+    student.eval()
+    base.eval()
+    loader = calibration_loader(dataset, images)
+    magnitudes = layer_magnitudes(student, base, loader, layers, granularity)
+    reference, _ = evaluate_thresholded(student, base, loader, spec, num_classes, {}, granularity)
+    metric = spec.metric(num_classes)
+
+    def evaluate(keep: float) -> tuple[bool, Calibration]:
+        thresholds = thresholds_for_keep(magnitudes, keep)
+        metrics, layer_density = evaluate_thresholded(student, base, loader, spec, num_classes, thresholds,
+                                                      granularity)
+        density = sum(layer_density.values()) / max(1, len(layer_density))
+        result = Calibration(thresholds, keep, metrics, reference, density, layer_density)
+        if target_density is not None:
+            return density <= target_density, result
+        return within_tolerance(metrics[metric.primary], reference[metric.primary], tolerance,
+                                metric.higher_is_better), result
+
+    return search_keep(evaluate, target_density is not None)
+
+
+@torch.no_grad()
+def _stream_clip(model: torch.nn.Module, clip: Dataset, layers: list[str], thresholds: dict[str, float] | None,
+                 granularity: str, on_frame: Callable[[torch.Tensor, dict, dict], None]) -> None:
+    """Frame 0 exact (the keyframe), later frames through temporal taps (or exact when
+    ``thresholds`` is None, recording consecutive-frame deltas)."""
+    from mtlcompress.models.taps import propagated_linear_inputs
+
+    references: dict[str, torch.Tensor] = {}
+    for index in range(len(clip)):
+        sample = clip[index]
+        image = sample["image"].unsqueeze(0)
+        stats: dict[str, list[float]] = {}
+        if index == 0 or thresholds is None:
+            with record_linear_inputs(model.backbone, layers, detach=True) as recorded:
+                raw = model(image)
+            previous = dict(references)
+            references = dict(recorded)
+            if index and thresholds is None:
+                on_frame(raw, sample, {layer: references[layer] - previous[layer] for layer in layers})
+            continue
+        with propagated_linear_inputs(model.backbone, references, thresholds, granularity, stats):
+            raw = model(image)
+        on_frame(raw, sample, stats)
+
+
+def calibrate_temporal_thresholds(
+    model: torch.nn.Module, clips: list[Dataset], spec: TaskSpec, num_classes: int | None, layers: list[str],
+    granularity: str, *, tolerance: float = 0.02, target_density: float | None = None,
+) -> Calibration:
+    """Thresholds for ``x^f - x^{f-1}`` on held-out clips streamed from one keyframe."""
+    model.eval()
+    values: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    reference_metric = spec.metric(num_classes)
+
+    def collect(raw: torch.Tensor, sample: dict, deltas: dict) -> None:
+        reference_metric.update(spec.predict(raw), sample[spec.name].unsqueeze(0))
+        for layer, delta in deltas.items():
+            values[layer].append(delta_magnitudes(delta, granularity))
+
+    for clip in clips:
+        _stream_clip(model, clip, layers, None, granularity, collect)
+    magnitudes = {layer: torch.cat(v) for layer, v in values.items()}
+    reference = {k: float(v) for k, v in reference_metric.compute().items()}
+
+    def evaluate(keep: float) -> tuple[bool, Calibration]:
+        thresholds = thresholds_for_keep(magnitudes, keep)
+        metric = spec.metric(num_classes)
+        kept: dict[str, list[float]] = {}
+
+        def score(raw: torch.Tensor, sample: dict, stats: dict) -> None:
+            metric.update(spec.predict(raw), sample[spec.name].unsqueeze(0))
+            for layer, fractions in stats.items():
+                kept.setdefault(layer, []).extend(fractions)
+
+        for clip in clips:
+            _stream_clip(model, clip, layers, thresholds, granularity, score)
+        metrics = {k: float(v) for k, v in metric.compute().items()}
+        layer_density = {layer: sum(v) / len(v) for layer, v in kept.items()}
+        density = sum(layer_density.values()) / max(1, len(layer_density))
+        result = Calibration(thresholds, keep, metrics, reference, density, layer_density)
+        if target_density is not None:
+            return density <= target_density, result
+        return within_tolerance(metrics[metric.primary], reference[metric.primary], tolerance,
+                                metric.higher_is_better), result
+
+    return search_keep(evaluate, target_density is not None)

@@ -1,0 +1,128 @@
+"""Stage 3: make the sub-task's activations differ sparsely from the base task's.
+
+Fine-tune the kept deltas with ``sum_l lambda_l * penalty(x_t^l - x_0^l)`` added to the
+task loss (``x`` = inputs of every shared linear layer; ``x_0`` from the frozen base
+model on the same images), then calibrate per-layer thresholds. Element granularity
+uses L1 (the paper); token granularity uses a group-L1 on each token row's RMS, so
+whole tokens fall below threshold: that is what gathers into a smaller dense GEMM.
+Deeper layers get larger coefficients, as in the reference code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from mtlcompress.bundle.bundle import GRANULARITIES
+from mtlcompress.errors import MtlCompressError
+from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
+from mtlcompress.sparsify.calibrate import calibrate_task_thresholds, evaluate_thresholded
+from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, stage_data
+from mtlcompress.sparsify.stage_finetune import masked_delta_model
+from mtlcompress.sparsify.stage_weights import load_source
+from mtlcompress.sparsify.supervision import make_objective
+from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
+
+
+def layer_coefficients(layers: list[str], depth: int, strength: float) -> dict[str, float]:
+    """``strength * (1 + i / depth)`` for block ``i``: deeper layers are pushed harder."""
+    return {layer: strength * (1.0 + int(layer.split(".")[1]) / depth) for layer in layers}
+
+
+def activation_delta_penalty(current: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
+                             coefficients: Mapping[str, float], granularity: str) -> torch.Tensor:
+    """Sum over layers of ``lambda_l * mean |dx|`` (element) or ``lambda_l * mean_tokens RMS(dx)`` (token)."""
+    total = torch.zeros(())
+    for layer, coefficient in coefficients.items():
+        delta = current[layer] - reference[layer]
+        if granularity == "token":
+            term = (delta.pow(2).mean(dim=-1) + 1e-12).sqrt().mean()
+        else:
+            term = delta.abs().mean()
+        total = total + coefficient * term
+    return total
+
+
+def sparsify_activations(
+    *,
+    base: str | os.PathLike,
+    task: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    granularity: str = "token",
+    strength: float = 0.05,
+    tolerance: float = 0.02,
+    token_density: float | None = None,
+    calibration_images: int = 128,
+    supervision: str = "auto",
+    config: TrainConfig | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> StageResult:
+    """Fine-tune with the activation-delta penalty, then calibrate thresholds.
+
+    ``tolerance`` is the allowed relative drop of the task metric from thresholding
+    (measured on ``calibration_images`` training images); ``token_density`` instead
+    asks for a measured delta density and ignores the tolerance.
+    """
+    if granularity not in GRANULARITIES:
+        raise MtlCompressError(f"--granularity must be one of {', '.join(GRANULARITIES)}")
+    config = config or TrainConfig(steps=200, lr=1e-4, eval_every=10**9)
+    out = check_output(out, overwrite)
+    base_model, _, task_model, task_info = load_pair(base, task)
+    data_ = stage_data(data, task_info, supervision)
+    if data_.val is None and token_density is None:
+        raise MtlCompressError(f"calibrating to a tolerance needs '{task_info.task}' labels; "
+                               "pass --token-density for label-free data")
+    layers = shared_linear_names(task_info.backbone.depth)
+    coefficients = layer_coefficients(layers, task_info.backbone.depth, strength)
+    delta_model = masked_delta_model(base_model, task_model)
+    wrapped = maybe_ddp(delta_model)
+    base_model.eval()
+    for parameter in base_model.parameters():
+        parameter.requires_grad_(False)
+    optimizer = adamw([{"params": list(delta_model.delta.parameters()), "weight_decay": 0.0},
+                       {"params": list(delta_model.model.head.parameters())}], config)
+    objective = make_objective(data_.spec, data_.supervision, load_source(task_info.sparsity) or task_model)
+
+    def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad(), record_linear_inputs(base_model.backbone, layers, detach=True) as base_inputs:
+            base_model(batch["image"])
+        with record_linear_inputs(delta_model.model.backbone, layers) as task_inputs:
+            raw = wrapped(batch["image"])
+        task_loss = objective(batch, raw)
+        penalty = activation_delta_penalty(task_inputs, base_inputs, coefficients, granularity)
+        return task_loss + penalty, {"loss": task_loss.item(), "penalty": penalty.item()}
+
+    run_id = {"stage": "activations", "base": str(Path(base).resolve()), "task": str(Path(task).resolve()),
+              "data": str(Path(data).resolve()), "granularity": granularity, "strength": strength,
+              "supervision": data_.supervision, "config": config.to_dict()}
+    run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train, config=config,
+                 state_path=resume_state_path(out), run_id=run_id, description=f"activations {task_info.task}",
+                 resume=resume, show_progress=show_progress)
+    model = delta_model.export()
+    calibration = calibrate_task_thresholds(
+        model, base_model, data_.train, data_.spec, data_.num_classes, layers, granularity,
+        tolerance=tolerance, target_density=token_density, images=calibration_images)
+    activation = {"granularity": granularity, "task_thresholds": calibration.thresholds,
+                  "temporal_thresholds": task_info.sparsity.get("activation", {}).get("temporal_thresholds", {})}
+    if data_.val is not None:
+        held_out, held_out_density = evaluate_thresholded(
+            model, base_model, DataLoader(data_.val, batch_size=32), data_.spec, data_.num_classes,
+            calibration.thresholds, granularity)
+        calibration_extra = {"thresholded_metrics": held_out,
+                             "held_out_activation_density": sum(held_out_density.values()) / len(held_out_density)}
+    else:
+        calibration_extra = {}
+    summary = {**calibration_extra, "activation_density": calibration.density, "keep": calibration.keep, "tolerance": tolerance,
+               "calibration_metrics": calibration.metrics, "calibration_reference": calibration.reference_metrics}
+    result = finish_stage(stage="activations", model=model, base_model=base_model, info=task_info, data=data_,
+                          out=out, run_id=run_id, sparsity={"activation": activation, **summary},
+                          extra={"granularity": granularity, **summary})
+    return result

@@ -1,0 +1,68 @@
+"""Stage 2: freeze the support of the delta and fine-tune only the kept values."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlcompress.sparsify.common import (
+    StageResult,
+    check_output,
+    finish_stage,
+    load_pair,
+    stage_data,
+    student_from,
+    weight_delta,
+)
+from mtlcompress.sparsify.delta_model import DeltaModel
+from mtlcompress.sparsify.stage_weights import load_source
+from mtlcompress.sparsify.supervision import make_objective
+from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
+
+
+def masked_delta_model(base_model: torch.nn.Module, task_model: torch.nn.Module) -> DeltaModel:
+    """``W_0 + m * w`` with the support ``m`` and values ``w`` read off the checkpoint."""
+    delta = weight_delta(task_model, base_model)
+    return DeltaModel(student_from(base_model, task_model), init_delta=delta,
+                      masks={name: d != 0 for name, d in delta.items()})
+
+
+def finetune_deltas(
+    *,
+    base: str | os.PathLike,
+    task: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    supervision: str = "auto",
+    config: TrainConfig | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> StageResult:
+    """Fine-tune the non-zero deltas (and the head) of a stage-1 checkpoint."""
+    config = config or TrainConfig(steps=200, lr=1e-4, eval_every=10**9)
+    out = check_output(out, overwrite)
+    base_model, _, task_model, task_info = load_pair(base, task)
+    data_ = stage_data(data, task_info, supervision)
+    delta_model = masked_delta_model(base_model, task_model)
+    wrapped = maybe_ddp(delta_model)
+    optimizer = adamw([{"params": list(delta_model.delta.parameters())},
+                       {"params": list(delta_model.model.head.parameters())}], config)
+    for group in optimizer.param_groups:
+        group["weight_decay"] = 0.0
+    objective = make_objective(data_.spec, data_.supervision, load_source(task_info.sparsity) or task_model)
+
+    def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = objective(batch, wrapped(batch["image"]))
+        return loss, {"loss": loss.item()}
+
+    run_id = {"stage": "finetune", "base": str(Path(base).resolve()), "task": str(Path(task).resolve()),
+              "data": str(Path(data).resolve()), "supervision": data_.supervision, "config": config.to_dict()}
+    run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train, config=config,
+                 state_path=resume_state_path(out), run_id=run_id, description=f"finetune {task_info.task}",
+                 resume=resume, show_progress=show_progress)
+    return finish_stage(stage="finetune", model=delta_model.export(), base_model=base_model, info=task_info,
+                        data=data_, out=out, run_id=run_id, sparsity={"supervision": data_.supervision})

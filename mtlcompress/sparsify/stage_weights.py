@@ -1,0 +1,136 @@
+"""Stage 1: learn which backbone weights of a sub-task may differ from the base.
+
+``W_t = W_0 + z * w`` with hard-concrete gates ``z``; a Lagrangian controller steers
+the expected density to the user's target, and the end snaps to exactly that density
+by ranking the gates' log-alpha. ``w`` starts at the sub-task's own ``W_t - W_0`` (the
+paper starts at 0: starting from the fine-tuned checkpoint keeps its accuracy from
+step 0 and makes the L0 stage a pruning problem). ``method="magnitude"`` is the
+no-training baseline that keeps the largest ``|W_t - W_0|``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mtlcompress.errors import MtlCompressError
+from mtlcompress.models.checkpoint import load_checkpoint
+from mtlcompress.sparsify.common import (
+    StageResult,
+    check_output,
+    evaluate_on,
+    finish_stage,
+    load_pair,
+    stage_data,
+    student_from,
+    weight_delta,
+    weights_fingerprint,
+)
+from mtlcompress.sparsify.delta_model import DeltaModel
+from mtlcompress.sparsify.density_control import LagrangianDensityController
+from mtlcompress.sparsify.magnitude import magnitude_masks, project_to_density
+from mtlcompress.sparsify.supervision import make_objective
+from mtlcompress.training.loop import TrainConfig, maybe_ddp, resume_state_path, run_training
+
+METHODS = ("l0", "magnitude")
+
+
+class _GatedTraining(nn.Module):
+    """Everything stage 1 optimises, in one module so it saves and resumes together."""
+
+    def __init__(self, delta_model: DeltaModel, controller: LagrangianDensityController) -> None:
+        super().__init__()
+        self.delta_model = delta_model
+        self.controller = controller
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.delta_model(images)
+
+
+def sparsify_weights(
+    *,
+    base: str | os.PathLike,
+    task: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    density: float,
+    method: str = "l0",
+    supervision: str = "auto",
+    config: TrainConfig | None = None,
+    gate_lr: float = 0.1,
+    init_delta: str = "checkpoint",
+    per_tensor_gates: bool = False,
+    resume: bool = True,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> StageResult:
+    """Write a checkpoint whose backbone differs from the base in ``density`` of its weights."""
+    if not 0.0 < density <= 1.0:
+        raise MtlCompressError(f"--density must be in (0, 1], got {density}")
+    if method not in METHODS:
+        raise MtlCompressError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
+    if init_delta not in ("checkpoint", "zero"):
+        raise MtlCompressError("--init-delta must be 'checkpoint' or 'zero'")
+    config = config or TrainConfig(steps=300, lr=1e-4, eval_every=10**9)
+    out = check_output(out, overwrite)
+    base_model, base_info, task_model, task_info = load_pair(base, task)
+    data_ = stage_data(data, task_info, supervision)
+    original = evaluate_on(task_model, data_)
+    start_delta = weight_delta(task_model, base_model)
+    run_id: dict[str, Any] = {"stage": "weights", "method": method, "base": str(Path(base).resolve()),
+                              "task": str(Path(task).resolve()), "data": str(Path(data).resolve()),
+                              "density": density, "supervision": data_.supervision, "init_delta": init_delta,
+                              "per_tensor_gates": per_tensor_gates, "gate_lr": gate_lr, "config": config.to_dict()}
+    torch.manual_seed(config.seed)
+    if method == "magnitude":
+        masks = magnitude_masks(start_delta, density)
+        student = student_from(base_model, task_model)
+        with torch.no_grad():
+            for name, parameter in student.backbone.named_parameters():
+                parameter.add_(masks[name] * start_delta[name])
+        result_model = student.eval()
+    else:
+        delta_model = DeltaModel(student_from(base_model, task_model),
+                                 init_delta=start_delta if init_delta == "checkpoint" else None,
+                                 per_tensor_gates=per_tensor_gates)
+        controller = LagrangianDensityController(density, warmup_steps=max(1, config.steps // 3))
+        trainable = _GatedTraining(delta_model, controller)
+        wrapped = maybe_ddp(trainable)
+        gate_params = [p for n, p in trainable.named_parameters() if "gates" in n]
+        optimizer = torch.optim.AdamW([
+            {"params": list(delta_model.delta.parameters()) + list(delta_model.model.head.parameters())},
+            {"params": gate_params, "lr": gate_lr, "weight_decay": 0.0},
+            {"params": list(controller.parameters()), "lr": 0.01, "weight_decay": 0.0, "maximize": True,
+             "constant_lr": True},
+        ], lr=config.lr, weight_decay=0.0)
+        objective = make_objective(data_.spec, data_.supervision, task_model)
+
+        def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+            task_loss = objective(batch, wrapped(batch["image"]))
+            expected = delta_model.expected_density()
+            loss = task_loss + controller.penalty(expected, step)
+            return loss, {"loss": task_loss.item(), "density": expected.item()}
+
+        run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train,
+                     config=config, state_path=resume_state_path(out), run_id=run_id,
+                     description=f"weights {task_info.task}", resume=resume, show_progress=show_progress)
+        result_model = delta_model.export(project_to_density(delta_model.gate_scores(), density))
+    sparsity = {"base": {"task": base_info.task, "path": run_id["base"],
+                         "fingerprint": weights_fingerprint(base_model.backbone.state_dict())},
+                "source": str(Path(task).resolve()), "original_metrics": original, "method": method,
+                "target_density": density, "supervision": data_.supervision}
+    return finish_stage(stage="weights", model=result_model, base_model=base_model, info=task_info, data=data_,
+                        out=out, run_id=run_id, sparsity=sparsity,
+                        extra={"method": method, "target_density": density})
+
+
+def load_source(info_sparsity: dict[str, Any]) -> torch.nn.Module | None:
+    """The original sub-task checkpoint recorded by stage 1 (the distillation teacher)."""
+    source = info_sparsity.get("source")
+    if source and Path(source).exists():
+        return load_checkpoint(source)[0]
+    return None

@@ -1,0 +1,433 @@
+"""Streaming, mergeable evaluation metrics for the dense-prediction tasks.
+
+Every metric accumulates a few tensors of *sums and counts* (int64 counts, float64
+sums) and derives its scores only in ``compute()``. Because every state is additive,
+a distributed run all-reduces ``state_tensors()`` with SUM in place and then calls
+``compute()``; two accumulators merged by adding their states give exactly what one
+accumulator sees on all the data. All scores are therefore *dataset-pooled* (pixels
+of all images pooled), never means of per-image scores; each class says where that
+differs from other codebases.
+
+Predictions are post-processed outputs (label maps, metres, probabilities), not
+logits. States follow the device of the predictions passed to ``update``; ``to`` moves
+them explicitly (e.g. onto the GPU before an NCCL all-reduce on a worker that saw no
+data). ``compute()`` on an accumulator that has seen no valid pixel returns NaN scores.
+Percentages are in ``[0, 100]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mtlcompress.errors import DataError
+
+__all__ = [
+    "StreamingMetric",
+    "MeanIoU",
+    "DepthErrors",
+    "NormalsAngularError",
+    "EdgeFMeasure",
+    "SaliencyMaxF",
+]
+
+
+class StreamingMetric:
+    """Base class: additive state tensors, ``update`` / ``compute`` / ``reset``.
+
+    Subclasses register their accumulators with ``_add_state`` and set ``primary`` (the
+    key of ``compute()`` used for model selection) and ``higher_is_better``.
+    """
+
+    primary: str = ""
+    higher_is_better: bool = True
+
+    def __init__(self) -> None:
+        self._state_names: list[str] = []
+
+    def _add_state(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        setattr(self, name, torch.zeros(shape, dtype=dtype))
+        self._state_names.append(name)
+
+    def _follow(self, reference: torch.Tensor) -> None:
+        if self._state_names and getattr(self, self._state_names[0]).device != reference.device:
+            self.to(reference.device)
+
+    def to(self, device: torch.device | str) -> StreamingMetric:
+        """Move the accumulators to ``device`` (values kept); returns ``self``."""
+        for name in self._state_names:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """The accumulator tensors themselves (not copies): all-reduce them with SUM.
+
+        Moving devices (``to``, or the first ``update`` with tensors on another device)
+        replaces these tensors, so take the list after the last update.
+        """
+        return [getattr(self, name) for name in self._state_names]
+
+    def reset(self) -> None:
+        """Zero the accumulators in place, so handles from ``state_tensors`` stay valid."""
+        for state in self.state_tensors():
+            state.zero_()
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def _check_same_shape(name: str, prediction: torch.Tensor, target: torch.Tensor) -> None:
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"{name}: prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}"
+        )
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else math.nan
+
+
+def _probability_thresholds(count: int) -> torch.Tensor:
+    """``k / (count + 1)`` for ``k = 1..count``: 99 gives 0.01, 0.02, ..., 0.99."""
+    if count < 1:
+        raise ValueError(f"thresholds must be >= 1, got {count}")
+    return torch.arange(1, count + 1, dtype=torch.float64) / (count + 1)
+
+
+def _threshold_histogram(values: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Bin ``values`` by how many thresholds they reach: bin ``i`` = ``#{k: t_k <= v} == i``.
+
+    Storing this histogram instead of per-threshold counts keeps the update O(pixels)
+    rather than O(pixels x thresholds), and it is still additive across batches.
+    """
+    boundaries = thresholds.to(device=values.device, dtype=torch.float32)
+    index = torch.bucketize(values.float(), boundaries, right=True)
+    return torch.bincount(index.flatten(), minlength=thresholds.numel() + 1)
+
+
+def _count_at_or_above(histogram: torch.Tensor) -> torch.Tensor:
+    """From a ``_threshold_histogram``: ``out[k] = #{v >= t_k}`` for every threshold."""
+    reverse_cumsum = histogram.flip(-1).cumsum(-1).flip(-1)
+    return reverse_cumsum[..., 1:]
+
+
+class MeanIoU(StreamingMetric):
+    """Mean intersection-over-union and pixel accuracy from a dataset confusion matrix.
+
+    IoU of class c is ``TP / (TP + FP + FN)`` with counts pooled over the dataset.
+    Classes that appear in neither prediction nor target (``TP + FP + FN == 0``) are
+    *excluded* from the mean instead of counting as 0 (Multi-Task-Learning-PyTorch
+    counts them as 0, which lowers mIoU on small evaluation subsets). Pixels whose
+    target is ``ignore_index`` are dropped; other out-of-range targets raise
+    ``DataError``.
+
+    ``compute()`` returns ``{"miou", "pixel_acc"}`` in percent.
+    """
+
+    confusion: torch.Tensor
+    primary = "miou"
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        # rows: target class, columns: predicted class
+        self._add_state("confusion", (num_classes, num_classes), torch.int64)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``prediction`` and ``target`` are int64 label maps ``[B, H, W]``."""
+        _check_same_shape("MeanIoU", prediction, target)
+        self._follow(prediction)
+        keep = target != self.ignore_index
+        target = target[keep].long()
+        prediction = prediction[keep].long()
+        n = self.num_classes
+        if target.numel() and (target.min() < 0 or target.max() >= n):
+            raise DataError(f"segmentation target has labels outside [0, {n}) other than ignore_index")
+        if prediction.numel() and (prediction.min() < 0 or prediction.max() >= n):
+            raise ValueError(f"MeanIoU: predicted labels outside [0, {n})")
+        counts = torch.bincount(target * n + prediction, minlength=n * n)
+        self.confusion += counts.view(n, n).to(self.confusion.device)
+
+    def compute(self) -> dict[str, float]:
+        confusion = self.confusion.double().cpu()
+        true_positive = confusion.diagonal()
+        union = confusion.sum(0) + confusion.sum(1) - true_positive
+        present = union > 0
+        miou = (true_positive[present] / union[present]).mean().item() * 100 if present.any() else math.nan
+        pixel_acc = _ratio(true_positive.sum().item(), confusion.sum().item()) * 100
+        return {"miou": miou, "pixel_acc": pixel_acc}
+
+
+class DepthErrors(StreamingMetric):
+    """Depth RMSE and absolute relative error, pooled over all valid pixels.
+
+    ``rmse = sqrt(sum_i (p_i - t_i)^2 / N)`` and ``abs_rel = sum_i |p_i - t_i| / t_i / N``
+    where ``i`` runs over every valid pixel of every image seen and ``N`` is their
+    count. This is Multi-Task-Learning-PyTorch's / InvPT's NYUD-v2 ``DepthMeter``
+    (which pools squared errors over the dataset); it is *not* the mean of per-image
+    RMSEs that some monocular-depth codebases report. A pixel is valid when its
+    target is finite and ``> 0``. Predictions are used as given (no clamping).
+
+    ``compute()`` returns ``{"rmse"}`` in metres and ``{"abs_rel"}`` as a fraction.
+    """
+
+    sums: torch.Tensor
+    count: torch.Tensor
+    primary = "rmse"
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._add_state("sums", (2,), torch.float64)  # squared error, relative error
+        self._add_state("count", (1,), torch.int64)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``prediction`` and ``target`` are ``[B, 1, H, W]`` in metres."""
+        _check_same_shape("DepthErrors", prediction, target)
+        self._follow(prediction)
+        valid = torch.isfinite(target) & (target > 0)
+        pred = prediction[valid].double()
+        true = target[valid].double()
+        error = pred - true
+        self.sums += torch.stack([error.square().sum(), (error.abs() / true).sum()])
+        self.count += valid.sum()
+
+    def compute(self) -> dict[str, float]:
+        squared, relative = self.sums.tolist()
+        count = float(self.count.item())
+        return {"rmse": math.sqrt(_ratio(squared, count)), "abs_rel": _ratio(relative, count)}
+
+
+class NormalsAngularError(StreamingMetric):
+    """Angle between predicted and true normals, pooled over all valid pixels.
+
+    The prediction and target are L2-normalised per pixel (a zero prediction counts
+    as 90 degrees off) and the angle is ``acos(clamp(cos, -1, 1))`` in float64. A pixel
+    is valid when its target vector is finite and not all-zero. Pooling matches
+    Multi-Task-Learning-PyTorch's ``eval_normals``.
+
+    The median cannot be streamed exactly, so errors are also counted in a fixed
+    histogram of ``histogram_bins`` equal bins over ``[0, 180]`` degrees (1800 bins =
+    0.1 degree). ``median_angle`` is the mean of the midpoints of the bins holding the
+    two middle ranks (``floor((N+1)/2)`` and ``floor(N/2)+1``), so it is within half a
+    bin (0.05 degree by default) of the exact median and the histogram merges by
+    summation. Means and ``within_*`` fractions are exact (``angle < threshold``).
+
+    ``compute()`` returns degrees for ``mean_angle``, ``median_angle``, ``rmse_angle``
+    and percents for ``within_11.25``, ``within_22.5``, ``within_30``.
+    """
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+    histogram: torch.Tensor
+    primary = "mean_angle"
+    higher_is_better = False
+    WITHIN_DEGREES = (11.25, 22.5, 30.0)
+
+    def __init__(self, histogram_bins: int = 1800) -> None:
+        super().__init__()
+        if histogram_bins < 1:
+            raise ValueError(f"histogram_bins must be >= 1, got {histogram_bins}")
+        self.histogram_bins = histogram_bins
+        self._add_state("sums", (2,), torch.float64)  # angle, squared angle
+        self._add_state("counts", (1 + len(self.WITHIN_DEGREES),), torch.int64)  # N, within...
+        self._add_state("histogram", (histogram_bins,), torch.int64)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``prediction`` ``[B, 3, H, W]`` (any length), ``target`` unit normals."""
+        _check_same_shape("NormalsAngularError", prediction, target)
+        if prediction.dim() != 4 or prediction.shape[1] != 3:
+            raise ValueError(f"NormalsAngularError: expected [B,3,H,W], got {tuple(prediction.shape)}")
+        self._follow(prediction)
+        valid = (target != 0).any(dim=1) & torch.isfinite(target).all(dim=1)
+        pred_rows = prediction.permute(0, 2, 3, 1)[valid].double()
+        target_rows = target.permute(0, 2, 3, 1)[valid].double()
+        cosine = F.cosine_similarity(pred_rows, target_rows, dim=1).clamp(-1.0, 1.0)
+        angle = torch.rad2deg(torch.acos(cosine))
+        within = [(angle < limit).sum() for limit in self.WITHIN_DEGREES]
+        self.sums += torch.stack([angle.sum(), angle.square().sum()])
+        self.counts += torch.stack([valid.sum(), *within])
+        bins = (angle * (self.histogram_bins / 180.0)).long().clamp(0, self.histogram_bins - 1)
+        self.histogram += torch.bincount(bins, minlength=self.histogram_bins)
+
+    def _median(self) -> float:
+        histogram = self.histogram.cpu()
+        count = int(histogram.sum())
+        if count == 0:
+            return math.nan
+        cumulative = histogram.cumsum(0)
+        ranks = torch.tensor([(count + 1) // 2, count // 2 + 1])
+        bins = torch.searchsorted(cumulative, ranks)  # first bin whose cumulative count >= rank
+        width = 180.0 / self.histogram_bins
+        return float(((bins.double() + 0.5) * width).mean())
+
+    def compute(self) -> dict[str, float]:
+        angle_sum, squared_sum = self.sums.tolist()
+        count, *within = (float(c) for c in self.counts.tolist())
+        scores = {
+            "mean_angle": _ratio(angle_sum, count),
+            "median_angle": self._median(),
+            "rmse_angle": math.sqrt(_ratio(squared_sum, count)),
+        }
+        for limit, hits in zip(self.WITHIN_DEGREES, within):
+            scores[f"within_{limit:g}"] = _ratio(hits, count) * 100
+        return scores
+
+
+class EdgeFMeasure(StreamingMetric):
+    """Optimal-dataset-scale F-measure (odsF) for edge maps, with a pixel tolerance.
+
+    Exactly how it is computed:
+
+    1. Thresholds are ``t_k = k / (thresholds + 1)``, ``k = 1..thresholds``
+       (0.01 ... 0.99 by default); a pixel is a predicted edge at ``t_k`` when
+       ``prob >= t_k`` (float32). Ground-truth edges are ``target >= 0.5``.
+    2. Tolerance is a Chebyshev distance of ``tolerance_px``: a
+       ``(2 * tolerance_px + 1)``-square max-pool dilation.
+    3. A predicted edge pixel is a true positive when a GT edge pixel lies within
+       tolerance (it falls on the dilated GT). A GT edge pixel is recalled when a
+       predicted edge pixel lies within tolerance (the max of ``prob`` over its
+       window is ``>= t_k``).
+    4. For each threshold the counts are summed over the whole dataset:
+       ``P = TP_pred / #pred``, ``R = recalled_GT / #GT`` (0 when the denominator is
+       0), ``F = 2PR / (P + R)`` (0 when ``P + R = 0``).
+    5. ``odsF`` is the maximum F over thresholds (one threshold for the whole dataset);
+       ``best_threshold`` is the smallest threshold reaching it.
+
+    This approximates the BSDS benchmark, which thins predictions and matches
+    predicted and GT pixels one-to-one (bipartite matching) within a tolerance of a
+    fraction of the image diagonal. Here several predicted pixels may match one GT
+    pixel and predictions are not thinned, so thick edge maps score higher than in
+    BSDS; apply non-maximum suppression first if you need BSDS-like behaviour. The
+    numbers are comparable between runs of this tool, not with published BSDS odsF.
+
+    ``compute()`` returns ``odsF``, ``ods_precision``, ``ods_recall`` in percent and
+    ``best_threshold`` in ``(0, 1)``.
+    """
+
+    histograms: torch.Tensor
+    primary = "odsF"
+    higher_is_better = True
+
+    def __init__(self, thresholds: int = 99, tolerance_px: int = 1) -> None:
+        super().__init__()
+        if tolerance_px < 0:
+            raise ValueError(f"tolerance_px must be >= 0, got {tolerance_px}")
+        self.thresholds = _probability_thresholds(thresholds)
+        self.tolerance_px = tolerance_px
+        # rows: prob of every pixel, prob of pixels near GT, max prob near each GT pixel
+        self._add_state("histograms", (3, thresholds + 1), torch.int64)
+
+    def _dilate(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.tolerance_px
+        return F.max_pool2d(x, kernel_size=2 * r + 1, stride=1, padding=r) if r else x
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``prediction`` probabilities and ``target`` edges, ``[B, 1, H, W]``."""
+        _check_same_shape("EdgeFMeasure", prediction, target)
+        if prediction.dim() != 4:
+            raise ValueError(f"EdgeFMeasure: expected [B,1,H,W], got {tuple(prediction.shape)}")
+        self._follow(prediction)
+        prob = prediction.float()
+        gt = target >= 0.5
+        near_gt = self._dilate(gt.float()) > 0
+        max_prob_nearby = self._dilate(prob)
+        rows = [
+            _threshold_histogram(prob, self.thresholds),
+            _threshold_histogram(prob[near_gt], self.thresholds),
+            _threshold_histogram(max_prob_nearby[gt], self.thresholds),
+        ]
+        self.histograms += torch.stack(rows)
+
+    def compute(self) -> dict[str, float]:
+        histograms = self.histograms.cpu()
+        if histograms[0].sum() == 0:
+            return {"odsF": math.nan, "ods_precision": math.nan, "ods_recall": math.nan, "best_threshold": math.nan}
+        predicted, matched, recalled = _count_at_or_above(histograms).double()
+        num_gt = float(histograms[2].sum())
+        precision = matched / predicted.clamp(min=1)
+        recall = recalled / max(num_gt, 1.0)
+        denominator = precision + recall
+        f_measure = torch.where(denominator > 0, 2 * precision * recall / denominator.clamp(min=1e-12), 0.0)
+        best = int(torch.argmax(f_measure))
+        return {
+            "odsF": float(f_measure[best]) * 100,
+            "ods_precision": float(precision[best]) * 100,
+            "ods_recall": float(recall[best]) * 100,
+            "best_threshold": float(self.thresholds[best]),
+        }
+
+
+class SaliencyMaxF(StreamingMetric):
+    """Maximum F-beta over thresholds and mean absolute error for saliency maps.
+
+    For each threshold ``t_k = k / (thresholds + 1)`` a pixel is predicted salient
+    when ``prob >= t_k``; GT salient pixels are ``target >= 0.5``. True positives,
+    predicted positives and GT positives are summed over the *whole dataset* and
+    ``F = (1 + b2) P R / (b2 P + R)`` with ``b2 = beta2`` (0.3 by convention);
+    ``maxF`` is the max over thresholds. This dataset-pooled definition is the one in
+    InvPT's / ATRC's ``SaliencyMeter`` and merges by summation; the salient-object
+    literature often averages per-image P and R instead, which weighs small objects
+    more. ``mae`` is ``mean |prob - target|`` over all pixels of the dataset (equal
+    to the per-image mean when all images have the same size).
+
+    ``compute()`` returns ``maxF`` in percent, ``best_threshold`` in ``(0, 1)`` and
+    ``mae`` as a fraction.
+    """
+
+    histograms: torch.Tensor
+    abs_error: torch.Tensor
+    primary = "maxF"
+    higher_is_better = True
+
+    def __init__(self, thresholds: int = 99, beta2: float = 0.3) -> None:
+        super().__init__()
+        if beta2 <= 0:
+            raise ValueError(f"beta2 must be > 0, got {beta2}")
+        self.thresholds = _probability_thresholds(thresholds)
+        self.beta2 = beta2
+        # rows: prob of every pixel, prob of GT-salient pixels
+        self._add_state("histograms", (2, thresholds + 1), torch.int64)
+        self._add_state("abs_error", (1,), torch.float64)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``prediction`` probabilities and ``target`` in {0, 1}, ``[B, 1, H, W]``."""
+        _check_same_shape("SaliencyMaxF", prediction, target)
+        self._follow(prediction)
+        prob = prediction.float()
+        salient = target >= 0.5
+        rows = [
+            _threshold_histogram(prob, self.thresholds),
+            _threshold_histogram(prob[salient], self.thresholds),
+        ]
+        self.histograms += torch.stack(rows)
+        self.abs_error += (prob.double() - target.double()).abs().sum()
+
+    def compute(self) -> dict[str, float]:
+        histograms = self.histograms.cpu()
+        num_pixels = float(histograms[0].sum())
+        if num_pixels == 0:
+            return {"maxF": math.nan, "best_threshold": math.nan, "mae": math.nan}
+        predicted, true_positive = _count_at_or_above(histograms).double()
+        num_salient = float(histograms[1].sum())
+        precision = true_positive / predicted.clamp(min=1)
+        recall = true_positive / max(num_salient, 1.0)
+        denominator = self.beta2 * precision + recall
+        f_beta = torch.where(
+            denominator > 0, (1 + self.beta2) * precision * recall / denominator.clamp(min=1e-12), 0.0
+        )
+        best = int(torch.argmax(f_beta))
+        return {
+            "maxF": float(f_beta[best]) * 100,
+            "best_threshold": float(self.thresholds[best]),
+            "mae": float(self.abs_error.item()) / num_pixels,
+        }

@@ -1,0 +1,78 @@
+"""Evaluate task models (and the trivial baselines they must beat) on a dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mtlcompress.tasks.registry import TaskSpec
+
+
+@torch.no_grad()
+def evaluate_predictor(
+    predict_raw: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    spec: TaskSpec,
+    num_classes: int | None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Run ``predict_raw(images) -> raw maps`` over ``dataset`` and compute the task metric."""
+    metric = spec.metric(num_classes)
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        raw = predict_raw(batch["image"].to(device))
+        metric.update(spec.predict(raw).cpu(), batch[spec.name])
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+def evaluate_model(model: torch.nn.Module, dataset: Dataset, spec: TaskSpec, num_classes: int | None,
+                   batch_size: int = 32, device: str | torch.device = "cpu") -> dict[str, float]:
+    model.eval()
+    return evaluate_predictor(model, dataset, spec, num_classes, batch_size, device)
+
+
+@torch.no_grad()
+def constant_baseline(spec: TaskSpec, train: Dataset, num_classes: int | None) -> torch.Tensor:
+    """The best input-independent raw output: majority class, mean depth, mean normal,
+    or the positive rate for binary maps (as a logit)."""
+    totals: Any = None
+    count = torch.zeros(())
+    for batch in DataLoader(train, batch_size=64):
+        target = batch[spec.name]
+        if spec.categorical:
+            valid = target[target != 255]
+            hist = torch.bincount(valid.flatten(), minlength=num_classes).double()
+            totals = hist if totals is None else totals + hist
+        elif spec.name == "normals":
+            s = target.double().sum(dim=(0, 2, 3))
+            totals = s if totals is None else totals + s
+        else:
+            valid = target > 0 if spec.name == "depth" else torch.ones_like(target, dtype=torch.bool)
+            s = target[valid].double().sum()
+            totals = s if totals is None else totals + s
+            count = count + valid.sum()
+    if spec.categorical:
+        raw = torch.full((num_classes,), -10.0)
+        raw[int(totals.argmax())] = 10.0
+    elif spec.name == "normals":
+        raw = (totals / totals.norm().clamp_min(1e-12)).float()
+    elif spec.name == "depth":
+        raw = (totals / count).float().reshape(1)
+    else:
+        rate = (totals / count).clamp(1e-4, 1 - 1e-4)
+        raw = torch.logit(rate).float().reshape(1)
+    return raw
+
+
+def evaluate_constant_baseline(spec: TaskSpec, train: Dataset, val: Dataset, num_classes: int | None,
+                               batch_size: int = 32) -> dict[str, float]:
+    constant = constant_baseline(spec, train, num_classes)
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        return constant.view(1, -1, 1, 1).expand(b, -1, h, w)
+
+    return evaluate_predictor(predict, val, spec, num_classes, batch_size)

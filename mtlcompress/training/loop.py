@@ -1,0 +1,196 @@
+"""The one training loop every stage uses (single-task training, shared pretraining,
+and each sparsify stage): deterministic batches, warm-up + cosine learning rate,
+periodic checkpoints that resume bit-exactly, NaN guard, DDP, progress.
+
+Batches are a pure function of (seed, step, rank), so a resumed run sees exactly the
+batches an uninterrupted run would have seen and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, default_collate
+
+from mtlcompress._progress import progress_bar
+from mtlcompress.errors import TrainingDiverged
+from mtlcompress.training.augment import random_hflip
+from mtlcompress.training.state import load_training_state, save_training_state
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters shared by every training stage."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 100
+    checkpoint_every: int = 50
+    augment: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    resumed_from: int
+    last_losses: dict[str, float]
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside ``torchrun``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def batch_indices(step: int, *, dataset_size: int, batch_size: int, seed: int,
+                  rank: int = 0, world_size: int = 1) -> list[int]:
+    """The samples of this rank's share of the global batch at ``step``.
+
+    Each epoch is a fresh permutation seeded by (seed, epoch); the global batch is
+    split evenly across ranks, so DDP needs no sampler state.
+    """
+    global_batch = min(batch_size, dataset_size)
+    global_batch -= global_batch % world_size
+    if global_batch == 0:
+        raise ValueError(f"batch of {batch_size} cannot be split over {world_size} ranks "
+                         f"with {dataset_size} samples")
+    per_epoch = dataset_size // global_batch
+    epoch, position = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(dataset_size, generator=generator)
+    batch = order[position * global_batch:(position + 1) * global_batch]
+    share = global_batch // world_size
+    return batch[rank * share:(rank + 1) * share].tolist()
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class MemoryCachedDataset(Dataset):
+    """Keeps decoded samples in memory: small datasets are read from disk once."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._cache: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index not in self._cache:
+            self._cache[index] = self.dataset[index]
+        return self._cache[index]
+
+
+def run_training(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    compute_loss: Callable[[dict[str, Any], int], tuple[torch.Tensor, dict[str, float]]],
+    dataset: Dataset,
+    config: TrainConfig,
+    state_path: str | os.PathLike,
+    run_id: dict[str, Any],
+    description: str = "training",
+    evaluate: Callable[[int], dict[str, Any]] | None = None,
+    resume: bool = True,
+    show_progress: bool = True,
+    before_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` (already wrapped in DDP by the caller if distributed).
+
+    ``compute_loss(batch, step)`` returns the loss and scalars to log. The state file
+    at ``state_path`` is rewritten every ``config.checkpoint_every`` steps and holds
+    the last good state: a NaN loss stops training with ``TrainingDiverged`` without
+    overwriting it.
+    """
+    rank, world_size = world()
+    state_path = Path(state_path)
+    inner = model.module if hasattr(model, "module") else model
+    start = 0
+    if resume and state_path.exists():
+        start = load_training_state(state_path, model=inner, optimizer=optimizer, run=run_id)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    data = MemoryCachedDataset(dataset)
+    losses: dict[str, float] = {}
+    evaluations: list[dict[str, Any]] = []
+    last_saved = start
+    model.train()
+    with progress_bar(description, config.steps, enabled=show_progress and rank == 0, completed=start) as advance:
+        for step in range(start, config.steps):
+            if before_step is not None:
+                before_step(step)
+            for group in optimizer.param_groups:
+                if not group.get("constant_lr"):
+                    group["lr"] = group["base_lr"] * lr_factor(step, config)
+            indices = batch_indices(step, dataset_size=len(data), batch_size=config.batch_size,
+                                    seed=config.seed, rank=rank, world_size=world_size)
+            batch = default_collate([data[i] for i in indices])
+            if config.augment:
+                batch = random_hflip(batch, torch.Generator().manual_seed(config.seed * 7919 + step))
+            loss, losses = compute_loss(batch, step)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at step {step}; the last good state (step {last_saved}) "
+                    f"is kept in {state_path}; lower the learning rate and re-run to resume"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                # Gradient-ascent groups (Lagrange multipliers) are not clipped with the model.
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups if not g.get("maximize") for p in g["params"]],
+                    config.grad_clip)
+            optimizer.step()
+            done = step + 1
+            status = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
+            if evaluate is not None and (done % config.eval_every == 0 or done == config.steps):
+                result = evaluate(done)
+                evaluations.append({"step": done, **result})
+                model.train()
+                status += " | " + " ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                if rank == 0:
+                    save_training_state(state_path, step=done, model=inner, optimizer=optimizer, run=run_id)
+                last_saved = done
+            advance(1, status)
+    return TrainResult(steps=config.steps, resumed_from=start, last_losses=losses, evaluations=evaluations)
+
+
+def maybe_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """Wrap in DistributedDataParallel when running under ``torchrun``."""
+    if world()[1] == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def adamw(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def resume_state_path(out: str | os.PathLike) -> Path:
+    """Where a run writing ``out`` keeps its resumable state (next to the output)."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".safetensors") + ".resume.safetensors")

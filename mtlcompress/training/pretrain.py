@@ -1,0 +1,63 @@
+"""Shared pretraining: one backbone trained on all tasks at once, saved as the common
+initialisation that every single-task model is then fine-tuned from.
+
+This stands in for the ImageNet-pretrained ViT real users start from; the method needs
+every task model to come from one initialisation so that their weights stay close.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlcompress.data.datasets import open_dataset
+from mtlcompress.models.backbone import BackboneConfig, resolve_backbone
+from mtlcompress.models.multi_head import MultiHeadModel
+from mtlcompress.models.weights import save_backbone_init
+from mtlcompress.tasks.registry import get_task
+from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training, world
+
+
+def pretrain_backbone(
+    *,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    backbone: str | BackboneConfig = "tiny",
+    tasks: Sequence[str] | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = True,
+    show_progress: bool = True,
+) -> BackboneConfig:
+    """Train a multi-head model on ``tasks`` (default: all labelled) and save its backbone."""
+    config = config or TrainConfig()
+    backbone_config = backbone if isinstance(backbone, BackboneConfig) else resolve_backbone(backbone)
+    train = open_dataset(data, split="train", tasks=list(tasks) if tasks else None, size=backbone_config.img_size)
+    specs = {name: get_task(name) for name in train.tasks}
+    channels = {name: spec.out_channels(train.num_classes.get(name)) for name, spec in specs.items()}
+    torch.manual_seed(config.seed)
+    model = MultiHeadModel(backbone_config, channels)
+    wrapped = maybe_ddp(model)
+    optimizer = adamw(wrapped.parameters(), config)
+
+    def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        outputs = wrapped(batch["image"])
+        parts = {name: spec.loss(outputs[name], batch[name]) for name, spec in specs.items()}
+        # Normalised by the summed weights so the learning rate means the same for any task set.
+        total = sum(specs[n].loss_weight * v for n, v in parts.items()) / sum(s.loss_weight for s in specs.values())
+        return total, {"loss": total.item()}
+
+    run_id = {"stage": "pretrain", "tasks": sorted(specs), "data": str(Path(data).resolve()),
+              "backbone": backbone_config.to_dict(), "config": config.to_dict()}
+    state_path = resume_state_path(out)
+    result = run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=train,
+                          config=config, state_path=state_path, run_id=run_id, description="shared pretraining",
+                          resume=resume, show_progress=show_progress)
+    if world()[0] == 0:
+        save_backbone_init(model.backbone, backbone_config, out,
+                           training={**run_id, "final_loss": result.last_losses.get("loss")})
+        state_path.unlink(missing_ok=True)
+    return backbone_config

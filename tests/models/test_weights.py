@@ -1,0 +1,94 @@
+import dataclasses
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mtlcompress.errors import CheckpointError
+from mtlcompress.models.backbone import PRESETS, build_backbone, resolve_backbone
+from mtlcompress.models.weights import checkpoint_filter_fn, load_initial_backbone, read_backbone_config, save_backbone_init
+
+MICRO = PRESETS["micro"]
+
+
+def _source():
+    torch.manual_seed(1)
+    return build_backbone(MICRO)
+
+
+def test_our_backbone_init_round_trip(tmp_path):
+    source = _source()
+    path = tmp_path / "init.safetensors"
+    save_backbone_init(source, MICRO, path)
+    assert read_backbone_config(path) == MICRO
+    target = build_backbone(MICRO)
+    load_initial_backbone(target, path)
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name
+
+
+def test_foreign_nested_prefixed_state_dict_with_classifier(tmp_path):
+    source = _source()
+    state = {f"module.backbone.{k}": v for k, v in source.state_dict().items()}
+    state["module.backbone.head.weight"] = torch.zeros(10, MICRO.embed_dim)
+    path = tmp_path / "foreign.pth"
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    target = build_backbone(MICRO)
+    info = load_initial_backbone(target, path)
+    assert info["init_format"] == "foreign"
+    assert torch.equal(target.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+
+
+def test_pos_embed_is_resized_for_another_image_size(tmp_path):
+    source = _source()
+    path = tmp_path / "foreign.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    bigger = dataclasses.replace(MICRO, img_size=48)
+    target = build_backbone(bigger)
+    load_initial_backbone(target, path)
+    assert target.pos_embed.shape[1] == 1 + (48 // 8) ** 2
+    assert torch.equal(target.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
+
+
+def test_filter_does_not_modify_input():
+    source = _source()
+    state = {f"model.{k}": v for k, v in source.state_dict().items()}
+    keys = list(state)
+    checkpoint_filter_fn(state, build_backbone(MICRO))
+    assert list(state) == keys
+
+
+def test_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"state_dict": Evil()}, handle)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_initial_backbone(build_backbone(MICRO), path)
+
+
+def test_different_architecture_is_a_clear_error(tmp_path):
+    other = build_backbone(dataclasses.replace(MICRO, embed_dim=64))
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match="different architecture|cannot adapt"):
+        load_initial_backbone(build_backbone(MICRO), path)
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "weights.npz"
+    path.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="unsupported weights file type"):
+        load_initial_backbone(build_backbone(MICRO), path)
+
+
+def test_timm_names_resolve_without_weights():
+    config = resolve_backbone("vit_small_patch16_224")
+    assert (config.embed_dim, config.depth, config.num_heads, config.patch_size, config.img_size) == (384, 12, 6, 16, 224)
+    assert resolve_backbone("vit_base_patch16_224").embed_dim == 768
+    with pytest.raises(CheckpointError, match="unknown backbone"):
+        resolve_backbone("resnet_of_dreams")

@@ -1,0 +1,174 @@
+"""The cost model's choices, persistence and calibration (no assertion depends on timing noise)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from mtlcompress.errors import MtlCompressError
+from mtlcompress.runtime import cost_model
+from mtlcompress.runtime.cost_model import (
+    CACHE_DIR_ENV,
+    TIMINGS_VERSION,
+    KernelTimings,
+    LinearCost,
+    calibrate,
+    choose_path,
+    choose_weight_path,
+    default_cache_path,
+    estimate_path_costs,
+    load_or_calibrate,
+    load_timings,
+    save_timings,
+)
+
+SHAPE = dict(tokens=197, in_features=384, out_features=1536)
+DENSE_MACS = 197 * 384 * 1536
+
+
+def _timings(**overrides: LinearCost) -> KernelTimings:
+    """Hand-made timings shaped like a CPU: token GEMM 20% dearer per MAC plus overhead,
+    element-sparse slow, CSR weight delta cheap per nnz."""
+    paths = dict(
+        dense=LinearCost(20e-6, 1e-11),
+        token=LinearCost(60e-6, 1.2e-11),
+        element=LinearCost(500e-6, 5e-11),
+        sparse_weight=LinearCost(30e-6, 3e-11),
+    )
+    paths.update(overrides)
+    return KernelTimings(**paths, device="cpu", dtype="float32", device_name="test-cpu")
+
+
+def test_linear_cost_is_overhead_plus_slope():
+    assert LinearCost(2.0, 0.5)(10) == pytest.approx(7.0)
+
+
+def test_token_path_wins_with_nothing_changed_and_dense_wins_with_everything_changed():
+    t = _timings()
+    assert choose_path(t, **SHAPE, token_density=0.0, weight_density=0.0) == "token"
+    assert choose_path(t, **SHAPE, token_density=1.0, weight_density=0.0) == "dense"
+    assert choose_path(t, **SHAPE, token_density=1.0, weight_density=0.02) == "dense"
+
+
+def test_choice_switches_once_from_token_to_dense_as_density_grows():
+    t = _timings()
+    choices = [choose_path(t, **SHAPE, token_density=d / 20, weight_density=0.01) for d in range(21)]
+    switch = choices.index("dense")
+    assert switch > 0
+    assert choices[:switch] == ["token"] * switch
+    assert choices[switch:] == ["dense"] * (len(choices) - switch)
+
+
+def test_weight_delta_cost_counts_against_the_delta_paths():
+    t = _timings()
+    # Cheap with shared weights, but a dense-ish dW makes the identity dearer than recomputing.
+    assert choose_path(t, **SHAPE, token_density=0.3, weight_density=0.0) == "token"
+    assert choose_path(t, **SHAPE, token_density=0.3, weight_density=0.9) == "dense"
+    costs = estimate_path_costs(t, **SHAPE, token_density=0.3, weight_density=0.0)
+    with_dw = estimate_path_costs(t, **SHAPE, token_density=0.3, weight_density=0.02)
+    assert with_dw["dense"] == costs["dense"]
+    assert with_dw["token"] > costs["token"]
+
+
+def test_element_path_is_chosen_when_it_is_cheapest():
+    t = _timings(element=LinearCost(1e-6, 1e-12))
+    assert choose_path(t, **SHAPE, token_density=0.5, weight_density=0.0, element_density=0.01) == "element"
+    # The default element density is the token density (every changed token dense).
+    assert choose_path(_timings(), **SHAPE, token_density=0.5, weight_density=0.0) != "element"
+
+
+def test_choose_weight_path():
+    t = _timings()
+    assert choose_weight_path(t, **SHAPE, weight_density=0.0) == "none"
+    assert choose_weight_path(t, **SHAPE, weight_density=0.02) == "sparse"
+    assert choose_weight_path(t, **SHAPE, weight_density=1.0) == "dense"
+    slow_sparse = _timings(sparse_weight=LinearCost(10.0, 1e-6))
+    assert choose_weight_path(slow_sparse, **SHAPE, weight_density=0.02) == "dense"
+
+
+def test_densities_outside_unit_interval_are_rejected():
+    with pytest.raises(ValueError):
+        estimate_path_costs(_timings(), **SHAPE, token_density=1.5, weight_density=0.0)
+    with pytest.raises(ValueError):
+        choose_path(_timings(), **SHAPE, token_density=0.5, weight_density=-0.1)
+
+
+def test_fit_line_recovers_a_line_and_stays_positive_under_noise():
+    fit = cost_model._fit_line([1e6, 2e6, 4e6], [3e-4 + 1e-10 * u for u in (1e6, 2e6, 4e6)])
+    assert fit.overhead_s == pytest.approx(3e-4, rel=1e-6)
+    assert fit.per_unit_s == pytest.approx(1e-10, rel=1e-6)
+    negative_intercept = cost_model._fit_line([1.0, 2.0, 3.0], [0.5, 2.0, 3.0])
+    assert negative_intercept.overhead_s >= 0 and negative_intercept.per_unit_s > 0
+    flat = cost_model._fit_line([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    assert flat.overhead_s > 0 and flat.per_unit_s > 0
+
+
+def test_json_round_trip(tmp_path):
+    t = _timings()
+    path = save_timings(t, tmp_path / "sub" / "timings.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == "mtlcompress.kernel_timings" and data["version"] == TIMINGS_VERSION
+    assert load_timings(path) == t
+
+
+def test_load_rejects_other_versions_formats_and_garbage(tmp_path):
+    good = _timings().to_dict()
+    cases = {
+        "future.json": json.dumps({**good, "version": TIMINGS_VERSION + 1}),
+        "format.json": json.dumps({**good, "format": "something.else"}),
+        "missing.json": json.dumps({k: v for k, v in good.items() if k != "token"}),
+        "garbage.json": "{not json",
+        "list.json": "[]",
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(MtlCompressError):
+            load_timings(tmp_path / name)
+    with pytest.raises(MtlCompressError):
+        load_timings(tmp_path / "absent.json")
+
+
+def test_default_cache_path_honours_env_and_keys_by_torch_version(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    path = default_cache_path("cpu", torch.float32)
+    assert path.parent == tmp_path / "cache"
+    assert torch.__version__.replace("+", "_") in path.name or torch.__version__ in path.name
+    assert default_cache_path("cpu", torch.bfloat16) != path
+    monkeypatch.delenv(CACHE_DIR_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_path("cpu").parent == tmp_path / "home" / ".cache" / "mtlcompress"
+
+
+def test_load_or_calibrate_uses_the_cache_and_replaces_a_corrupt_one(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    calls = []
+
+    def fake_calibrate(device, dtype, **kwargs):
+        calls.append(kwargs)
+        return _timings()
+
+    monkeypatch.setattr(cost_model, "calibrate", fake_calibrate)
+    first = load_or_calibrate("cpu", torch.float32, tokens=4)
+    assert len(calls) == 1 and default_cache_path("cpu").exists()
+    assert load_or_calibrate("cpu", torch.float32) == first and len(calls) == 1
+    default_cache_path("cpu").write_text("{broken")
+    assert load_or_calibrate("cpu", torch.float32) == first and len(calls) == 2
+    load_or_calibrate("cpu", torch.float32, recalibrate=True)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_calibrate_tiny_shapes_gives_positive_finite_timings_quickly(dtype):
+    start = time.perf_counter()
+    t = calibrate("cpu", dtype, in_features=16, out_features=32, tokens=8, repeats=3)
+    assert time.perf_counter() - start < 5.0
+    for path in (t.dense, t.token, t.element, t.sparse_weight):
+        assert math.isfinite(path.overhead_s) and path.overhead_s >= 0
+        assert math.isfinite(path.per_unit_s) and path.per_unit_s > 0
+    assert t.dtype == str(dtype).removeprefix("torch.") and t.calibration_shape == (8, 16, 32)
+    assert choose_path(t, tokens=8, in_features=16, out_features=32, token_density=0.5,
+                       weight_density=0.1) in ("dense", "token", "element")
