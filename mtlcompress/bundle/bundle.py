@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,37 @@ class Bundle:
         total = sum(w.numel() for w in self.base_weights.values())
         return sum(int((d != 0).sum()) for d in delta.values()) / total
 
+    def save(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Write the bundle atomically; returns the manifest (see ``bundle.format``)."""
+        from mtlcompress.bundle.format import save_bundle
+
+        return save_bundle(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Bundle:
+        """Read and fully verify a bundle file; any problem raises ``BundleError``."""
+        from mtlcompress.bundle.format import load_bundle
+
+        return load_bundle(path)
+
+    def engine(self, kind: str = "shared", tasks: Sequence[str] | None = None, device: str | torch.device = "cpu"):
+        """An executor: ``"shared"`` (real shared computation) or ``"dense"`` (the reference)."""
+        from mtlcompress.runtime.engines import make_engine
+
+        return make_engine(self, kind, tasks=tasks, device=device)
+
+    def predict(self, images: torch.Tensor, tasks: Sequence[str] | None = None, engine: str = "shared",
+                device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """Raw outputs ``{task: [B, C, H, W]}`` for images ``[B, 3, H, W]`` in [0, 1]."""
+        return self.engine(engine, tasks, device).predict(images)
+
+    def stream(self, frames: Iterable[torch.Tensor], tasks: Sequence[str] | None = None, engine: str = "shared",
+               device: str | torch.device = "cpu", **policy: Any) -> Iterator[Any]:
+        """Per-frame results for video frames in order; ``policy`` is ``KeyframePolicy``'s fields."""
+        from mtlcompress.runtime.keyframes import KeyframePolicy
+
+        return self.engine(engine, tasks, device).stream(frames, KeyframePolicy(**policy))
+
     @classmethod
     def from_checkpoints(cls, base: str | os.PathLike, tasks: Sequence[str | os.PathLike]) -> Bundle:
         """Combine a base checkpoint and sub-task checkpoints (any delta density)."""
@@ -118,7 +149,7 @@ class Bundle:
             if info.task in entries:
                 raise BundleError(f"{path}: a second checkpoint for task '{info.task}' "
                                   f"(first: {entries[info.task].provenance['path']})")
-            if _shape_signature(info.backbone) != _shape_signature(base_info.backbone):
+            if backbone_signature(info.backbone) != backbone_signature(base_info.backbone):
                 raise BundleError(f"{path}: backbone {info.backbone.describe()} differs from the base checkpoint's "
                                   f"{base_info.backbone.describe()}; all tasks must share one architecture")
             weights = model.backbone.state_dict()
@@ -139,5 +170,6 @@ class Bundle:
         return cls(backbone=base_info.backbone, base_task=base_info.task, base_weights=base_weights, tasks=entries)
 
 
-def _shape_signature(config: BackboneConfig) -> tuple:
+def backbone_signature(config: BackboneConfig) -> tuple:
+    """Everything that fixes tensor shapes and the computation (the name does not)."""
     return dataclasses.astuple(dataclasses.replace(config, arch=""))

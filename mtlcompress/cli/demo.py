@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
-from mtlcompress.demo import DEMO_PRESETS, run_demo
+from mtlcompress.cli.sparsify import stage_table
+from mtlcompress.demo import DEMO_PRESETS, DEMO_STAGES, run_demo
+from mtlcompress.sparsify.common import StageResult
 
 
 def register(app: typer.Typer) -> None:
@@ -20,21 +23,55 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Working folder; re-running continues where it stopped.")] = Path("demo-out"),
     preset: Annotated[str, typer.Option(help=f"Size of the run: {', '.join(DEMO_PRESETS)} "
                                         "('quick' is a seconds-long smoke test).")] = "default",
+    until: Annotated[str, typer.Option(help=f"Last step to run: {', '.join(DEMO_STAGES)}.")] = "run",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Synthetic scenes -> shared pretraining -> one single-task model per task -> evaluation."""
+    """Synthetic scenes -> single-task models -> sparsify -> bundle -> shared runtime, with a report."""
     if preset not in DEMO_PRESETS:
         raise typer.BadParameter(f"unknown preset '{preset}'; choose from {', '.join(DEMO_PRESETS)}")
+    if until not in DEMO_STAGES:
+        raise typer.BadParameter(f"unknown step '{until}'; choose from {', '.join(DEMO_STAGES)}")
     silent = quiet or as_json
-    report = run_demo(out, preset, show_progress=not silent, log=lambda message: info(message, silent))
+    stages = DEMO_STAGES[:DEMO_STAGES.index(until) + 1]
+    report = run_demo(out, preset, stages=stages, show_progress=not silent, log=lambda message: info(message, silent))
+    tables = [_single_task_table(report)]
+    if "sparsify" in report:
+        results = [StageResult(**{k: s[k] for k in ("stage", "task", "out", "delta_density", "metrics",
+                                                     "original_metrics", "primary")},
+                               higher_is_better=report["single_task"][s["task"]]["higher_is_better"])
+                   for s in report["sparsify"]["stages"]]
+        tables.append(stage_table(results, f"sparsify (base task: {report['sparsify']['base']})"))
+    if "run" in report:
+        tables.append(_bundle_table(report))
+    seconds = ", ".join(f"{k} {v:.0f}s" for k, v in report["seconds"].items())
+    emit(report, as_json, *tables, note=f"time: {seconds}; full report: {out / 'demo-report.json'}")
+
+
+def _single_task_table(report: dict[str, Any]) -> Table:
     rows = []
     for task, result in report["single_task"].items():
         key = result["primary"]
         model, baseline = result["model"][key], result["baseline"][key]
         better = model > baseline if result["higher_is_better"] else model < baseline
         rows.append((task, key, model, baseline, "yes" if better else "NO"))
-    table = make_table("single-task models on the held-out split", ["task", "metric", "model", "constant baseline",
-                                                                     "beats baseline"], rows)
-    seconds = ", ".join(f"{k} {v:.0f}s" for k, v in report["seconds"].items())
-    emit(report, as_json, table, note=f"time: {seconds}; report: {out / 'demo-report.json'}")
+    return make_table("single-task models on the held-out split",
+                      ["task", "metric", "model", "constant baseline", "beats baseline"], rows)
+
+
+def _bundle_table(report: dict[str, Any]) -> Table:
+    run, bundle = report["run"], report["bundle"]
+    rows = []
+    for task, metrics in run["metrics"].items():
+        key = report["single_task"][task]["primary"]
+        original = report["single_task"][task]["model"][key]
+        density = run["activation_density"].get(task, {})
+        dx = sum(density.values()) / len(density) if density else None
+        rows.append((task, key, original, metrics[key], run["max_abs_diff"][task],
+                     None if dx is None else f"{100 * dx:.1f}%"))
+    sizes = sum(bundle["source_bytes"].values())
+    title = (f"bundle: {bundle['bytes'] / 1e6:.2f} MB vs {sizes / 1e6:.2f} MB of checkpoints "
+             f"({bundle['bytes'] / max(bundle['source_bytes'].values()):.2f}x one checkpoint); "
+             f"shared {run['seconds']['shared']:.2f}s vs dense {run['seconds']['dense']:.2f}s on {run['images']} images")
+    return make_table(title, ["task", "metric", "single-task model", "bundle (shared engine)",
+                              "max |shared - dense|", "dx density"], rows)

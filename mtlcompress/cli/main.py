@@ -7,10 +7,13 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from mtlcompress import __version__
 from mtlcompress.cli import data as data_cli
 from mtlcompress.cli import demo as demo_cli
+from mtlcompress.cli import export as export_cli
+from mtlcompress.cli import sparsify as sparsify_cli
 from mtlcompress.cli import train as train_cli
 from mtlcompress.cli._output import err_console
 from mtlcompress.errors import MtlCompressError
@@ -23,8 +26,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cli.app, name="data")
+app.add_typer(sparsify_cli.app, name="sparsify")
 train_cli.register(app)
 demo_cli.register(app)
+export_cli.register(app)
 
 
 def _version(value: bool) -> None:
@@ -48,7 +53,7 @@ def main() -> None:
     except MtlCompressError as exc:
         if os.environ.get("MTLCOMPRESS_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted; re-run the same command to resume")

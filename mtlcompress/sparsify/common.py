@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from mtlcompress.bundle.bundle import backbone_signature
 from mtlcompress.data.datasets import DenseDataset, open_dataset
 from mtlcompress.errors import CheckpointError, MtlCompressError
 from mtlcompress.models.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
@@ -67,9 +68,7 @@ def load_pair(base: str | os.PathLike, task: str | os.PathLike
     if task_info.task == base_info.task:
         raise MtlCompressError(f"{task} is a '{task_info.task}' checkpoint, the same task as the base {base}; "
                                "a sub-task must be a different task")
-    shape = lambda c: (c.img_size, c.patch_size, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,  # noqa: E731
-                       c.qkv_bias, c.class_token, c.reg_tokens, c.init_values is None)
-    if shape(base_info.backbone) != shape(task_info.backbone):
+    if backbone_signature(base_info.backbone) != backbone_signature(task_info.backbone):
         raise CheckpointError(f"{task}: backbone {task_info.backbone.describe()} differs from the base's "
                               f"{base_info.backbone.describe()}; both must come from one architecture")
     recorded = task_info.sparsity.get("base", {}).get("fingerprint")
@@ -155,3 +154,16 @@ def finish_stage(*, stage: str, model: SingleTaskModel, base_model: SingleTaskMo
     metric = data.spec.metric(data.num_classes)
     return StageResult(stage, info.task, str(out), achieved, metrics, original, metric.primary,
                        metric.higher_is_better, {"supervision": data.supervision, **(extra or {})})
+
+
+def result_from_checkpoint(path: str | os.PathLike) -> StageResult:
+    """The summary of a stage that already ran, read back from its output."""
+    from mtlcompress.models.checkpoint import read_checkpoint_info
+
+    info = read_checkpoint_info(path)
+    metric = get_task(info.task).metric(info.num_classes or 1)
+    extra = {k: v for k, v in info.sparsity.items()
+             if k not in ("history", "activation", "base", "original_metrics", "delta_density", "stage")}
+    return StageResult(info.sparsity.get("stage", "?"), info.task, str(path), info.sparsity.get("delta_density", 0.0),
+                       info.metrics, info.sparsity.get("original_metrics", {}), metric.primary,
+                       metric.higher_is_better, {**extra, "skipped": True})

@@ -31,7 +31,7 @@ from mtlcompress.sparsify.common import (
     weights_fingerprint,
 )
 from mtlcompress.sparsify.delta_model import DeltaModel
-from mtlcompress.sparsify.density_control import LagrangianDensityController
+from mtlcompress.sparsify.density_control import DEFAULT_LAMBDA_LR, LagrangianDensityController
 from mtlcompress.sparsify.magnitude import magnitude_masks, project_to_density
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, maybe_ddp, resume_state_path, run_training
@@ -86,6 +86,7 @@ def sparsify_weights(
                               "density": density, "supervision": data_.supervision, "init_delta": init_delta,
                               "per_tensor_gates": per_tensor_gates, "gate_lr": gate_lr, "config": config.to_dict()}
     torch.manual_seed(config.seed)
+    gate_stats: dict[str, float] = {}
     if method == "magnitude":
         masks = magnitude_masks(start_delta, density)
         student = student_from(base_model, task_model)
@@ -104,7 +105,7 @@ def sparsify_weights(
         optimizer = torch.optim.AdamW([
             {"params": list(delta_model.delta.parameters()) + list(delta_model.model.head.parameters())},
             {"params": gate_params, "lr": gate_lr, "weight_decay": 0.0},
-            {"params": list(controller.parameters()), "lr": 0.01, "weight_decay": 0.0, "maximize": True,
+            {"params": list(controller.parameters()), "lr": DEFAULT_LAMBDA_LR, "weight_decay": 0.0, "maximize": True,
              "constant_lr": True},
         ], lr=config.lr, weight_decay=0.0)
         objective = make_objective(data_.spec, data_.supervision, task_model)
@@ -113,19 +114,25 @@ def sparsify_weights(
             task_loss = objective(batch, wrapped(batch["image"]))
             expected = delta_model.expected_density()
             loss = task_loss + controller.penalty(expected, step)
-            return loss, {"loss": task_loss.item(), "density": expected.item()}
+            return loss, {"loss": task_loss.item(), "density": expected.item(), "lambda1": controller.lambda1.item()}
 
         run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train,
                      config=config, state_path=resume_state_path(out), run_id=run_id,
                      description=f"weights {task_info.task}", resume=resume, show_progress=show_progress)
+        with torch.no_grad():
+            delta_model.eval()
+            # How close the gates themselves came, before snapping to the exact target.
+            gate_stats = {"expected_density": float(delta_model.expected_density()),
+                          "gate_density": sum(int(delta_model.gates[k].mask().sum()) for k in delta_model.gates)
+                          / delta_model.num_weights}
         result_model = delta_model.export(project_to_density(delta_model.gate_scores(), density))
     sparsity = {"base": {"task": base_info.task, "path": run_id["base"],
                          "fingerprint": weights_fingerprint(base_model.backbone.state_dict())},
                 "source": str(Path(task).resolve()), "original_metrics": original, "method": method,
-                "target_density": density, "supervision": data_.supervision}
+                "target_density": density, "supervision": data_.supervision, **gate_stats}
     return finish_stage(stage="weights", model=result_model, base_model=base_model, info=task_info, data=data_,
                         out=out, run_id=run_id, sparsity=sparsity,
-                        extra={"method": method, "target_density": density})
+                        extra={"method": method, "target_density": density, **gate_stats})
 
 
 def load_source(info_sparsity: dict[str, Any]) -> torch.nn.Module | None:

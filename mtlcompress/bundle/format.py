@@ -1,0 +1,490 @@
+"""The bundle file: one safetensors file in our container (format ``mtlcompress.bundle``).
+
+Tensors (nothing is pickled):
+
+* ``base.<name>``: the base backbone, dense;
+* ``delta.<task>.<name>.<part>``: each sub-task's non-zero weight deltas, each in the
+  smallest layout of ``bundle.layouts`` (all-zero deltas are not stored);
+* ``head.<task>.<name>``: every task head, dense.
+
+The container document is the manifest: backbone config, base task, task order, per
+task its checkpoint metadata, activation thresholds, provenance, delta density and
+one entry per stored delta (layout, shape, dtype, nnz, bytes), plus ``payload_sha256``
+over every tensor and ``manifest_sha256`` over the rest of the manifest.
+
+Loading trusts nothing: it checks the container, validates the manifest against an
+explicit schema, verifies both checksums, then every tensor name, shape and sparse
+part, and raises :class:`~mtlcompress.errors.BundleError` with one line on any
+problem. A loaded bundle is bit-identical to the one saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from mtlcompress import __version__
+from mtlcompress.bundle import layouts
+from mtlcompress.bundle.bundle import GRANULARITIES, ActivationSparsity, Bundle, BundleTask, backbone_signature
+from mtlcompress.errors import BundleError, MtlCompressError
+from mtlcompress.io.container import read_container_header, read_container_tensors, write_container
+from mtlcompress.models.backbone import BackboneConfig
+from mtlcompress.models.checkpoint import FORMAT_NAME as CHECKPOINT_FORMAT_NAME
+from mtlcompress.models.checkpoint import CheckpointInfo, build_model
+from mtlcompress.tasks.registry import get_task
+
+FORMAT_NAME = "mtlcompress.bundle"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+_CORRUPT = "the file is damaged or was edited; re-export it with `mtlcompress export`"
+
+
+# ------------------------------------------------------------------- checksums
+
+
+def payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor in sorted-name order: name, dtype, shape, raw bytes.
+
+    Each field is length-framed so no two different payloads hash the same input.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        head = json.dumps([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), len(raw)])
+        digest.update(len(head).to_bytes(8, "little") + head.encode())
+        digest.update(raw)
+    return digest.hexdigest()
+
+
+def manifest_sha256(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of the manifest without its ``manifest_sha256`` key."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------ save
+
+
+def save_bundle(bundle: Bundle, path: str | os.PathLike) -> dict[str, Any]:
+    """Write ``bundle`` to ``path`` atomically and return its manifest."""
+    path = Path(path)
+    if bundle.base_task not in bundle.tasks:
+        raise BundleError(f"{path}: base task '{bundle.base_task}' is not among the tasks ({', '.join(bundle.tasks)})")
+    base_weights = bundle.base_weights
+    tensors: dict[str, torch.Tensor] = {f"base.{name}": w for name, w in base_weights.items()}
+    total = sum(w.numel() for w in base_weights.values())
+    tasks: dict[str, Any] = {}
+    for task, entry in bundle.tasks.items():
+        if task == bundle.base_task and any(bool(d.any()) for d in entry.delta.values()):
+            raise BundleError(f"{path}: the base task '{task}' has a non-zero weight delta; it must have none")
+        deltas: dict[str, Any] = {}
+        for name, delta in entry.delta.items():
+            if name not in base_weights or tuple(delta.shape) != tuple(base_weights[name].shape):
+                raise BundleError(f"{path}: task '{task}' has a delta '{name}' that matches no base weight")
+            if delta.dtype != base_weights[name].dtype:
+                raise BundleError(f"{path}: task '{task}' delta '{name}' is {delta.dtype}, "
+                                  f"the base weight is {base_weights[name].dtype}")
+            nnz = int(torch.count_nonzero(delta))
+            if nnz == 0:
+                continue
+            encoded = layouts.encode(delta.detach().cpu(), "auto")
+            tensors.update(layouts.encoded_to_state(f"delta.{task}.{name}", encoded))
+            deltas[name] = {"layout": encoded.layout, "shape": list(encoded.shape),
+                            "dtype": layouts.dtype_to_str(encoded.dtype), "nnz": nnz, "bytes": encoded.nbytes}
+        tensors.update({f"head.{task}.{name}": h for name, h in entry.head.items()})
+        tasks[task] = {
+            "checkpoint": entry.info.to_document(),
+            "activation": entry.activation.to_dict(),
+            "provenance": entry.provenance,
+            "delta_density": _density(deltas, total),
+            "delta": deltas,
+        }
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "mtlcompress_version": __version__,
+        "backbone": bundle.backbone.to_dict(),
+        "base_task": bundle.base_task,
+        "task_order": list(bundle.tasks),
+        "tasks": tasks,
+        "payload_sha256": payload_sha256(tensors),
+    }
+    try:
+        manifest["manifest_sha256"] = manifest_sha256(manifest)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: task metadata or provenance is not plain JSON ({exc})") from None
+    write_container(path, tensors, format_name=FORMAT_NAME, version=FORMAT_VERSION, document=manifest)
+    return manifest
+
+
+def _density(deltas: Mapping[str, Mapping[str, Any]], total: int) -> float:
+    """One formula for writer and reader, so the manifest can be checked exactly."""
+    return sum(entry["nnz"] for entry in deltas.values()) / total if total else 0.0
+
+
+# ---------------------------------------------------------------------- schema
+# A checker gets a value and its dotted location, and raises _SchemaError.
+
+
+class _SchemaError(Exception):
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"manifest field '{where}' {problem}")
+
+
+_Check = Callable[[Any, str], None]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(value: Any, where: str) -> None:
+    if not _is_int(value) or value < 0:
+        raise _SchemaError(where, f"must be a non-negative integer, got {value!r:.40}")
+
+
+def _positive(value: Any, where: str) -> None:
+    if not _is_int(value) or value <= 0:
+        raise _SchemaError(where, f"must be a positive integer, got {value!r:.40}")
+
+
+def _number(value: Any, where: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise _SchemaError(where, f"must be a number, got {value!r:.40}")
+
+
+def _text(value: Any, where: str) -> None:
+    if not isinstance(value, str):
+        raise _SchemaError(where, f"must be a string, got {value!r:.40}")
+
+
+def _sha256(value: Any, where: str) -> None:
+    if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+        raise _SchemaError(where, "must be 64 lowercase hex digits")
+
+
+def _json_object(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise _SchemaError(where, f"must be a JSON object, got {type(value).__name__}")
+
+
+def _task_name(value: Any, where: str) -> None:
+    _text(value, where)
+    try:
+        get_task(value)
+    except MtlCompressError as exc:
+        raise _SchemaError(where, f"names {exc}") from None
+
+
+def _one_of(choices: tuple[str, ...]) -> _Check:
+    def check(value: Any, where: str) -> None:
+        if value not in choices:
+            raise _SchemaError(where, f"must be one of {', '.join(choices)}, got {value!r:.40}")
+    return check
+
+
+def _optional(check: _Check) -> _Check:
+    def optional(value: Any, where: str) -> None:
+        if value is not None:
+            check(value, where)
+    return optional
+
+
+def _list_of(check: _Check, unique: bool = False) -> _Check:
+    def check_list(value: Any, where: str) -> None:
+        if not isinstance(value, list):
+            raise _SchemaError(where, f"must be a list, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            check(item, f"{where}[{i}]")
+        if unique and len(set(map(str, value))) != len(value):
+            raise _SchemaError(where, "has duplicate entries")
+    return check_list
+
+
+def _dict_of(check: _Check) -> _Check:
+    def check_dict(value: Any, where: str) -> None:
+        _json_object(value, where)
+        for key, item in value.items():
+            check(item, f"{where}.{key}")
+    return check_dict
+
+
+def _record(fields: dict[str, _Check], optional: tuple[str, ...] = ()) -> _Check:
+    """An object with exactly these keys (those in ``optional`` may be absent)."""
+    def check_record(value: Any, where: str) -> None:
+        _json_object(value, where)
+        missing = sorted(set(fields) - set(value) - set(optional))
+        unknown = sorted(set(value) - set(fields))
+        if missing:
+            raise _SchemaError(where, f"is missing the key '{missing[0]}'")
+        if unknown:
+            raise _SchemaError(where, f"has the unknown key '{unknown[0]:.40}'")
+        for key, check in fields.items():
+            if key in value:
+                check(value[key], f"{where}.{key}" if where else key)
+    return check_record
+
+
+_DELTA_ENTRY = _record({"layout": _one_of(layouts.LAYOUTS), "shape": _list_of(_count),
+                        "dtype": _one_of(tuple(layouts.DTYPE_NAMES)), "nnz": _count, "bytes": _count})
+_TASK_ENTRY = _record({
+    "checkpoint": _record({
+        "task": _task_name, "backbone": _json_object,
+        "head": _record({"out_channels": _positive, "hidden": _positive}),
+        "num_classes": _optional(_positive), "class_names": _list_of(_text), "training": _json_object,
+        "metrics": _json_object, "sparsity": _json_object, "mtlcompress_version": _text,
+    }, optional=("mtlcompress_version",)),
+    "activation": _record({"granularity": _one_of(GRANULARITIES), "task_thresholds": _dict_of(_number),
+                           "temporal_thresholds": _dict_of(_number)}),
+    "provenance": _json_object,
+    "delta_density": _number,
+    "delta": _dict_of(_DELTA_ENTRY),
+})
+_MANIFEST = _record({
+    "format_version": _positive, "mtlcompress_version": _text, "backbone": _json_object,
+    "base_task": _task_name, "task_order": _list_of(_task_name, unique=True),
+    "tasks": _dict_of(_TASK_ENTRY), "payload_sha256": _sha256, "manifest_sha256": _sha256,
+})
+
+
+def _validate_manifest(manifest: Any) -> None:
+    """Raise ``_SchemaError`` unless ``manifest`` has the version-1 structure and
+    its fields agree with each other (tensors are checked later, against the model)."""
+    _MANIFEST(manifest, "")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise _SchemaError("format_version", f"is {manifest['format_version']}, the container says {FORMAT_VERSION}")
+    order, tasks = manifest["task_order"], manifest["tasks"]
+    if set(order) != set(tasks):
+        raise _SchemaError("task_order", f"lists {sorted(order)} but 'tasks' has {sorted(tasks)}")
+    if manifest["base_task"] not in tasks:
+        raise _SchemaError("base_task", f"'{manifest['base_task']}' is not among the tasks ({', '.join(order)})")
+    for task, entry in tasks.items():
+        if entry["checkpoint"]["task"] != task:
+            raise _SchemaError(f"tasks.{task}.checkpoint.task", f"is '{entry['checkpoint']['task']}'")
+        if task == manifest["base_task"] and entry["delta"]:
+            raise _SchemaError(f"tasks.{task}.delta", "must be empty for the base task")
+        for name, delta in entry["delta"].items():
+            where = f"tasks.{task}.delta.{name}"
+            if delta["nnz"] == 0:
+                raise _SchemaError(f"{where}.nnz", "is 0 (all-zero deltas are never stored)")
+            numel = 1
+            for dim in delta["shape"]:
+                numel *= dim
+            if delta["nnz"] > numel:
+                raise _SchemaError(f"{where}.nnz", f"is {delta['nnz']}, more than the {numel} entries of the tensor")
+            dtype = layouts.str_to_dtype(delta["dtype"])
+            if delta["bytes"] != layouts.layout_nbytes(delta["shape"], dtype, delta["nnz"], delta["layout"]):
+                raise _SchemaError(f"{where}.bytes", f"is {delta['bytes']}, which does not fit its layout")
+
+
+# ------------------------------------------------------------------------ load
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and fully verify a bundle file; every problem raises one-line ``BundleError``."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    try:
+        _validate_manifest(manifest)
+    except (_SchemaError, MtlCompressError) as exc:
+        raise BundleError(f"{path}: {exc}; {_CORRUPT}") from None
+    try:
+        backbone = BackboneConfig.from_dict(manifest["backbone"])
+    except MtlCompressError as exc:
+        raise BundleError(f"{path}: manifest field 'backbone': {exc}; {_CORRUPT}") from None
+    if manifest_sha256(manifest) != manifest["manifest_sha256"]:
+        raise BundleError(f"{path}: manifest checksum mismatch; {_CORRUPT}")
+    state = _guarded(path, "tensor data is truncated or corrupt",
+                     lambda: read_container_tensors(path, error=BundleError))
+    if payload_sha256(state) != manifest["payload_sha256"]:
+        raise BundleError(f"{path}: payload checksum mismatch (tensor bytes changed); {_CORRUPT}")
+    return _build(path, manifest, backbone, state)
+
+
+def _guarded(path: Path, what: str, read: Callable[[], Any]) -> Any:
+    """Run a safetensors read; anything it throws (a Rust panic included) -> BundleError."""
+    try:
+        return read()
+    except BundleError:
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # pyo3's PanicException derives from BaseException
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise BundleError(f"{path}: {what} ({first})") from None
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    def read() -> dict[str, Any]:
+        _, document = read_container_header(path, format_name=FORMAT_NAME, versions=SUPPORTED_VERSIONS,
+                                            error=BundleError)
+        return document
+
+    try:
+        return _guarded(path, "not a readable safetensors file", read)
+    except BundleError as exc:
+        version = _declared_version(path)
+        if version is not None and version > max(SUPPORTED_VERSIONS):
+            raise BundleError(f"{path}: bundle format version {version} was made by a newer mtlcompress "
+                              f"(this one reads {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade mtlcompress") from None
+        if f"'{CHECKPOINT_FORMAT_NAME}'" in str(exc):
+            raise BundleError(f"{exc} (a single-task checkpoint; combine checkpoints into a bundle with "
+                              f"`mtlcompress export`)") from None
+        raise
+
+
+def _declared_version(path: Path) -> int | None:
+    """The version a bundle file claims, or None; only used to explain a refusal."""
+    from safetensors import safe_open
+
+    def read() -> int | None:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("format") != FORMAT_NAME:
+            return None
+        return int(metadata.get("format_version", ""))
+
+    try:
+        return _guarded(path, "", read)
+    except BundleError:
+        return None
+
+
+def _build(path: Path, manifest: dict[str, Any], backbone: BackboneConfig, state: dict[str, torch.Tensor]) -> Bundle:
+    """Check every tensor against the model the manifest describes; assemble the Bundle."""
+    infos: dict[str, CheckpointInfo] = {}
+    for task in manifest["task_order"]:
+        doc = manifest["tasks"][task]["checkpoint"]
+        try:
+            infos[task] = CheckpointInfo.from_document(doc, path)
+        except MtlCompressError as exc:
+            raise BundleError(f"{exc} (manifest 'tasks.{task}.checkpoint'); {_CORRUPT}") from None
+        if backbone_signature(infos[task].backbone) != backbone_signature(backbone):
+            raise BundleError(f"{path}: task '{task}' has backbone {infos[task].backbone.describe()}, the bundle "
+                              f"{backbone.describe()}; {_CORRUPT}")
+    with torch.device("meta"):
+        models = {task: build_model(info) for task, info in infos.items()}
+    backbone_shapes = {n: tuple(t.shape) for n, t in models[manifest["base_task"]].backbone.state_dict().items()}
+    head_shapes = {task: {n: tuple(t.shape) for n, t in model.head.state_dict().items()}
+                   for task, model in models.items()}
+
+    expected: dict[str, tuple[int, ...]] = {f"base.{n}": s for n, s in backbone_shapes.items()}
+    for task in manifest["task_order"]:
+        expected.update({f"head.{task}.{n}": s for n, s in head_shapes[task].items()})
+        for name, entry in manifest["tasks"][task]["delta"].items():
+            if name not in backbone_shapes:
+                raise BundleError(f"{path}: task '{task}' has a delta for '{name}', which the backbone does not "
+                                  f"have; {_CORRUPT}")
+            if tuple(entry["shape"]) != backbone_shapes[name]:
+                raise BundleError(f"{path}: task '{task}' delta '{name}' declares shape {tuple(entry['shape'])}, "
+                                  f"the backbone weight is {backbone_shapes[name]}; {_CORRUPT}")
+            expected.update({f"delta.{task}.{name}.{part}": () for part in layouts.part_names(entry["layout"])})
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing:
+        raise BundleError(f"{path}: missing {len(missing)} tensor(s), e.g. '{missing[0]}'; {_CORRUPT}")
+    if extra:
+        raise BundleError(f"{path}: {len(extra)} unexpected tensor(s), e.g. '{extra[0]}'; {_CORRUPT}")
+    for name, tensor in state.items():
+        if name.startswith("delta."):
+            continue  # parts: checked by the layout decoder below
+        if tuple(tensor.shape) != expected[name] or tensor.dtype not in layouts.DTYPE_NAMES.values():
+            raise BundleError(f"{path}: tensor '{name}' is {str(tensor.dtype).removeprefix('torch.')} "
+                              f"{tuple(tensor.shape)}, the manifest's architecture needs {expected[name]} in one of "
+                              f"{', '.join(layouts.DTYPE_NAMES)}; {_CORRUPT}")
+
+    base_weights = {n: state[f"base.{n}"] for n in backbone_shapes}
+    tasks: dict[str, BundleTask] = {}
+    for task in manifest["task_order"]:
+        entry = manifest["tasks"][task]
+        delta = {}
+        for name in backbone_shapes:  # base order, like Bundle.from_checkpoints
+            if name in entry["delta"]:
+                delta[name] = _decode_delta(path, task, name, entry["delta"][name], base_weights[name], state)
+        if entry["delta_density"] != _density(entry["delta"], sum(w.numel() for w in base_weights.values())):
+            raise BundleError(f"{path}: task '{task}' delta_density disagrees with its deltas; {_CORRUPT}")
+        try:
+            activation = ActivationSparsity.from_dict(entry["activation"])
+        except MtlCompressError as exc:
+            raise BundleError(f"{path}: task '{task}': {exc}; {_CORRUPT}") from None
+        tasks[task] = BundleTask(
+            info=infos[task],
+            head={n: state[f"head.{task}.{n}"] for n in head_shapes[task]},
+            delta=delta,
+            activation=activation,
+            provenance=entry["provenance"],
+        )
+    return Bundle(backbone=backbone, base_task=manifest["base_task"], base_weights=base_weights, tasks=tasks)
+
+
+def _decode_delta(path: Path, task: str, name: str, entry: Mapping[str, Any], base: torch.Tensor,
+                  state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    key = f"delta.{task}.{name}"
+    dtype = layouts.str_to_dtype(entry["dtype"])
+    if dtype != base.dtype:
+        raise BundleError(f"{path}: tensor '{key}' is {entry['dtype']} but its base weight is {base.dtype}; {_CORRUPT}")
+    try:
+        delta = layouts.decode_parts(entry["layout"], entry["shape"], dtype,
+                                     {part: state[f"{key}.{part}"] for part in layouts.part_names(entry["layout"])})
+    except BundleError as exc:
+        raise BundleError(f"{path}: tensor '{key}': {exc}; {_CORRUPT}") from None
+    nnz = int(torch.count_nonzero(delta))
+    if nnz != entry["nnz"]:
+        raise BundleError(f"{path}: tensor '{key}' has {nnz} non-zeros, the manifest says {entry['nnz']}; {_CORRUPT}")
+    return delta
+
+
+# ---------------------------------------------------------------------- export
+
+
+def export_bundle(base: str | os.PathLike, tasks: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
+    """Build a bundle from checkpoints, save it to ``out`` and return its size summary.
+
+    The summary has per task the delta density, delta bytes, head bytes and layout
+    counts, and totals comparing the bundle file with the source checkpoint files.
+    """
+    bundle = Bundle.from_checkpoints(base, tasks)
+    manifest = save_bundle(bundle, out)
+    return summarize_bundle(bundle, manifest, out)
+
+
+def summarize_bundle(bundle: Bundle, manifest: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """Sizes of a saved bundle, per task and against its source checkpoints."""
+    rows = []
+    for task in manifest["task_order"]:
+        entry = manifest["tasks"][task]
+        rows.append({
+            "task": task,
+            "role": "base" if task == manifest["base_task"] else "sub-task",
+            "delta_density": entry["delta_density"],
+            "delta_bytes": sum(d["bytes"] for d in entry["delta"].values()),
+            "head_bytes": sum(h.numel() * h.element_size() for h in bundle.task(task).head.values()),
+            "layouts": dict(sorted(Counter(d["layout"] for d in entry["delta"].values()).items())),
+        })
+    sources = {task: Path(bundle.task(task).provenance.get("path", "")) for task in manifest["task_order"]}
+    source_bytes = {task: p.stat().st_size for task, p in sources.items() if p.is_file()}
+    bundle_bytes = Path(path).stat().st_size
+    base_bytes = source_bytes.get(manifest["base_task"])
+    total_sources = sum(source_bytes.values())
+    return {
+        "bundle": str(path),
+        "base_task": manifest["base_task"],
+        "tasks": rows,
+        "totals": {
+            "bundle_bytes": bundle_bytes,
+            "base_weight_bytes": sum(w.numel() * w.element_size() for w in bundle.base_weights.values()),
+            "source_checkpoints": len(source_bytes),
+            "source_bytes": total_sources,
+            "one_checkpoint_bytes": base_bytes,
+            "ratio_vs_sources": bundle_bytes / total_sources if total_sources else None,
+            "ratio_vs_one_checkpoint": bundle_bytes / base_bytes if base_bytes else None,
+        },
+    }

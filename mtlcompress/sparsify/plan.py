@@ -1,0 +1,160 @@
+"""Plan files for ``mtlcompress sparsify all``: every stage for every sub-task, in order.
+
+A plan is TOML::
+
+    data = "demo-out/data"             # dataset folder (labels optional)
+    out = "demo-out/sparse"            # where stage outputs go
+    base = "semseg"                    # a task name, or "auto"
+    stages = ["weights", "finetune", "activations"]   # optional; add "temporal" for video
+    supervision = "auto"               # labels | distill | auto
+
+    [tasks]                            # the single-task checkpoints
+    semseg = "demo-out/checkpoints/semseg.safetensors"
+    depth = "demo-out/checkpoints/depth.safetensors"
+
+    [weights]                          # per-stage settings (all optional)
+    density = 0.02
+    steps = 300
+
+Each stage writes ``<out>/<task>.<stage>.safetensors`` and is skipped when that file
+exists, so re-running an interrupted plan continues where it stopped (and a stage that
+was killed resumes from its own saved state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtlcompress.errors import PlanError
+from mtlcompress.tasks.registry import task_names
+from mtlcompress.training.loop import TrainConfig
+
+STAGES = ("weights", "finetune", "activations", "temporal")
+DEFAULT_STAGES = ("weights", "finetune", "activations")
+_TOP_LEVEL = {"data", "out", "base", "stages", "supervision", "seed", "tasks", *STAGES}
+_TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+# Stage options besides TrainConfig's, with their types (the defaults live in the stage functions).
+STAGE_OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "weights": {"density": float, "method": str, "gate_lr": float, "init_delta": str, "per_tensor_gates": bool},
+    "finetune": {},
+    "activations": {"granularity": str, "strength": float, "tolerance": float, "token_density": float,
+                    "calibration_images": int},
+    "temporal": {"granularity": str, "strength": float, "tolerance": float, "token_density": float,
+                 "max_offset": int},
+}
+# Training defaults per stage (stages are fine-tuning: small learning rate, no mid-run eval).
+STAGE_TRAINING: dict[str, TrainConfig] = {
+    "weights": TrainConfig(steps=300, lr=1e-4, warmup_steps=10, eval_every=10**9),
+    "finetune": TrainConfig(steps=200, lr=1e-4, warmup_steps=10, eval_every=10**9),
+    "activations": TrainConfig(steps=200, lr=1e-4, warmup_steps=10, eval_every=10**9),
+    "temporal": TrainConfig(steps=200, lr=1e-4, warmup_steps=10, eval_every=10**9),
+}
+
+
+@dataclass
+class Plan:
+    data: Path
+    out: Path
+    base: str
+    tasks: dict[str, Path]
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    supervision: str = "auto"
+    seed: int = 0
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def stage_output(self, task: str, stage: str) -> Path:
+        return self.out / f"{task}.{stage}.safetensors"
+
+    def train_config(self, stage: str) -> TrainConfig:
+        settings = {k: v for k, v in self.options.get(stage, {}).items() if k in _TRAIN_KEYS}
+        return dataclasses.replace(STAGE_TRAINING[stage], seed=self.seed, **settings)
+
+    def stage_kwargs(self, stage: str) -> dict[str, Any]:
+        return {k: v for k, v in self.options.get(stage, {}).items() if k not in _TRAIN_KEYS}
+
+    def final_checkpoints(self, base: str | None = None) -> dict[str, Path]:
+        """The last stage output of every task (the source checkpoint where none was run)."""
+        base = base or self.base
+        final = {}
+        for task, source in self.tasks.items():
+            stages = list(self.stages)
+            if task == base:
+                stages = ["temporal"] if "temporal" in self.stages else []
+            outputs = [self.stage_output(task, s) for s in stages]
+            final[task] = next((p for p in reversed(outputs) if p.exists()), source)
+        return final
+
+
+def load_plan(path: str | os.PathLike) -> Plan:
+    """Parse and validate a plan; every problem is a one-line ``PlanError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"{path}: plan file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{path}: not valid TOML ({exc})") from None
+    return parse_plan(raw, path.parent, str(path))
+
+
+def parse_plan(raw: dict[str, Any], root: Path, name: str = "plan") -> Plan:
+    """Validate a plan dict; relative paths are resolved against ``root``."""
+    fail: Callable[[str], PlanError] = lambda message: PlanError(f"{name}: {message}")  # noqa: E731
+    unknown = sorted(set(raw) - _TOP_LEVEL)
+    if unknown:
+        raise fail(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_LEVEL))}")
+    for key in ("data", "tasks"):
+        if key not in raw:
+            raise fail(f"missing required key '{key}'")
+    tasks_raw = raw["tasks"]
+    if not isinstance(tasks_raw, dict) or len(tasks_raw) < 2:
+        raise fail("[tasks] must map at least two task names to checkpoint paths")
+    tasks: dict[str, Path] = {}
+    for task, value in tasks_raw.items():
+        if task not in task_names():
+            raise fail(f"unknown task '{task}' in [tasks]; known: {', '.join(task_names())}")
+        if not isinstance(value, str):
+            raise fail(f"[tasks] {task} must be a path string")
+        checkpoint = (root / value).resolve()
+        if not checkpoint.is_file():
+            raise fail(f"checkpoint for '{task}' not found: {checkpoint}")
+        tasks[task] = checkpoint
+    base = raw.get("base", "auto")
+    if base != "auto" and base not in tasks:
+        raise fail(f"base '{base}' is not among the tasks ({', '.join(tasks)}); use one of them or \"auto\"")
+    stages = raw.get("stages", list(DEFAULT_STAGES))
+    if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
+        raise fail(f"stages must be a non-empty list drawn from {', '.join(STAGES)}")
+    if [s for s in STAGES if s in stages] != list(stages):
+        raise fail(f"stages must keep the order {', '.join(STAGES)}")
+    if "weights" not in stages and any(s in stages for s in ("finetune", "activations")):
+        raise fail("the finetune and activations stages need the weights stage before them")
+    options: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        table = raw.get(stage, {})
+        if not isinstance(table, dict):
+            raise fail(f"[{stage}] must be a table")
+        allowed = {**{k: type(getattr(TrainConfig(), k)) for k in _TRAIN_KEYS}, **STAGE_OPTIONS[stage]}
+        for key, value in table.items():
+            if key not in allowed:
+                raise fail(f"[{stage}] has unknown option '{key}'; allowed: {', '.join(sorted(allowed))}")
+            expected = allowed[key]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise fail(f"[{stage}] {key} must be of type {expected.__name__}")
+            options.setdefault(stage, {})[key] = value
+    data = (root / str(raw["data"])).resolve()
+    if not data.is_dir():
+        raise fail(f"data folder not found: {data}")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise fail("seed must be an integer")
+    return Plan(data=data, out=(root / str(raw.get("out", "sparse"))).resolve(), base=base, tasks=tasks,
+                stages=tuple(stages), supervision=str(raw.get("supervision", "auto")), seed=seed, options=options)

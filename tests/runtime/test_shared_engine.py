@@ -1,0 +1,208 @@
+"""The shared engine computes what the dense reference computes, on every path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtlcompress.bundle.bundle import ActivationSparsity, Bundle
+from mtlcompress.models.backbone import PRESETS
+from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
+from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
+from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
+from mtlcompress.runtime.dense_engine import DenseEngine
+from mtlcompress.runtime.keyframes import KeyframePolicy
+from mtlcompress.runtime.shared_engine import SharedEngine
+
+TOL = 1e-4
+CONFIG = PRESETS["micro"]
+LAYERS = shared_linear_names(CONFIG.depth)
+EXACT_LAYER = "blocks.0.mlp.fc2"        # no threshold anywhere: must run exactly
+UNCHANGED_WEIGHT = "blocks.1.attn.proj.weight"  # no delta in any sub-task
+SUB_TASKS = {"depth": 1, "normals": 3, "edges": 1}
+CHEAP, DEAR = LinearCost(0.0, 1e-15), LinearCost(1.0, 1.0)
+
+
+def _timings(path: str) -> KernelTimings:
+    """Timings that make ``path`` always win (with the CSR kernel for ``dW x_0``)."""
+    costs = {name: (CHEAP if name == path else DEAR) for name in ("dense", "token", "element")}
+    costs["sparse_weight"] = CHEAP
+    return KernelTimings(**costs, device="cpu", dtype="float32", device_name="test")
+
+
+def _checkpoints(tmp_path) -> tuple:
+    """A semseg base and sub-tasks = base + ~5% random delta (depth also changes the embedding)."""
+    torch.manual_seed(0)
+    base_info = CheckpointInfo(task="semseg", backbone=CONFIG, out_channels=4, head_hidden=16, num_classes=4)
+    base = build_model(base_info)
+    save_checkpoint(base, base_info, tmp_path / "semseg.safetensors")
+    paths = []
+    for task, channels in SUB_TASKS.items():
+        info = CheckpointInfo(task=task, backbone=CONFIG, out_channels=channels, head_hidden=16)
+        model = build_model(info)
+        state = base.backbone.state_dict()
+        for name, weight in state.items():
+            if name == UNCHANGED_WEIGHT or (name.startswith("patch_embed") and task != "depth"):
+                continue
+            mask = torch.rand(weight.shape) < 0.05
+            state[name] = weight + mask * torch.randn(weight.shape) * 0.3
+        model.backbone.load_state_dict(state)
+        path = tmp_path / f"{task}.safetensors"
+        save_checkpoint(model, info, path)
+        paths.append(path)
+    return tmp_path / "semseg.safetensors", paths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Micro models gain nothing from threads, and a busy 2-core machine makes them stall."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    return _checkpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+def _frames(count: int = 7, batch: int = 1) -> list[torch.Tensor]:
+    """A moving bright square over a fixed background: some tokens change per frame."""
+    gen = torch.Generator().manual_seed(1)
+    background = torch.rand(batch, 3, CONFIG.img_size, CONFIG.img_size, generator=gen)
+    frames = []
+    for k in range(count):
+        frame = background + 0.01 * k * torch.randn(background.shape, generator=gen)
+        frame[..., 4 * k:4 * k + 10, 2:12] = 1.0
+        frames.append(frame.clamp(0, 1))
+    return frames
+
+
+def _quantile_taus(deltas: dict[str, torch.Tensor], granularity: str, q: float) -> dict[str, float]:
+    def size(d: torch.Tensor) -> torch.Tensor:
+        return d.norm(dim=-1) / d.shape[-1] ** 0.5 if granularity == "token" else d.abs()
+    return {k: float(size(d).flatten().quantile(q)) for k, d in deltas.items() if k != EXACT_LAYER}
+
+
+def _sparse_bundle(sources, granularity: str, temporal: bool = True) -> Bundle:
+    """Thresholds at quantiles of the measured deltas, so a good share of tokens changes."""
+    bundle = Bundle.from_checkpoints(*sources)
+    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size, generator=torch.Generator().manual_seed(2))
+    frames = _frames(2)
+    recorded = {}
+    for task in bundle.tasks:
+        model = bundle.task_model(task)
+        for key, inputs in (("img", images), ("f0", frames[0]), ("f1", frames[1])):
+            with torch.no_grad(), record_linear_inputs(model.backbone, LAYERS, detach=True) as rec:
+                model(inputs)
+            recorded[task, key] = dict(rec)
+    q = 0.6 if granularity == "token" else 0.8
+    for task in bundle.tasks:
+        task_delta = {k: recorded[task, "img"][k] - recorded[bundle.base_task, "img"][k] for k in LAYERS}
+        frame_delta = {k: recorded[task, "f1"][k] - recorded[task, "f0"][k] for k in LAYERS}
+        bundle.tasks[task].activation = ActivationSparsity(
+            granularity=granularity,
+            task_thresholds={} if task == bundle.base_task else _quantile_taus(task_delta, granularity, q),
+            temporal_thresholds=_quantile_taus(frame_delta, granularity, q) if temporal else {})
+    return bundle
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[t] - b[t]).abs().max()) for t in a)
+
+
+def test_unsparsified_bundle_reproduces_each_checkpoint(sources):
+    bundle = Bundle.from_checkpoints(*sources)
+    engine = SharedEngine(bundle, timings=_timings("token"))
+    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size)
+    outputs = engine.predict(images)
+    with torch.no_grad():
+        expected = {t: bundle.task_model(t)(images) for t in bundle.tasks}
+    assert _max_diff(outputs, expected) <= TOL
+    assert set(engine.layer_paths) == set(SUB_TASKS)
+    assert {p for paths in engine.layer_paths.values() for p in paths.values()} == {"exact"}
+
+
+@pytest.mark.parametrize("granularity", ["token", "element"])
+@pytest.mark.parametrize("path", ["token", "element", "dense"])
+def test_predict_matches_dense_engine(sources, granularity, path):
+    bundle = _sparse_bundle(sources, granularity, temporal=False)
+    images = torch.rand(3, 3, CONFIG.img_size, CONFIG.img_size, generator=torch.Generator().manual_seed(5))
+    dense = DenseEngine(bundle)
+    shared = SharedEngine(bundle, timings=_timings(path))
+    assert _max_diff(shared.predict(images), dense.predict(images)) <= TOL
+    for task in SUB_TASKS:
+        paths = shared.layer_paths[task]
+        assert paths[EXACT_LAYER] == "exact"
+        assert {p for name, p in paths.items() if name != EXACT_LAYER} == {path}
+    # Same measured densities, and the thresholds really sparsify (neither all nor nothing).
+    dense_kept, shared_kept = dense.stats.mean(), shared.stats.mean()
+    assert dense_kept.keys() == shared_kept.keys() == set(SUB_TASKS)
+    for task, layers in dense_kept.items():
+        assert layers.keys() == shared_kept[task].keys()
+        assert all(abs(layers[k] - shared_kept[task][k]) < 1e-6 for k in layers)
+        assert 0.05 < sum(layers.values()) / len(layers) < 0.8
+
+
+def test_task_subset_without_base(sources):
+    bundle = _sparse_bundle(sources, "token", temporal=False)
+    images = torch.rand(1, 3, CONFIG.img_size, CONFIG.img_size)
+    shared = SharedEngine(bundle, tasks=["normals", "depth"], timings=_timings("token"))
+    outputs = shared.predict(images)
+    assert list(outputs) == ["depth", "normals"]
+    assert _max_diff(outputs, DenseEngine(bundle, tasks=["normals", "depth"]).predict(images)) <= TOL
+
+
+def _drift_policy(bundle: Bundle, frames: list[torch.Tensor]) -> KeyframePolicy:
+    """A max_drift that the reference crosses mid-stream, so a drift keyframe happens."""
+    free = [r.drift for r in DenseEngine(bundle).stream(frames, KeyframePolicy(keyframe_every=4, max_drift=1e9))
+            if not r.keyframe]
+    return KeyframePolicy(keyframe_every=4, max_drift=sorted(free)[len(free) // 2] * 0.999)
+
+
+@pytest.mark.parametrize("granularity,path", [("token", "token"), ("token", "dense"), ("element", "element"),
+                                              ("element", "token")])
+def test_stream_matches_dense_engine(sources, granularity, path):
+    bundle = _sparse_bundle(sources, granularity)
+    frames = _frames(8, batch=2)
+    policy = _drift_policy(bundle, frames)
+    dense_engine = DenseEngine(bundle)
+    dense = list(dense_engine.stream(frames, policy))
+    shared_engine = SharedEngine(bundle, timings=_timings(path))
+    shared = list(shared_engine.stream(frames, policy))
+    keyframes = [r.keyframe for r in dense]
+    assert [r.keyframe for r in shared] == keyframes
+    assert keyframes[0] and not all(keyframes)
+    assert any(k and i % 4 for i, k in enumerate(keyframes)), "no drift-triggered keyframe"
+    for ref, got in zip(dense, shared):
+        assert got.index == ref.index
+        assert got.drift == pytest.approx(ref.drift, rel=1e-4, abs=1e-6)
+        assert _max_diff(got.outputs, ref.outputs) <= TOL
+    assert shared_engine.layer_paths["depth/temporal"]["blocks.1.mlp.fc1"] == path
+    assert set(shared_engine.stats.kept) == set(dense_engine.stats.kept) == {
+        f"{t}/temporal" for t in bundle.tasks} | set(SUB_TASKS)
+    for key, layers in dense_engine.stats.mean().items():
+        assert shared_engine.stats.mean()[key] == pytest.approx(layers, abs=1e-6)
+
+
+def test_stream_without_temporal_thresholds_is_exact(sources):
+    bundle = _sparse_bundle(sources, "token", temporal=False)
+    frames = _frames(3)
+    shared = list(SharedEngine(bundle, timings=_timings("token")).stream(frames, KeyframePolicy(keyframe_every=8)))
+    dense = list(DenseEngine(bundle).stream(frames, KeyframePolicy(keyframe_every=8)))
+    assert [r.keyframe for r in shared] == [True, False, False]
+    for ref, got in zip(dense, shared):
+        assert _max_diff(got.outputs, ref.outputs) <= TOL and got.drift == 0.0
+
+
+def test_profile_breaks_time_down_by_layer_kind_and_role(sources):
+    bundle = _sparse_bundle(sources, "token", temporal=False)
+    engine = SharedEngine(bundle, timings=_timings("token"), profile=True)
+    engine.predict(torch.rand(1, 3, CONFIG.img_size, CONFIG.img_size))
+    kinds = {"embed", "qkv", "attention", "proj", "fc1", "fc2", "norm_act", "head"}
+    assert set(engine.profile_seconds["base"]) == kinds
+    assert set(engine.profile_seconds["sub-tasks"]) == kinds  # depth has its own patch embedding
+    assert all(v > 0 for role in engine.profile_seconds.values() for v in role.values())
+    assert not SharedEngine(bundle, timings=_timings("token")).profile_seconds
