@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from mtlcompress._progress import progress_bar
+from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.bundle.format import export_bundle
 from mtlcompress.data.datasets import open_dataset
 from mtlcompress.data.synth import generate_scenes
 from mtlcompress.io.atomic import write_json_atomic, write_text_atomic
 from mtlcompress.models.checkpoint import load_checkpoint
+from mtlcompress.runtime.check import compare_engines
+from mtlcompress.sparsify.pipeline import run_plan
+from mtlcompress.sparsify.plan import load_plan
 from mtlcompress.tasks.registry import get_task
 from mtlcompress.training.evaluate import evaluate_constant_baseline, evaluate_model
 from mtlcompress.training.loop import TrainConfig
@@ -53,7 +58,7 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
         images=800, videos=4, frames=16, size=64, backbone="tiny",
         pretrain=TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=10**9),
         finetune=TrainConfig(steps=300, batch_size=32, lr=3e-4, warmup_steps=20, eval_every=10**9),
-        sparsify={"weights": {"density": 0.02, "steps": 150}, "finetune": {"steps": 100},
+        sparsify={"weights": {"density": 0.02, "steps": 300}, "finetune": {"steps": 200},
                   "activations": {"steps": 100, "tolerance": 0.02}},
     ),
     # Seconds, not minutes: a smoke test of the pipeline, not of accuracy.
@@ -90,9 +95,6 @@ def run_demo(
     timings["train"] = time.perf_counter() - start
 
     if "sparsify" in stages:
-        from mtlcompress.sparsify.pipeline import run_plan
-        from mtlcompress.sparsify.plan import load_plan
-
         start = time.perf_counter()
         plan_path = out / "plan.toml"
         if not plan_path.exists():
@@ -101,19 +103,12 @@ def run_demo(
         report["sparsify"] = plan_result.to_dict()
         timings["sparsify"] = time.perf_counter() - start
         if "export" in stages:
-            from mtlcompress.bundle.bundle import Bundle
-
             start = time.perf_counter()
             bundle_path = out / "bundle.safetensors"
-            final = plan_result.final
-            bundle = Bundle.from_checkpoints(final[plan_result.base], [final[t] for t in final])
-            bundle.save(bundle_path)
-            report["bundle"] = {"path": str(bundle_path), "bytes": bundle_path.stat().st_size,
-                                "source_bytes": {t: Path(p).stat().st_size for t, p in checkpoints.items()}}
+            final, base = plan_result.final, plan_result.base
+            report["bundle"] = export_bundle(final[base], [final[t] for t in final if t != base], bundle_path)
             timings["export"] = time.perf_counter() - start
             if "run" in stages:
-                from mtlcompress.runtime.check import compare_engines
-
                 start = time.perf_counter()
                 log("running the bundle: shared vs dense engine on held-out images and a video clip")
                 report["run"] = compare_engines(Bundle.load(bundle_path), data)

@@ -69,9 +69,9 @@ def _bundle_table(report: dict[str, Any]) -> Table:
         dx = sum(density.values()) / len(density) if density else None
         rows.append((task, key, original, metrics[key], run["max_abs_diff"][task],
                      None if dx is None else f"{100 * dx:.1f}%"))
-    sizes = sum(bundle["source_bytes"].values())
-    title = (f"bundle: {bundle['bytes'] / 1e6:.2f} MB vs {sizes / 1e6:.2f} MB of checkpoints "
-             f"({bundle['bytes'] / max(bundle['source_bytes'].values()):.2f}x one checkpoint); "
-             f"shared {run['seconds']['shared']:.2f}s vs dense {run['seconds']['dense']:.2f}s on {run['images']} images")
+    totals = bundle["totals"]
+    title = (f"bundle: {totals['bundle_bytes'] / 2**20:.2f} MiB = {totals['ratio_vs_one_checkpoint']:.2f}x one "
+             f"checkpoint; shared engine {run['seconds']['shared']:.2f}s vs dense {run['seconds']['dense']:.2f}s "
+             f"on {run['images']} images")
     return make_table(title, ["task", "metric", "single-task model", "bundle (shared engine)",
                               "max |shared - dense|", "dx density"], rows)

@@ -13,6 +13,8 @@ from mtlcompress import __version__
 from mtlcompress.cli import data as data_cli
 from mtlcompress.cli import demo as demo_cli
 from mtlcompress.cli import export as export_cli
+from mtlcompress.cli import inspect as inspect_cli
+from mtlcompress.cli import run as run_cli
 from mtlcompress.cli import sparsify as sparsify_cli
 from mtlcompress.cli import train as train_cli
 from mtlcompress.cli._output import err_console
@@ -29,7 +31,9 @@ app.add_typer(data_cli.app, name="data")
 app.add_typer(sparsify_cli.app, name="sparsify")
 train_cli.register(app)
 demo_cli.register(app)
+run_cli.register(app)
 export_cli.register(app)
+inspect_cli.register(app)
 
 
 def _version(value: bool) -> None:

@@ -239,11 +239,12 @@ class SharedEngine:
             rows = mask if task.granularity == "token" else mask.any(dim=-1)
             measured.append((task.name, name, mask, rows))
             path = self._choose(task, name, layer, rows.numel(), x.shape[-1], y0.shape[-1], temporal=False)
-            propagated = x0 + kept if (refs is not None or path == "dense") else None
+            element = task.granularity == "element"
+            propagated = x0 + kept if (refs is not None or path == "dense" or element) else None
             if path == "dense":
                 y = F.linear(propagated, layer.weight, layer.bias)
-            elif path == "token":
-                y = self._token_delta(layer, x0, y0, kept, rows)
+            elif path == "token":  # whole changed rows equal x_t itself, partly changed ones do not
+                y = self._token_delta(layer, propagated if element else x, x0, y0, rows)
             else:
                 y = y0 + kernels.element_sparse_linear(kept, layer.weight)
                 y = self._add_weight_delta(y, layer, x0)
@@ -251,8 +252,8 @@ class SharedEngine:
                 refs[name] = (propagated, y)
             return y
 
-    def _token_delta(self, layer: _Layer, x0: Tensor, y0: Tensor, kept: Tensor, rows: Tensor) -> Tensor:
-        """Changed rows: one GEMM on ``x_0 + dx``; unchanged rows: ``y_0 + dW x_0 + db``."""
+    def _token_delta(self, layer: _Layer, x: Tensor, x0: Tensor, y0: Tensor, rows: Tensor) -> Tensor:
+        """Changed rows: one GEMM on ``x`` (= ``x_0 + dx`` there); unchanged rows: ``y_0 + dW x_0 + db``."""
         flat = rows.reshape(-1)
         x0_rows = x0.reshape(-1, x0.shape[-1])
         y = (y0 + layer.db) if layer.db is not None else y0.clone()
@@ -262,7 +263,7 @@ class SharedEngine:
             update = self._weight_delta(layer, x0_rows.index_select(0, unchanged))
             y_rows.index_add_(0, unchanged, update.contiguous())  # CSR results come transposed
         changed = flat.nonzero().squeeze(1)
-        inputs = x0_rows.index_select(0, changed) + kept.reshape(-1, kept.shape[-1]).index_select(0, changed)
+        inputs = x.reshape(-1, x.shape[-1]).index_select(0, changed)
         y_rows.index_copy_(0, changed, F.linear(inputs, layer.weight, layer.bias))
         return y
 
@@ -390,13 +391,17 @@ class SharedEngine:
         """Add kept fractions to ``stats`` and refresh the densities paths are chosen by (one sync)."""
         if not measured:
             return
-        values = torch.stack([torch.stack([m.float().mean(), r.float().mean()]) for _, _, m, r in measured]).tolist()
+        element = measured[0][2].dim() != measured[0][3].dim()
+        fractions = [m.float().mean() for _, _, m, _ in measured]
+        if element:  # the token paths are priced by the rows with any kept entry
+            fractions += [r.float().mean() for _, _, _, r in measured]
+        values = torch.stack(fractions).tolist()
         per_task: dict[str, dict[str, list[float]]] = {}
-        for (key, name, mask, rows), (kept, row_density) in zip(measured, values):
-            per_task.setdefault(key, {}).setdefault(name, []).append(kept)
-            self._density[(key, name)] = row_density
-            if mask.dim() == rows.dim() + 1:  # element granularity
-                self._density[(key, name + "#element")] = kept
+        for i, (key, name, _, _) in enumerate(measured):
+            per_task.setdefault(key, {}).setdefault(name, []).append(values[i])
+            self._density[(key, name)] = values[len(measured) + i] if element else values[i]
+            if element:
+                self._density[(key, name + "#element")] = values[i]
         for key, layer_stats in per_task.items():
             self.stats.add(key, layer_stats)
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mtlcompress.models.taps import record_linear_inputs, thresholded_linear_inputs
 from mtlcompress.tasks.registry import TaskSpec
+from mtlcompress.training.evaluate import evaluate_predictor
 
 # Quantiles on at most this many values per layer (torch.quantile's input is bounded).
 _MAX_SAMPLES = 200_000
@@ -129,14 +130,22 @@ def search_keep(evaluate: Callable[[float], tuple[bool, Calibration]], to_target
 def calibrate_task_thresholds(
     student: torch.nn.Module, base: torch.nn.Module, dataset: Dataset, spec: TaskSpec, num_classes: int | None,
     layers: list[str], granularity: str, *, tolerance: float = 0.02, target_density: float | None = None,
-    images: int = 128,
+    images: int = 128, reference_model: torch.nn.Module | None = None,
 ) -> Calibration:
-    """Thresholds for ``x_t - x_0``: the sparsest within ``tolerance``, or at ``target_density``."""
+    """Thresholds for ``x_t - x_0``: the sparsest within ``tolerance``, or at ``target_density``.
+
+    The tolerance is relative to ``reference_model`` (the original single-task
+    checkpoint, so the budget covers every stage's loss), or to the unthresholded
+    ``student`` when there is none.
+    """
     student.eval()
     base.eval()
     loader = calibration_loader(dataset, images)
     magnitudes = layer_magnitudes(student, base, loader, layers, granularity)
-    reference, _ = evaluate_thresholded(student, base, loader, spec, num_classes, {}, granularity)
+    if reference_model is not None:
+        reference = evaluate_predictor(reference_model.eval(), loader.dataset, spec, num_classes)
+    else:
+        reference, _ = evaluate_thresholded(student, base, loader, spec, num_classes, {}, granularity)
     metric = spec.metric(num_classes)
 
     def evaluate(keep: float) -> tuple[bool, Calibration]:

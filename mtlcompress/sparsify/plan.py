@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlcompress.errors import PlanError
+from mtlcompress.models.checkpoint import read_checkpoint_info
 from mtlcompress.tasks.registry import task_names
 from mtlcompress.training.loop import TrainConfig
 
@@ -124,6 +125,9 @@ def parse_plan(raw: dict[str, Any], root: Path, name: str = "plan") -> Plan:
         checkpoint = (root / value).resolve()
         if not checkpoint.is_file():
             raise fail(f"checkpoint for '{task}' not found: {checkpoint}")
+        found = read_checkpoint_info(checkpoint).task
+        if found != task:
+            raise fail(f"tasks.{task} = '{value}' is a '{found}' checkpoint")
         tasks[task] = checkpoint
     base = raw.get("base", "auto")
     if base != "auto" and base not in tasks:

@@ -89,7 +89,8 @@ def sparsify_activations(
         parameter.requires_grad_(False)
     optimizer = adamw([{"params": list(delta_model.delta.parameters()), "weight_decay": 0.0},
                        {"params": list(delta_model.model.head.parameters())}], config)
-    objective = make_objective(data_.spec, data_.supervision, load_source(task_info.sparsity) or task_model)
+    original = load_source(task_info.sparsity)
+    objective = make_objective(data_.spec, data_.supervision, original or task_model)
 
     def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad(), record_linear_inputs(base_model.backbone, layers, detach=True) as base_inputs:
@@ -109,7 +110,7 @@ def sparsify_activations(
     model = delta_model.export()
     calibration = calibrate_task_thresholds(
         model, base_model, data_.train, data_.spec, data_.num_classes, layers, granularity,
-        tolerance=tolerance, target_density=token_density, images=calibration_images)
+        tolerance=tolerance, target_density=token_density, images=calibration_images, reference_model=original)
     activation = {"granularity": granularity, "task_thresholds": calibration.thresholds,
                   "temporal_thresholds": task_info.sparsity.get("activation", {}).get("temporal_thresholds", {})}
     if data_.val is not None:

@@ -53,8 +53,17 @@ class TrainResult:
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside ``torchrun``."""
-    if dist.is_available() and dist.is_initialized():
+    """(rank, world size); (0, 1) outside ``torchrun``.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the process group is
+    created on first use, so every training entry point runs unchanged: gloo on CPU,
+    NCCL when CUDA is available.
+    """
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from mtlcompress.bundle.format import load_bundle
+from mtlcompress.cli.export import read_export_plan
 from mtlcompress.cli.main import app, main
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
@@ -91,16 +92,33 @@ def test_export_prints_a_table_for_people(checkpoints, tmp_path):
     assert "depth" in result.stdout and "source checkpoints" in result.stdout and "{" not in result.stdout
 
 
+def _write_plan(checkpoints, text):
+    root = checkpoints["semseg"].parent.parent
+    (root / "data").mkdir(exist_ok=True)
+    plan = root / "plan.toml"
+    plan.write_text('data = "data"\nout = "sparse"\n' + text)
+    return plan
+
+
 def test_export_from_a_plan(checkpoints, tmp_path):
-    plan = checkpoints["semseg"].parent.parent / "plan.toml"
-    plan.write_text('base = "depth"\n[tasks]\nsemseg = "ckpts/semseg.safetensors"\n'
-                    'depth = "ckpts/depth.safetensors"\n[sparsify]\nsteps = 10\n[[stages]]\nname = "weights"\n')
+    plan = _write_plan(checkpoints, 'base = "depth"\n[tasks]\nsemseg = "ckpts/semseg.safetensors"\n'
+                                    'depth = "ckpts/depth.safetensors"\n[weights]\nsteps = 10\n')
     out = tmp_path / "plan.safetensors"
     result = CliRunner().invoke(app, ["export", "--plan", str(plan), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     bundle = load_bundle(out)
     assert bundle.base_task == "depth" and list(bundle.tasks) == ["depth", "semseg"]
     assert json.loads(result.stdout)["totals"]["source_checkpoints"] == 2
+
+
+def test_export_from_a_plan_takes_the_last_finished_stage(checkpoints, tmp_path):
+    plan = _write_plan(checkpoints, 'base = "semseg"\n[tasks]\nsemseg = "ckpts/semseg.safetensors"\n'
+                                    'depth = "ckpts/depth.safetensors"\n')
+    finished = plan.parent / "sparse" / "depth.finetune.safetensors"
+    finished.parent.mkdir()
+    shutil.copy(checkpoints["depth"], finished)
+    base, tasks = read_export_plan(plan)
+    assert base == checkpoints["semseg"].resolve() and tasks == [finished.resolve()]
 
 
 def test_two_checkpoints_for_one_task(checkpoints, tmp_path, monkeypatch, capsys):
@@ -130,20 +148,19 @@ def test_base_is_required_without_a_plan(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(("plan", "problem"), [
-    ('base = "edges"\n[tasks]\nsemseg = "ckpts/semseg.safetensors"\n', "base task 'edges' is not in the 'tasks'"),
-    ('[tasks]\nsemseg = "ckpts/semseg.safetensors"\n', 'needs `base = "<task name>"`'),
-    ('base = "semseg"\n', "needs a 'tasks' table"),
-    ('base = "semseg"\nbsae = 1\n[tasks]\nsemseg = "ckpts/semseg.safetensors"\n', "unknown key 'bsae'"),
-    ('base = "semseg"\n[tasks]\nsemseg = "ckpts/semseg.safetensors"\nsegm = "x"\n', "unknown task 'segm'"),
-    ('base = "semseg"\n[tasks]\nsemseg = "ckpts/missing.safetensors"\n', "missing.safetensors': file not found"),
-    ('base = "semseg"\n[tasks]\nsemseg = "ckpts/depth.safetensors"\n', "is a 'depth' checkpoint"),
+    ('base = "edges"\n[tasks]\nsemseg = "ckpts/semseg.safetensors"\ndepth = "ckpts/depth.safetensors"\n',
+     "base 'edges' is not among the tasks"),
+    ('base = "semseg"\nbsae = 1\n[tasks]\nsemseg = "ckpts/semseg.safetensors"\n', "unknown key"),
+    ('base = "semseg"\n[tasks]\nsemseg = "ckpts/missing.safetensors"\ndepth = "ckpts/depth.safetensors"\n',
+     "checkpoint for 'semseg' not found"),
+    ('base = "semseg"\n[tasks]\nsemseg = "ckpts/depth.safetensors"\ndepth = "ckpts/depth.safetensors"\n',
+     "is a 'depth' checkpoint"),
     ('base = "semseg"\n[tasks\n', "not valid TOML"),
 ])
 def test_bad_plans(checkpoints, tmp_path, monkeypatch, capsys, plan, problem):
-    path = checkpoints["semseg"].parent.parent / "bad.toml"
-    path.write_text(plan)
+    path = _write_plan(checkpoints, plan)
     err = run_main(monkeypatch, capsys, "--plan", path, "--out", tmp_path / "b.safetensors")
-    assert problem in err and "bad.toml" in err
+    assert problem in err and "plan.toml" in err
 
 
 def test_plan_and_checkpoints_are_exclusive(checkpoints, tmp_path, monkeypatch, capsys):
