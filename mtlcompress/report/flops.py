@@ -64,7 +64,7 @@ def patch_embed_flops(config: BackboneConfig) -> int:
 
 def attention_flops(config: BackboneConfig) -> int:
     """``Q K^T`` and ``A V`` of every block (all heads together)."""
-    return config.depth * 2 * token_count(config) ** 2 * config.embed_dim
+    return config.depth * 4 * token_count(config) ** 2 * config.embed_dim
 
 
 def head_flops(config: BackboneConfig, out_channels: int, hidden: int) -> int:
