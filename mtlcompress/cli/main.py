@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from mtlcompress import __version__
+from mtlcompress.cli import bench as bench_cli
 from mtlcompress.cli import data as data_cli
 from mtlcompress.cli import demo as demo_cli
 from mtlcompress.cli import export as export_cli
@@ -34,6 +35,7 @@ demo_cli.register(app)
 run_cli.register(app)
 export_cli.register(app)
 inspect_cli.register(app)
+bench_cli.register(app)
 
 
 def _version(value: bool) -> None:

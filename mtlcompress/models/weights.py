@@ -10,6 +10,7 @@ timm-style state dict (``.safetensors``, ``.pt``/``.pth``/``.bin`` loaded with
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,11 @@ def _read_any_weights(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     if path.suffix in (".pt", ".pth", ".bin"):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # weights_only refuses anything that would run code
-            raise CheckpointError(f"{path}: cannot load safely with weights_only=True ({str(exc).splitlines()[0][:160]})") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # weights_only refuses anything that would run code
+            raise CheckpointError(f"{path}: refused: the pickle holds objects other than tensors and plain "
+                                  "containers, and loading it could run code (weights_only=True); "
+                                  "re-save the weights as .safetensors") from None
     raise CheckpointError(f"{path}: unsupported weights file type '{path.suffix}' (use .safetensors, .pt, .pth or .bin)")

@@ -127,6 +127,29 @@ def search_keep(evaluate: Callable[[float], tuple[bool, Calibration]], to_target
     return best
 
 
+def calibrate(
+    magnitudes: dict[str, torch.Tensor],
+    measure: Callable[[dict[str, float]], tuple[dict[str, float], dict[str, float]]],
+    reference: dict[str, float],
+    metric: object,
+    *,
+    tolerance: float,
+    target_density: float | None,
+) -> Calibration:
+    """Search the kept fraction; ``measure(thresholds) -> (metrics, kept fraction per layer)``."""
+    def evaluate(keep: float) -> tuple[bool, Calibration]:
+        thresholds = thresholds_for_keep(magnitudes, keep)
+        metrics, layer_density = measure(thresholds)
+        density = sum(layer_density.values()) / max(1, len(layer_density))
+        result = Calibration(thresholds, keep, metrics, reference, density, layer_density)
+        if target_density is not None:
+            return density <= target_density, result
+        return within_tolerance(metrics[metric.primary], reference[metric.primary], tolerance,
+                                metric.higher_is_better), result
+
+    return search_keep(evaluate, target_density is not None)
+
+
 def calibrate_task_thresholds(
     student: torch.nn.Module, base: torch.nn.Module, dataset: Dataset, spec: TaskSpec, num_classes: int | None,
     layers: list[str], granularity: str, *, tolerance: float = 0.02, target_density: float | None = None,
@@ -146,20 +169,10 @@ def calibrate_task_thresholds(
         reference = evaluate_predictor(reference_model.eval(), loader.dataset, spec, num_classes)
     else:
         reference, _ = evaluate_thresholded(student, base, loader, spec, num_classes, {}, granularity)
-    metric = spec.metric(num_classes)
-
-    def evaluate(keep: float) -> tuple[bool, Calibration]:
-        thresholds = thresholds_for_keep(magnitudes, keep)
-        metrics, layer_density = evaluate_thresholded(student, base, loader, spec, num_classes, thresholds,
-                                                      granularity)
-        density = sum(layer_density.values()) / max(1, len(layer_density))
-        result = Calibration(thresholds, keep, metrics, reference, density, layer_density)
-        if target_density is not None:
-            return density <= target_density, result
-        return within_tolerance(metrics[metric.primary], reference[metric.primary], tolerance,
-                                metric.higher_is_better), result
-
-    return search_keep(evaluate, target_density is not None)
+    return calibrate(
+        magnitudes,
+        lambda thresholds: evaluate_thresholded(student, base, loader, spec, num_classes, thresholds, granularity),
+        reference, spec.metric(num_classes), tolerance=tolerance, target_density=target_density)
 
 
 @torch.no_grad()
@@ -206,8 +219,7 @@ def calibrate_temporal_thresholds(
     magnitudes = {layer: torch.cat(v) for layer, v in values.items()}
     reference = {k: float(v) for k, v in reference_metric.compute().items()}
 
-    def evaluate(keep: float) -> tuple[bool, Calibration]:
-        thresholds = thresholds_for_keep(magnitudes, keep)
+    def measure(thresholds: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
         metric = spec.metric(num_classes)
         kept: dict[str, list[float]] = {}
 
@@ -218,13 +230,8 @@ def calibrate_temporal_thresholds(
 
         for clip in clips:
             _stream_clip(model, clip, layers, thresholds, granularity, score)
-        metrics = {k: float(v) for k, v in metric.compute().items()}
-        layer_density = {layer: sum(v) / len(v) for layer, v in kept.items()}
-        density = sum(layer_density.values()) / max(1, len(layer_density))
-        result = Calibration(thresholds, keep, metrics, reference, density, layer_density)
-        if target_density is not None:
-            return density <= target_density, result
-        return within_tolerance(metrics[metric.primary], reference[metric.primary], tolerance,
-                                metric.higher_is_better), result
+        return ({k: float(v) for k, v in metric.compute().items()},
+                {layer: sum(v) / len(v) for layer, v in kept.items()})
 
-    return search_keep(evaluate, target_density is not None)
+    return calibrate(magnitudes, measure, reference, spec.metric(num_classes), tolerance=tolerance,
+                     target_density=target_density)

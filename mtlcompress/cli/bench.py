@@ -1,0 +1,120 @@
+"""``mtlcompress bench``: time a bundle against its T independent models (images and video)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+
+from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.cli._options import JsonOpt, QuietOpt
+from mtlcompress.cli._output import emit, info, make_table
+from mtlcompress.errors import MtlCompressError
+from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images
+from mtlcompress.runtime.keyframes import KeyframePolicy
+from mtlcompress.runtime.media import find_inputs, read_images
+
+SYNTHETIC_SEED = 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
+
+
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file written by `mtlcompress export`.")],
+    inputs: Annotated[list[Path] | None, typer.Option("--input", metavar="PATH", help=(
+        "PNG/JPEG file or folder; repeat for more. The first --batch images form the image batch and the first "
+        "--frames (in name order) the video sequence. Default: rendered synthetic rooms and a static-camera clip."))
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Images per predict call.")] = 1,
+    frames: Annotated[int, typer.Option(min=0, help="Video frames to stream (0: no video benchmark).")] = 8,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed rounds (each runs every variant once).")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed rounds first.")] = 1,
+    keyframe_every: Annotated[int, typer.Option(min=1, help="Video: a full frame every K frames.")] = 16,
+    max_drift: Annotated[float, typer.Option(help="Video: keyframe once the unpropagated error passes this.")] = 0.25,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
+    no_profile: Annotated[bool, typer.Option("--no-profile", help="Skip the per-layer-kind breakdown pass.")
+                          ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Time T independent models, the dense engine and the shared engine, interleaved."""
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise MtlCompressError(f"unknown device '{device}'; use cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MtlCompressError("--device cuda: no CUDA device is available")
+    if max_drift <= 0:
+        raise MtlCompressError("--max-drift must be > 0")
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = Bundle.load(bundle)
+    size = loaded.backbone.img_size
+    images, clip, source = _inputs(inputs, size, batch, frames)
+    info(f"benchmarking {bundle.name}: {len(loaded.tasks)} tasks, {repeats} repeats after {warmup} warm-up, "
+         f"{source}", quiet or as_json)
+    result = benchmark_bundle(loaded, images, clip, repeats=repeats, warmup=warmup, device=device,
+                              policy=KeyframePolicy(keyframe_every, max_drift), profile=not no_profile)
+    result["bundle"] = str(bundle)
+    result["inputs"] = source
+    emit(result, as_json, *tables(result))
+
+
+def _inputs(paths: list[Path] | None, size: int, batch: int, frames: int) -> tuple[torch.Tensor, list | None, str]:
+    if not paths:
+        images = synthetic_images(batch, size, seed=SYNTHETIC_SEED)
+        clip = static_clip(frames, size, seed=SYNTHETIC_SEED) if frames else None
+        return images, clip, f"synthetic (seed {SYNTHETIC_SEED})"
+    files = [f for item in find_inputs(paths) for f in item.frames]
+    if len(files) < batch:
+        raise MtlCompressError(f"--batch {batch} needs at least {batch} input images, got {len(files)}")
+    images, _ = read_images(files[:batch], size)
+    clip = None
+    if frames:
+        if len(files) < frames:
+            raise MtlCompressError(f"--frames {frames} needs at least {frames} input images, got {len(files)}")
+        stacked, _ = read_images(files[:frames], size)
+        clip = [frame.unsqueeze(0) for frame in stacked]
+    return images, clip, f"{len(files)} input image(s)"
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def tables(result: dict[str, Any]) -> list:
+    """Timings with spread, ratios, and the per-layer-kind breakdown, for people."""
+    env, config = result["environment"], result["config"]
+    out = []
+    for section, unit in (("images", "image"), ("video", "frame")):
+        rows = [[name, _ms(s["median_s"]), _ms(s["min_s"]), _ms(s["max_s"]), _ms(s["per_item_s"])]
+                for name, s in result[section].items()]
+        if rows:
+            out.append(make_table(
+                f"{section}: ms per call ({config['repeats']} repeats, {env['device_name']}, "
+                f"{env['threads']} threads, torch {env['torch']})",
+                ["variant", "median", "min", "max", f"median per {unit}"], rows))
+    ratios = [[f"{section}: {name}", value] for section, values in result["ratios"].items()
+              for name, value in values.items()]
+    out.append(make_table("ratios of medians (x faster: the right-hand side)", ["ratio", "value"], ratios))
+    flop = result["flops"]["images"]
+    out.append(make_table("GFLOPs per image (analytic, measured densities)", ["variant", "GFLOPs"],
+                          [[k, v / 1e9] for k, v in flop.items()]))
+    for section, profile in result["profile"].items():
+        roles = list(profile["seconds"])
+        rows = [[kind, *(_ms(profile["seconds"][r].get(kind, 0.0)) for r in roles), _ms(total)]
+                for kind, total in profile["by_kind"].items()]
+        rows.append(["sum", *(_ms(sum(profile["seconds"][r].values())) for r in roles), _ms(profile["sum_s"])])
+        out.append(make_table(f"shared engine, {section}: ms per layer kind (profiled pass, wall "
+                              f"{_ms(profile['wall_s']):.1f} ms)", ["kind", *roles, "total"], rows))
+    density = result["activation_density"]
+    rows = [[task, value, density["video"].get("temporal_mean", {}).get(task)]
+            for task, value in density["images"]["task_mean"].items()]
+    rows += [[task, None, value] for task, value in density["video"].get("temporal_mean", {}).items()
+             if task not in density["images"]["task_mean"]]
+    out.append(make_table("token-delta density (kept fraction, mean over layers)",
+                          ["task", "vs base (images)", "vs previous frame (video)"], rows))
+    return out

@@ -1,0 +1,346 @@
+"""Wall-clock benchmark of a bundle: T independent models vs the dense engine vs the
+shared engine, on images and on a video sequence, in one process.
+
+Timings are *interleaved*: every repeat runs each variant once, in an order rotated by
+the repeat index, so slow drift of a shared machine (other jobs, frequency scaling)
+hits all variants alike. The first ``warmup`` rounds are discarded (they include lazy
+set-up such as the shared engine's kernel calibration). Each variant reports the
+median, min/max and quartiles of its samples; every ratio is a ratio of medians.
+
+The per-layer-kind breakdown comes from a *separate* pass with
+``SharedEngine(profile=True)`` (it synchronises around every part), so profiling never
+pollutes the timed runs. FLOPs are analytic (:mod:`mtlcompress.report.flops`), with the
+activation densities measured in the timed shared runs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.data.synth import random_clip, random_scene, render_scene
+from mtlcompress.report import flops
+from mtlcompress.runtime.cost_model import KernelTimings
+from mtlcompress.runtime.dense_engine import DenseEngine
+from mtlcompress.runtime.keyframes import KeyframePolicy
+from mtlcompress.runtime.shared_engine import PROFILE_KINDS, SharedEngine
+
+__all__ = ["IMAGE_VARIANTS", "VIDEO_VARIANTS", "RATIOS", "benchmark_bundle", "environment", "summarize_samples",
+           "synthetic_images", "static_clip", "stream_flops"]
+
+# Variant names (keys of the result's "images" / "video" sections).
+IMAGE_VARIANTS = ("independent", "base_only", "dense", "shared")
+VIDEO_VARIANTS = ("independent", "dense", "shared_per_frame", "shared_stream")
+# (numerator, denominator) pairs reported as ``"<num>/<den>"``: how many times faster
+# the denominator is.
+RATIOS = {
+    "images": (("independent", "shared"), ("dense", "shared"), ("independent", "dense"), ("shared", "base_only")),
+    "video": (("independent", "shared_stream"), ("dense", "shared_stream"), ("shared_per_frame", "shared_stream"),
+              ("independent", "shared_per_frame")),
+}
+
+
+# ------------------------------------------------------------------------------------
+# Inputs.
+# ------------------------------------------------------------------------------------
+def _to_tensor(image: np.ndarray) -> Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)
+
+
+def synthetic_images(count: int, size: int, seed: int = 0) -> Tensor:
+    """``count`` rendered rooms ``[count, 3, size, size]`` in [0, 1] (deterministic)."""
+    rng = np.random.default_rng(seed)
+    return torch.stack([_to_tensor(render_scene(random_scene(rng), size)["image"]) for _ in range(count)])
+
+
+def static_clip(frames: int, size: int, seed: int = 0) -> list[Tensor]:
+    """A static-camera synthetic clip (objects move, the camera does not): ``frames`` x
+    ``[1, 3, size, size]``. Seeds are tried from ``seed`` upward until a clip's camera
+    stays still, so the result is deterministic."""
+    for attempt in range(seed, seed + 1000):
+        scenes = random_clip(np.random.default_rng(attempt), frames)
+        if all(s.camera == scenes[0].camera for s in scenes):
+            return [_to_tensor(render_scene(s, size)["image"]).unsqueeze(0) for s in scenes]
+    raise RuntimeError("no static-camera clip found")  # pragma: no cover - half the clips are static
+
+
+# ------------------------------------------------------------------------------------
+# Measurement helpers.
+# ------------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """What the numbers were measured on (recorded next to every result)."""
+    device = torch.device(device)
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+        "cpu_model": _cpu_model(),
+        "cpu_cores": _cpu_count(),
+        "platform": platform.platform(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def summarize_samples(samples: Sequence[float], items: int = 1) -> dict[str, Any]:
+    """Median, min/max and quartiles of ``samples`` (seconds per call); ``per_item_s``
+    divides the median by the images or frames one call processes."""
+    values = sorted(float(s) for s in samples)
+    if not values:
+        raise ValueError("no timing samples")
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values[0],) * 3
+    median = statistics.median(values)
+    return {"median_s": median, "min_s": values[0], "max_s": values[-1], "q1_s": q1, "q3_s": q3,
+            "per_item_s": median / max(1, items), "repeats": len(values), "samples_s": values}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device,
+                 before_timed: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Round-robin timing: each round runs every variant once, order rotated per round."""
+    names = list(variants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(warmup + repeats):
+        if round_index == warmup and before_timed is not None:
+            before_timed()
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            _sync(device)
+            start = time.perf_counter()
+            variants[name]()
+            _sync(device)
+            if round_index >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def _ratios(section: dict[str, dict[str, Any]], pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
+    return {f"{a}/{b}": section[a]["median_s"] / section[b]["median_s"] for a, b in pairs
+            if a in section and b in section and section[b]["median_s"] > 0}
+
+
+def _split_density(mean: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """``DensityStats.mean()`` -> task-domain and temporal per-layer densities, plus means."""
+    task = {k: v for k, v in mean.items() if not k.endswith("/temporal")}
+    temporal = {k.removesuffix("/temporal"): v for k, v in mean.items() if k.endswith("/temporal")}
+
+    def means(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+        return {t: sum(layers.values()) / len(layers) for t, layers in per_task.items() if layers}
+
+    return {"task": task, "temporal": temporal, "task_mean": means(task), "temporal_mean": means(temporal)}
+
+
+def _path_counts(layer_paths: dict[str, dict[str, str]]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for key, paths in layer_paths.items():
+        for path in paths.values():
+            counts.setdefault(key, {}).setdefault(path, 0)
+            counts[key][path] += 1
+    return counts
+
+
+# ------------------------------------------------------------------------------------
+# FLOPs.
+# ------------------------------------------------------------------------------------
+def stream_flops(bundle: Bundle, task_density: dict[str, dict[str, float]],
+                 temporal_density: dict[str, dict[str, float]], keyframes: int, frames: int) -> dict[str, float]:
+    """Analytic FLOPs per frame of the shared stream, averaged over the sequence.
+
+    Keyframes cost the bundle's image FLOPs (at ``task_density``). A non-keyframe costs,
+    per task, ``linear * d_temporal`` on every layer with a temporal threshold (the
+    identity ``y^f = y^{f-1} + W dx``), dense linears elsewhere, plus attention, head
+    and the patch embedding (the base's; a sub-task's own only if its embedding has a
+    delta). Same counting convention as :mod:`mtlcompress.report.flops`.
+    """
+    config = bundle.backbone
+    keyframe = flops.flops_report(bundle, task_density)["totals"]["bundle"]["total"]
+    other = 0.0
+    for name, entry in bundle.tasks.items():
+        dense = flops.dense_model_flops(config, entry.info.out_channels, entry.info.head_hidden)
+        thresholds = entry.activation.temporal_thresholds
+        measured = temporal_density.get(name, {})
+        linear = sum(flops.linear_flops(config, layer) * (float(measured.get(layer, 1.0)) if layer in thresholds
+                                                          else 1.0) for layer in flops.linear_shapes(config))
+        embeds = name == bundle.base_task or any(k.startswith(("patch_embed", "pos_embed", "cls_token"))
+                                                 for k in entry.delta)
+        other += linear + dense["attention"] + dense["head"] + (dense["patch_embed"] if embeds else 0)
+    non_key = max(0, frames - keyframes)
+    return {"keyframe": float(keyframe), "non_keyframe": float(other),
+            "mean_per_frame": (keyframes * keyframe + non_key * other) / max(1, frames)}
+
+
+# ------------------------------------------------------------------------------------
+# The benchmark.
+# ------------------------------------------------------------------------------------
+def _profile(engine_factory: Callable[[], SharedEngine], run: Callable[[SharedEngine], object],
+             device: torch.device) -> dict[str, Any]:
+    """One warm-up and one profiled call on a fresh profiling engine."""
+    engine = engine_factory()
+    run(engine)
+    engine.reset_profile()
+    _sync(device)
+    start = time.perf_counter()
+    run(engine)
+    _sync(device)
+    wall = time.perf_counter() - start
+    seconds = {role: {kind: float(engine.profile_seconds[role].get(kind, 0.0)) for kind in PROFILE_KINDS}
+               for role in engine.profile_seconds}
+    by_kind = {kind: sum(roles.get(kind, 0.0) for roles in seconds.values()) for kind in PROFILE_KINDS}
+    return {"seconds": seconds, "by_kind": by_kind, "sum_s": sum(by_kind.values()), "wall_s": wall}
+
+
+def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None = None, *, repeats: int = 5,
+                     warmup: int = 1, device: str | torch.device = "cpu", policy: KeyframePolicy | None = None,
+                     timings: KernelTimings | None = None, profile: bool = True) -> dict[str, Any]:
+    """Time a bundle's executors against T independent models; return plain JSON.
+
+    Args:
+        bundle: the bundle to measure (all its tasks run).
+        images: one batch ``[B, 3, H, W]`` in [0, 1]; each variant processes it per call.
+        frames: a video sequence of ``[1, 3, H, W]`` frames (None: no video section).
+        repeats: timed rounds; warmup: discarded rounds before them.
+        device: ``cpu`` or ``cuda``.
+        policy: keyframe policy for the shared stream (default ``KeyframePolicy()``).
+        timings: kernel timings for the shared engine (default: this machine's, cached).
+        profile: also run the per-layer-kind breakdown pass.
+
+    Returns:
+        ``{"environment", "config", "images", "video", "ratios", "profile",
+        "activation_density", "layer_paths", "flops"}``; ``images`` and ``video`` map
+        each variant (``IMAGE_VARIANTS`` / ``VIDEO_VARIANTS``) to
+        :func:`summarize_samples` output; ``ratios`` are ratios of those medians.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError("need repeats >= 1 and warmup >= 0")
+    device = torch.device(device)
+    policy = policy or KeyframePolicy()
+    images = images.to(device)
+    frames = [f.to(device) for f in frames] if frames else None
+    tasks = list(bundle.tasks)
+    models = {t: bundle.task_model(t).to(device) for t in tasks}
+    dense = DenseEngine(bundle, device=device)
+    shared = SharedEngine(bundle, device=device, timings=timings)
+
+    @torch.inference_mode()
+    def independent(batch: Tensor) -> None:
+        for model in models.values():
+            model(batch)
+
+    @torch.inference_mode()
+    def base_only(batch: Tensor) -> None:
+        models[bundle.base_task](batch)
+
+    def reset_stats() -> None:
+        dense.stats.kept.clear()
+        shared.stats.kept.clear()
+
+    batch = images.shape[0]
+    image_samples = _interleaved({
+        "independent": lambda: independent(images),
+        "base_only": lambda: base_only(images),
+        "dense": lambda: dense.predict(images),
+        "shared": lambda: shared.predict(images),
+    }, repeats, warmup, device, before_timed=reset_stats)
+    image_density = _split_density(shared.stats.mean())
+    image_paths = _path_counts(shared.layer_paths)
+    result_images = {name: summarize_samples(s, batch) for name, s in image_samples.items()}
+
+    result_video: dict[str, Any] = {}
+    video_density: dict[str, Any] = {}
+    video_paths: dict[str, Any] = {}
+    keyframes = 0
+    if frames:
+        shared_video = SharedEngine(bundle, device=device, timings=shared.timings)
+        last_keyframes: list[int] = []
+
+        def stream() -> None:
+            results = list(shared_video.stream(frames, policy))
+            last_keyframes.append(sum(r.keyframe for r in results))
+
+        def per_frame(fn: Callable[[Tensor], object]) -> Callable[[], None]:
+            return lambda: [fn(frame) for frame in frames]
+
+        video_samples = _interleaved({
+            "independent": per_frame(independent),
+            "dense": per_frame(dense.predict),
+            "shared_per_frame": per_frame(shared.predict),
+            "shared_stream": stream,
+        }, repeats, warmup, device, before_timed=lambda: shared_video.stats.kept.clear())
+        keyframes = last_keyframes[-1]
+        video_density = _split_density(shared_video.stats.mean())
+        video_paths = _path_counts(shared_video.layer_paths)
+        result_video = {name: summarize_samples(s, len(frames)) for name, s in video_samples.items()}
+
+    profiles: dict[str, Any] = {}
+    if profile:
+        factory = lambda: SharedEngine(bundle, device=device, timings=shared.timings, profile=True)  # noqa: E731
+        profiles["images"] = _profile(factory, lambda e: e.predict(images), device)
+        if frames:
+            profiles["video"] = _profile(factory, lambda e: list(e.stream(frames, policy)), device)
+
+    report = flops.flops_report(bundle, image_density["task"])
+    totals = report["totals"]
+    flop_summary: dict[str, Any] = {
+        "images": {"independent": totals["independent"]["total"], "bundle": totals["bundle"]["total"],
+                   "limit": totals["limit"]["total"], "single_model": report["per_task"]["independent"][
+                       bundle.base_task]["total"]},
+        "per_image": True,
+    }
+    if frames:
+        flop_summary["video"] = {
+            "independent": totals["independent"]["total"],
+            "bundle_per_frame": report["totals"]["bundle"]["total"],
+            "stream": stream_flops(bundle, video_density.get("task") or image_density["task"],
+                                   video_density.get("temporal", {}), keyframes, len(frames)),
+        }
+    return {
+        "environment": environment(device),
+        "config": {
+            "repeats": repeats, "warmup": warmup, "batch": batch, "image_size": int(images.shape[-1]),
+            "frames": len(frames) if frames else 0, "keyframes": keyframes,
+            "keyframe_every": policy.keyframe_every, "max_drift": policy.max_drift,
+            "tasks": tasks, "base_task": bundle.base_task, "backbone": bundle.backbone.to_dict(),
+            "weight_density": {t: bundle.delta_density(t) for t in bundle.sub_tasks},
+            "interleaved": True,
+        },
+        "images": result_images,
+        "video": result_video,
+        "ratios": {"images": _ratios(result_images, RATIOS["images"]),
+                   "video": _ratios(result_video, RATIOS["video"]) if result_video else {}},
+        "profile": profiles,
+        "activation_density": {"images": image_density, "video": video_density},
+        "layer_paths": {"images": image_paths, "video": video_paths},
+        "flops": flop_summary,
+    }
