@@ -181,7 +181,7 @@ def render(doc: dict[str, Any]) -> str:
         f"- Machine: {env['cpu_model']} ({env['cpu_cores']} cores available), {env['threads']} torch threads, "
         f"device {env['device']} ({env['device_name']})",
         f"- Software: torch {env['torch']}, Python {env['python']}, {env['platform']}",
-        *([f"- Load average when the headline row started (1/5/15 min): "
+        *([f"- Load average as the headline row finished (1/5/15 min): "
            f"{' / '.join(f'{v:.1f}' for v in env['load_average'])}"] if env.get("load_average") else []),
         f"- Date: {doc['date']}",
         f"- Protocol: {config['repeats']} timed repeats after {config['warmup']} warm-up, variants interleaved "
@@ -195,6 +195,8 @@ def render(doc: dict[str, Any]) -> str:
         "measured in the timed shared runs; the limit keeps, per sub-task, only the attention matmuls and the "
         "head. Video FLOPs average keyframes (full bundle) and delta frames.",
     ]
+    if not doc.get("complete", True):
+        out.append(f"- **Incomplete run**: {len(rows)} of {doc['planned_rows']} rows measured before it stopped.")
     if doc["quick"]:
         out.append("- **Quick mode** (`--quick`): few repeats, short clip, ViT-S only: indicative numbers only.")
     out += ["", f"### Headline: {_title(headline['spec'])}", "", *headline_table(headline), "",
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="override the timed repeats")
     parser.add_argument("--frames", type=int, default=None, help="override the clip length")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--headline-only", action="store_true", help="only the headline operating point")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: rewrite the markdown section from the existing --json-out file")
     args = parser.parse_args(argv)
@@ -255,19 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    specs = all_specs(args.quick)
+    specs = all_specs(args.quick)[:1] if args.headline_only else all_specs(args.quick)
+    command = "python benchmarks/run_all.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     rows = []
     for index, spec in enumerate(specs):
         row = run_row(spec, args.cache, settings, log)
         row["headline"] = index == 0
         rows.append(row)
-    command = "python benchmarks/run_all.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
-    doc = {"command": command, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "quick": args.quick, "settings": settings, "environment": rows[0]["result"]["environment"], "rows": rows}
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    replace_section(args.doc, render(doc))
-    log(f"wrote {args.doc} and {args.json_out}")
+        # Written after every row, so an interrupted run keeps what it measured (and says so).
+        doc = {"command": command, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "quick": args.quick, "settings": settings, "environment": rows[0]["result"]["environment"],
+               "rows": rows, "complete": len(rows) == len(specs), "planned_rows": len(specs)}
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+        replace_section(args.doc, render(doc))
+        log(f"wrote {args.doc} and {args.json_out} ({len(rows)}/{len(specs)} rows)")
     return 0
 
 

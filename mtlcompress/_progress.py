@@ -22,9 +22,21 @@ def progress_bar(description: str, total: int, enabled: bool = True, completed: 
         yield lambda n=1, status="": None
         return
     console = Console(stderr=True)
+    if not console.is_terminal:
+        # Logs (CI, nohup, pipes) get a plain line every tenth of the work instead of a bar.
+        done = [completed]
+        every = max(1, total // 10)
+
+        def log_line(n: int = 1, status: str = "") -> None:
+            done[0] += n
+            if done[0] % every == 0 or done[0] == total:
+                console.print(f"{description}: {done[0]}/{total} {status}", highlight=False, soft_wrap=True)
+
+        yield log_line
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
-    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
+    with Progress(*columns, console=console, transient=False) as progress:
         task_id = progress.add_task(description, total=total, completed=completed, status="")
 
         def advance(n: int = 1, status: str = "") -> None:

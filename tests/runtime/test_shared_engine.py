@@ -206,3 +206,17 @@ def test_profile_breaks_time_down_by_layer_kind_and_role(sources):
     assert set(engine.profile_seconds["sub-tasks"]) == kinds  # depth has its own patch embedding
     assert all(v > 0 for role in engine.profile_seconds.values() for v in role.values())
     assert not SharedEngine(bundle, timings=_timings("token")).profile_seconds
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("granularity", ["token", "element"])
+def test_cuda_matches_the_dense_engine(sources, granularity):
+    bundle = _sparse_bundle(sources, granularity)
+    shared = SharedEngine(bundle, device="cuda", timings=_timings("token"))
+    dense = DenseEngine(bundle, device="cuda")
+    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size)
+    assert _max_diff(shared.predict(images), dense.predict(images)) <= TOL
+    policy = KeyframePolicy(keyframe_every=4)
+    for s, d in zip(shared.stream(_frames(), policy), dense.stream(_frames(), policy)):
+        assert s.keyframe == d.keyframe
+        assert _max_diff(s.outputs, d.outputs) <= TOL
