@@ -37,9 +37,10 @@ def demo(
     report = run_demo(out, preset, stages=stages, show_progress=not silent, log=lambda message: info(message, silent))
     tables = [_single_task_table(report)]
     if "sparsify" in report:
-        results = [StageResult(**{k: s[k] for k in ("stage", "task", "out", "delta_density", "metrics",
-                                                     "original_metrics", "primary")},
-                               higher_is_better=report["single_task"][s["task"]]["higher_is_better"])
+        core = ("stage", "task", "out", "delta_density", "metrics", "original_metrics", "primary")
+        results = [StageResult(**{k: s[k] for k in core},
+                               higher_is_better=report["single_task"][s["task"]]["higher_is_better"],
+                               extra={k: v for k, v in s.items() if k not in core})
                    for s in report["sparsify"]["stages"]]
         tables.append(stage_table(results, f"sparsify (base task: {report['sparsify']['base']})"))
     if "run" in report:

@@ -61,9 +61,10 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from mtlcompress.errors import DataError
+from mtlcompress.tasks.registry import get_task, task_names
 
-DENSE_TASKS: tuple[str, ...] = ("semseg", "parts", "depth", "normals", "edges", "saliency")
-CLASS_TASKS: tuple[str, ...] = ("semseg", "parts")
+DENSE_TASKS: tuple[str, ...] = task_names()
+CLASS_TASKS: tuple[str, ...] = tuple(t for t in DENSE_TASKS if get_task(t).categorical)
 IGNORE_INDEX = 255
 
 SCENES_FORMAT = "mtlcompress.scenes"

@@ -20,14 +20,13 @@ import numpy as np
 from PIL import Image
 
 from mtlcompress.data import _raycast
+from mtlcompress.data.datasets import SCENES_FORMAT, SCENES_VERSION
 from mtlcompress.errors import DataError
 from mtlcompress.io.atomic import write_json_atomic
 
 CLASS_NAMES: tuple[str, ...] = ("floor", "wall", "sphere", "box", "cylinder", "cone", "capsule")
 """Semantic classes; a class id is an index into this tuple."""
 TASKS: tuple[str, ...] = ("semseg", "depth", "normals", "edges", "saliency")
-FORMAT_NAME = "mtlcompress.scenes"
-FORMAT_VERSION = 1
 
 _FIRST_OBJECT_ID = 2  # ids below are floor and wall: the background for saliency
 _OBJECT_CLASSES = CLASS_NAMES[_FIRST_OBJECT_ID:]
@@ -408,7 +407,7 @@ def generate_scenes(
             _write_lines(clip_root / "splits" / "all.txt", frame_stems)
 
     manifest = {
-        "format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed, "size": size,
+        "format": SCENES_FORMAT, "version": SCENES_VERSION, "seed": seed, "size": size,
         "tasks": list(TASKS), "class_names": list(CLASS_NAMES), "num_classes": len(CLASS_NAMES),
         "images": images, "splits": {"train": images - n_val, "val": n_val}, "videos": clips,
     }
