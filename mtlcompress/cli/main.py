@@ -28,12 +28,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(data_cli.app, name="data")
-app.add_typer(sparsify_cli.app, name="sparsify")
-train_cli.register(app)
+# In pipeline order, which is the order `--help` lists them.
 demo_cli.register(app)
-run_cli.register(app)
+app.add_typer(data_cli.app, name="data")
+train_cli.register(app)
+app.add_typer(sparsify_cli.app, name="sparsify")
 export_cli.register(app)
+run_cli.register(app)
 inspect_cli.register(app)
 bench_cli.register(app)
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.data.synth import random_clip, random_scene, render_scene
 from mtlcompress.report import flops
-from mtlcompress.runtime.cost_model import KernelTimings
+from mtlcompress.runtime.cost_model import KernelTimings, cpu_model
 from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.shared_engine import PROFILE_KINDS, SharedEngine
@@ -77,16 +77,6 @@ def static_clip(frames: int, size: int, seed: int = 0) -> list[Tensor]:
 # ------------------------------------------------------------------------------------
 # Measurement helpers.
 # ------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     """What the numbers were measured on (recorded next to every result)."""
     device = torch.device(device)
@@ -95,8 +85,8 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
-        "cpu_model": _cpu_model(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores": _cpu_count(),
         "platform": platform.platform(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -15,11 +15,12 @@ import torch
 from mtlcompress.bundle.bundle import backbone_signature
 from mtlcompress.data.datasets import DenseDataset, open_dataset
 from mtlcompress.errors import CheckpointError, MtlCompressError
-from mtlcompress.models.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from mtlcompress.models.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint
 from mtlcompress.models.single_task import SingleTaskModel
 from mtlcompress.sparsify.supervision import resolve_supervision
 from mtlcompress.tasks.registry import TaskSpec, get_task
 from mtlcompress.training.evaluate import evaluate_model
+from mtlcompress.training.loop import resume_state_path, world
 
 
 @dataclass
@@ -142,8 +143,6 @@ def finish_stage(*, stage: str, model: SingleTaskModel, base_model: SingleTaskMo
                  data: StageData, out: Path, run_id: dict[str, Any], sparsity: dict[str, Any],
                  extra: dict[str, Any] | None = None) -> StageResult:
     """Measure, evaluate and (on rank 0) write a stage's output; drop its resume state."""
-    from mtlcompress.training.loop import resume_state_path, world
-
     achieved = delta_density(model, base_model)
     metrics = evaluate_on(model, data)
     original = sparsity.get("original_metrics", info.sparsity.get("original_metrics", {}))
@@ -158,8 +157,6 @@ def finish_stage(*, stage: str, model: SingleTaskModel, base_model: SingleTaskMo
 
 def result_from_checkpoint(path: str | os.PathLike) -> StageResult:
     """The summary of a stage that already ran, read back from its output."""
-    from mtlcompress.models.checkpoint import read_checkpoint_info
-
     info = read_checkpoint_info(path)
     metric = get_task(info.task).metric(info.num_classes or 1)
     extra = {k: v for k, v in info.sparsity.items()
@@ -167,3 +164,11 @@ def result_from_checkpoint(path: str | os.PathLike) -> StageResult:
     return StageResult(info.sparsity.get("stage", "?"), info.task, str(path), info.sparsity.get("delta_density", 0.0),
                        info.metrics, info.sparsity.get("original_metrics", {}), metric.primary,
                        metric.higher_is_better, {**extra, "skipped": True})
+
+
+def load_source(info_sparsity: dict[str, Any]) -> SingleTaskModel | None:
+    """The original sub-task checkpoint recorded by stage 1 (the distillation teacher)."""
+    source = info_sparsity.get("source")
+    if source and Path(source).exists():
+        return load_checkpoint(source)[0]
+    return None

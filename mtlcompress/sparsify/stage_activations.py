@@ -22,9 +22,8 @@ from mtlcompress.bundle.bundle import GRANULARITIES
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
 from mtlcompress.sparsify.calibrate import calibrate_task_thresholds, evaluate_thresholded
-from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, stage_data
+from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
 from mtlcompress.sparsify.stage_finetune import masked_delta_model
-from mtlcompress.sparsify.stage_weights import load_source
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
 

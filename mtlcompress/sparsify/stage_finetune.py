@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from mtlcompress.sparsify.common import (
+    load_source,
     StageResult,
     check_output,
     finish_stage,
@@ -18,7 +19,6 @@ from mtlcompress.sparsify.common import (
     weight_delta,
 )
 from mtlcompress.sparsify.delta_model import DeltaModel
-from mtlcompress.sparsify.stage_weights import load_source
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
 

@@ -21,10 +21,9 @@ from mtlcompress.errors import MtlCompressError
 from mtlcompress.models.checkpoint import load_checkpoint
 from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
 from mtlcompress.sparsify.calibrate import calibrate_temporal_thresholds
-from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, stage_data
+from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
 from mtlcompress.sparsify.stage_activations import activation_delta_penalty, layer_coefficients
 from mtlcompress.sparsify.stage_finetune import masked_delta_model
-from mtlcompress.sparsify.stage_weights import load_source
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.sparsify.temporal_data import FramePairs, split_clips
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training

@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.models.checkpoint import load_checkpoint
 from mtlcompress.sparsify.common import (
     StageResult,
     check_output,
@@ -133,11 +132,3 @@ def sparsify_weights(
     return finish_stage(stage="weights", model=result_model, base_model=base_model, info=task_info, data=data_,
                         out=out, run_id=run_id, sparsity=sparsity,
                         extra={"method": method, "target_density": density, **gate_stats})
-
-
-def load_source(info_sparsity: dict[str, Any]) -> torch.nn.Module | None:
-    """The original sub-task checkpoint recorded by stage 1 (the distillation teacher)."""
-    source = info_sparsity.get("source")
-    if source and Path(source).exists():
-        return load_checkpoint(source)[0]
-    return None
