@@ -34,7 +34,7 @@ from mtlcompress import __version__
 from mtlcompress.bundle import layouts
 from mtlcompress.bundle.bundle import GRANULARITIES, ActivationSparsity, Bundle, BundleTask, backbone_signature
 from mtlcompress.errors import BundleError, MtlCompressError
-from mtlcompress.io.container import read_container_header, read_container_tensors, write_container
+from mtlcompress.io.container import check_tensor_names, read_container_header, read_container_tensors, write_container
 from mtlcompress.models.backbone import BackboneConfig
 from mtlcompress.models.checkpoint import FORMAT_NAME as CHECKPOINT_FORMAT_NAME
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model
@@ -387,12 +387,7 @@ def _build(path: Path, manifest: dict[str, Any], backbone: BackboneConfig, state
                 raise BundleError(f"{path}: task '{task}' delta '{name}' declares shape {tuple(entry['shape'])}, "
                                   f"the backbone weight is {backbone_shapes[name]}; {_CORRUPT}")
             expected.update({f"delta.{task}.{name}.{part}": () for part in layouts.part_names(entry["layout"])})
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing:
-        raise BundleError(f"{path}: missing {len(missing)} tensor(s), e.g. '{missing[0]}'; {_CORRUPT}")
-    if extra:
-        raise BundleError(f"{path}: {len(extra)} unexpected tensor(s), e.g. '{extra[0]}'; {_CORRUPT}")
+    check_tensor_names(expected, state, path, error=BundleError, hint=f"; {_CORRUPT}")
     for name, tensor in state.items():
         if name.startswith("delta."):
             continue  # parts: checked by the layout decoder below

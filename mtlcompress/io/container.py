@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,17 @@ def read_container_tensors(path: str | os.PathLike, *, error: type[MtlCompressEr
             return {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise error(f"{path}: tensor data is truncated or corrupt ({_first_line(exc)})") from None
+
+
+def check_tensor_names(expected: Iterable[str], found: Iterable[str], path: str | os.PathLike, *,
+                       error: type[MtlCompressError], hint: str) -> None:
+    """Exactly the expected tensors, or one line naming the first missing or extra one."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing:
+        raise error(f"{path}: missing {len(missing)} tensor(s), e.g. '{missing[0]}'{hint}")
+    if extra:
+        raise error(f"{path}: {len(extra)} unexpected tensor(s), e.g. '{extra[0]}'{hint}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ import torch
 
 from mtlcompress import __version__
 from mtlcompress.errors import CheckpointError, MtlCompressError
-from mtlcompress.io.container import read_container_header, read_container_tensors, write_container
+from mtlcompress.io.container import check_tensor_names, read_container_header, read_container_tensors, write_container
 from mtlcompress.models.backbone import BackboneConfig
 from mtlcompress.models.single_task import SingleTaskModel
 from mtlcompress.tasks.registry import get_task
@@ -120,12 +120,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """``load_state_dict`` with one-line errors that name the first offending tensor."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing:
-        raise CheckpointError(f"{path}: missing {len(missing)} tensor(s), e.g. '{missing[0]}' (wrong architecture?)")
-    if unexpected:
-        raise CheckpointError(f"{path}: {len(unexpected)} unexpected tensor(s), e.g. '{unexpected[0]}' (wrong architecture?)")
+    check_tensor_names(expected, state, path, error=CheckpointError, hint=" (wrong architecture?)")
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
             raise CheckpointError(
