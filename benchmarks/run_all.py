@@ -31,13 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _markdown  # noqa: E402
 from make_bundles import DEFAULT_CACHE, RANDOM_WEIGHTS_NOTE, BundleSpec, all_specs, make_bundle  # noqa: E402
 
 from mtlcompress.bundle.bundle import Bundle  # noqa: E402
 from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- runtime-benchmarks:start -->", "<!-- runtime-benchmarks:end -->"
+SECTION = "runtime-benchmarks"
+START, END = _markdown.markers(SECTION)
 DEFAULT_DOC = ROOT / "docs" / "benchmarks.md"
 DEFAULT_JSON = ROOT / "docs" / "benchmarks-runtime.json"
 INPUT_SEED = 0
@@ -49,20 +51,8 @@ QUICK = {"repeats": 2, "warmup": 1, "frames": 4}
 # The markdown section.
 # ------------------------------------------------------------------------------------
 def replace_section(path: Path, body: str) -> None:
-    """Put ``body`` between the markers of ``path``; create the file (or append the
-    markers) if needed; leave every byte outside the markers as it was."""
-    block = f"{START}\n{body.strip()}\n{END}"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# Benchmarks\n\n{block}\n")
-        return
-    text = path.read_text()
-    start, end = text.find(START), text.find(END)
-    if start == -1 or end == -1 or end < start:
-        separator = "" if text.endswith("\n\n") or not text else ("\n" if text.endswith("\n") else "\n\n")
-        path.write_text(f"{text}{separator}{block}\n")
-        return
-    path.write_text(text[:start] + block + text[end + len(END):])
+    """Rewrite only the runtime section of ``path`` (see ``_markdown.replace_section``)."""
+    _markdown.replace_section(SECTION, body, path)
 
 
 def _ms(seconds: float) -> str:

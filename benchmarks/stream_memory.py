@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _markdown import replace_section
 
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.data.synth import random_clip, render_scene
 from mtlcompress.runtime.keyframes import KeyframePolicy
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- stream-memory:start -->", "<!-- stream-memory:end -->"
 
 
 def rss_mib() -> float:
@@ -72,13 +70,13 @@ def main() -> None:
               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()}
     print(json.dumps(report, indent=2))
     if args.write:
-        text = DOC.read_text() if DOC.exists() else f"{START}\n{END}\n"
-        body = (f"{START}\n`python benchmarks/stream_memory.py {args.bundle} --frames {args.frames} --write` "
-                f"({args.engine} engine, {torch.get_num_threads()} threads, torch {torch.__version__}): "
-                f"{args.frames} frames ({keyframes} keyframes) in {seconds:.0f} s; resident memory "
-                f"{min(warm):.0f}-{max(warm):.0f} MiB from frame 100 on, growth "
-                f"{report['growth_after_frame_100_mib']} MiB.\n{END}")
-        DOC.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), body, text, flags=re.S))
+        command = f"python benchmarks/stream_memory.py {args.bundle} --frames {args.frames} --write"
+        replace_section("stream-memory",
+                        f"`{command}` ({args.engine} engine, {torch.get_num_threads()} threads, "
+                        f"torch {torch.__version__}): "
+                        f"{args.frames} frames ({keyframes} keyframes) in {seconds:.0f} s; resident memory "
+                        f"{min(warm):.0f}-{max(warm):.0f} MiB from frame 100 on, growth "
+                        f"{report['growth_after_frame_100_mib']} MiB.")
 
 
 if __name__ == "__main__":
