@@ -323,12 +323,16 @@ def load_timings(path: str | os.PathLike) -> KernelTimings:
     return KernelTimings.from_dict(data)
 
 
-def default_cache_path(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Path:
+def default_cache_path(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                       shape: tuple[int, int, int] | None = None) -> Path:
     """``$MTLCOMPRESS_CACHE_DIR`` (default ``~/.cache/mtlcompress``) / a file keyed by
-    device name, thread count (CPU), dtype and torch version."""
+    device name, thread count (CPU), dtype, torch version and, if given, the layer
+    shape ``(in_features, out_features, tokens)`` it was calibrated on."""
     device = torch.device(device)
     root = Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "mtlcompress")
     key = f"{_device_name(device)}-{str(dtype).removeprefix('torch.')}-torch{torch.__version__}"
+    if shape is not None:
+        key += "-{}x{}x{}".format(*shape)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_")
     return root / f"kernel-timings-{slug}.json"
 
@@ -336,13 +340,22 @@ def default_cache_path(device: str | torch.device = "cpu", dtype: torch.dtype = 
 def load_or_calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
                       cache_path: str | os.PathLike | None = None, recalibrate: bool = False,
                       **calibrate_kwargs: int) -> KernelTimings:
-    """Cached timings for this machine, calibrating (and caching) when missing or unusable."""
-    path = Path(cache_path) if cache_path is not None else default_cache_path(device, dtype)
-    if not recalibrate and path.exists():
-        try:
-            return load_timings(path)
-        except MtlCompressError:
-            pass  # stale or corrupt cache: recalibrate below and overwrite it
+    """Cached timings for this machine, calibrating (and caching) when missing or unusable.
+
+    With a layer shape in ``calibrate_kwargs`` (``in_features``, ``out_features``,
+    ``tokens``) the cache is per shape; a machine-wide file (no shape) stands in for
+    shapes that were never calibrated on their own.
+    """
+    shape_keys = ("in_features", "out_features", "tokens")
+    shape = tuple(calibrate_kwargs[k] for k in shape_keys) if all(k in calibrate_kwargs for k in shape_keys) else None
+    path = Path(cache_path) if cache_path is not None else default_cache_path(device, dtype, shape)
+    candidates = [path] if cache_path is not None or shape is None else [path, default_cache_path(device, dtype)]
+    for candidate in candidates if not recalibrate else []:
+        if candidate.exists():
+            try:
+                return load_timings(candidate)
+            except MtlCompressError:
+                pass  # stale or corrupt cache: recalibrate below and overwrite it
     timings = calibrate(device, dtype, **calibrate_kwargs)
     save_timings(timings, path)
     return timings

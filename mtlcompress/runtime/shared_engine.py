@@ -96,8 +96,9 @@ class SharedEngine:
         bundle: the bundle to run.
         tasks: tasks to return (default: all); the base task always runs.
         device: where to run.
-        timings: kernel timings for path choices; ``None`` loads (or calibrates and
-            caches) this machine's, on first need only.
+        timings: kernel timings for path choices, one set for every layer or one per
+            layer shape ``(in, out)``; ``None`` loads (or calibrates and caches) this
+            machine's per layer shape, on first need only.
         profile: record seconds per layer kind and role in ``profile_seconds`` (adds
             a synchronisation around each part; use for benchmarks, not production).
 
@@ -111,7 +112,8 @@ class SharedEngine:
     name = "shared"
 
     def __init__(self, bundle: Bundle, tasks: Sequence[str] | None = None, device: str | torch.device = "cpu", *,
-                 timings: KernelTimings | None = None, profile: bool = False) -> None:
+                 timings: KernelTimings | dict[tuple[int, int], KernelTimings] | None = None,
+                 profile: bool = False) -> None:
         self.bundle = bundle
         self.tasks = select_tasks(bundle, tasks)
         self.device = torch.device(device)
@@ -184,11 +186,22 @@ class SharedEngine:
                      initial_density=float(density) if valid else _DEFAULT_DENSITY)
 
     @property
-    def timings(self) -> KernelTimings:
-        """This machine's kernel timings (loaded or calibrated on first use, then cached)."""
+    def timings(self) -> KernelTimings | dict[tuple[int, int], KernelTimings]:
+        """Kernel timings: the ones given, or this machine's per layer shape ``(in, out)``
+        (loaded or calibrated on first use, then cached on disk)."""
         if self._timings is None:
-            self._timings = load_or_calibrate(self.device)
+            tokens = self.bundle.backbone.grid_size ** 2 + self.bundle.backbone.num_prefix_tokens
+            shapes = {(layer.weight.shape[1], layer.weight.shape[0])
+                      for task in self._subs for layer in task.layers.values()}
+            self._timings = {shape: load_or_calibrate(self.device, in_features=shape[0], out_features=shape[1],
+                                                      tokens=tokens) for shape in sorted(shapes)}
         return self._timings
+
+    def _timings_for(self, in_features: int, out_features: int) -> KernelTimings:
+        timings = self.timings
+        if isinstance(timings, KernelTimings):
+            return timings
+        return timings.get((in_features, out_features)) or next(iter(timings.values()))
 
     # ----------------------------------------------------------------------------------
     # Task domain: base exactly, sub-tasks as deltas from it.
@@ -275,7 +288,8 @@ class SharedEngine:
     def _weight_delta(self, layer: _Layer, x0: Tensor) -> Tensor:
         """``x_0 dW^T`` on the kernel the cost model prices lower."""
         rows = x0.numel() // max(1, x0.shape[-1])
-        path = choose_weight_path(self.timings, tokens=max(1, rows), in_features=layer.weight.shape[1],
+        path = choose_weight_path(self._timings_for(layer.weight.shape[1], layer.weight.shape[0]),
+                                  tokens=max(1, rows), in_features=layer.weight.shape[1],
                                   out_features=layer.weight.shape[0], weight_density=layer.weight_density)
         return kernels.delta_weight_matmul(x0, layer.dw_sparse if path == "sparse" else layer.dw)
 
@@ -381,7 +395,8 @@ class SharedEngine:
                 out_features: int, temporal: bool) -> str:
         key = f"{task.name}/temporal" if temporal else task.name
         density = self._density.get((key, name), task.initial_density)
-        path = choose_path(self.timings, tokens=tokens, in_features=in_features, out_features=out_features,
+        path = choose_path(self._timings_for(in_features, out_features), tokens=tokens, in_features=in_features,
+                           out_features=out_features,
                            token_density=density, weight_density=0.0 if layer is None else layer.weight_density,
                            element_density=self._density.get((key, name + "#element")))
         self.layer_paths.setdefault(key, {})[name] = path

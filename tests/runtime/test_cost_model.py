@@ -172,3 +172,26 @@ def test_calibrate_tiny_shapes_gives_positive_finite_timings_quickly(dtype):
     assert t.dtype == str(dtype).removeprefix("torch.") and t.calibration_shape == (8, 16, 32)
     assert choose_path(t, tokens=8, in_features=16, out_features=32, token_density=0.5,
                        weight_density=0.1) in ("dense", "token", "element")
+
+
+def test_timings_are_cached_per_layer_shape_with_a_machine_wide_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    calls = []
+
+    def fake_calibrate(device, dtype, **kwargs):
+        calls.append(kwargs)
+        return _timings()
+
+    monkeypatch.setattr(cost_model, "calibrate", fake_calibrate)
+    shape = {"in_features": 8, "out_features": 32, "tokens": 5}
+    load_or_calibrate("cpu", torch.float32, **shape)
+    assert calls == [shape]
+    assert default_cache_path("cpu", torch.float32, (8, 32, 5)).exists()
+    assert not default_cache_path("cpu").exists()
+    load_or_calibrate("cpu", torch.float32, **shape)
+    assert len(calls) == 1  # read back from its own file
+    load_or_calibrate("cpu", torch.float32, in_features=32, out_features=8, tokens=5)
+    assert len(calls) == 2  # another shape: calibrated on its own
+    save_timings(_timings(), default_cache_path("cpu"))
+    load_or_calibrate("cpu", torch.float32, in_features=16, out_features=16, tokens=5)
+    assert len(calls) == 2  # a never-calibrated shape falls back to the machine-wide file
