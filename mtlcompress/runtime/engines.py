@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from mtlcompress.errors import MtlCompressError
 
+if TYPE_CHECKING:  # the engines import the bundle, which imports this module lazily
+    from mtlcompress.bundle.bundle import Bundle
+    from mtlcompress.runtime.dense_engine import DenseEngine
+    from mtlcompress.runtime.shared_engine import SharedEngine
+
 ENGINES = ("shared", "dense")
 
 
-def make_engine(bundle, kind: str, tasks: Sequence[str] | None = None, device: str | torch.device = "cpu"):  # noqa: ANN001, ANN201
+def make_engine(bundle: Bundle, kind: str, tasks: Sequence[str] | None = None,
+                device: str | torch.device = "cpu") -> SharedEngine | DenseEngine:
+    """``"shared"``: real shared computation; ``"dense"``: the simulated reference."""
     if kind == "dense":
         from mtlcompress.runtime.dense_engine import DenseEngine
 
