@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -39,9 +40,9 @@ TokenDensityOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="C
 
 
 def _config(stage: str, steps: int | None, lr: float | None, batch_size: int, seed: int) -> TrainConfig:
-    default = STAGE_TRAINING[stage]
-    return TrainConfig(steps=default.steps if steps is None else steps, lr=default.lr if lr is None else lr,
-                       batch_size=batch_size, seed=seed, warmup_steps=default.warmup_steps, eval_every=10**9)
+    """The stage's defaults (one place: ``STAGE_TRAINING``) with what the user gave."""
+    given = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
+    return dataclasses.replace(STAGE_TRAINING[stage], batch_size=batch_size, seed=seed, **given)
 
 
 def stage_table(results: Sequence[StageResult], title: str) -> Table:

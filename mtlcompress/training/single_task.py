@@ -68,8 +68,8 @@ def train_single_task(
     result = run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=train,
                           config=config, state_path=state_path, run_id=run_id, description=f"train {task}",
                           evaluate=evaluate, resume=resume, show_progress=show_progress)
-    info.metrics = result.evaluations[-1] if result.evaluations else evaluate(config.steps)
-    info.metrics = {k: v for k, v in info.metrics.items() if k != "step"}
+    final = result.evaluations[-1] if result.evaluations else evaluate(config.steps)
+    info.metrics = {k: v for k, v in final.items() if k != "step"}
     info.training = {**run_id, "resumed_from": result.resumed_from, "final_loss": result.last_losses.get("loss")}
     if world()[0] == 0:
         save_checkpoint(model, info, out)

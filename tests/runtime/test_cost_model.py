@@ -143,7 +143,9 @@ def test_default_cache_path_honours_env_and_keys_by_torch_version(tmp_path, monk
     assert default_cache_path("cpu").parent == tmp_path / "home" / ".cache" / "mtlcompress"
 
 
-def test_load_or_calibrate_uses_the_cache_and_replaces_a_corrupt_one(tmp_path, monkeypatch):
+@pytest.fixture
+def calibrations(tmp_path, monkeypatch):
+    """Calibration replaced by a recorder; the cache lives in tmp_path."""
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
     calls = []
 
@@ -152,6 +154,11 @@ def test_load_or_calibrate_uses_the_cache_and_replaces_a_corrupt_one(tmp_path, m
         return _timings()
 
     monkeypatch.setattr(cost_model, "calibrate", fake_calibrate)
+    return calls
+
+
+def test_load_or_calibrate_uses_the_cache_and_replaces_a_corrupt_one(calibrations):
+    calls = calibrations
     first = load_or_calibrate("cpu", torch.float32, tokens=4)
     assert len(calls) == 1 and default_cache_path("cpu").exists()
     assert load_or_calibrate("cpu", torch.float32) == first and len(calls) == 1
@@ -174,15 +181,8 @@ def test_calibrate_tiny_shapes_gives_positive_finite_timings_quickly(dtype):
                        weight_density=0.1) in ("dense", "token", "element")
 
 
-def test_timings_are_cached_per_layer_shape_with_a_machine_wide_fallback(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
-    calls = []
-
-    def fake_calibrate(device, dtype, **kwargs):
-        calls.append(kwargs)
-        return _timings()
-
-    monkeypatch.setattr(cost_model, "calibrate", fake_calibrate)
+def test_timings_are_cached_per_layer_shape_with_a_machine_wide_fallback(calibrations):
+    calls = calibrations
     shape = {"in_features": 8, "out_features": 32, "tokens": 5}
     load_or_calibrate("cpu", torch.float32, **shape)
     assert calls == [shape]
