@@ -42,6 +42,7 @@ __all__ = [
     "Granularity",
     "DELTA_PATHS",
     "threshold_delta",
+    "token_rms",
     "token_mask_of",
     "sparse_delta_weight_matmul",
     "dense_delta_weight_matmul",
@@ -92,12 +93,15 @@ def threshold_delta(dx: Tensor, tau: float, granularity: Granularity) -> tuple[T
     if granularity == "token":
         if dx.dim() < 2:
             raise ValueError(f"token granularity needs dx of shape [..., N, C], got {tuple(dx.shape)}")
-        channels = dx.shape[-1]
-        rms = torch.linalg.vector_norm(dx, dim=-1, dtype=torch.float32) / math.sqrt(max(channels, 1))
-        mask = rms >= tau
+        mask = token_rms(dx) >= tau
         kept = torch.where(mask.unsqueeze(-1), dx, torch.zeros((), dtype=dx.dtype, device=dx.device))
         return kept, mask
     raise ValueError(f"granularity must be 'element' or 'token', got {granularity!r}")
+
+
+def token_rms(dx: Tensor) -> Tensor:
+    """Per-row RMS ``||dx[..., n, :]||_2 / sqrt(C)`` in fp32: what token thresholds compare with."""
+    return torch.linalg.vector_norm(dx, dim=-1, dtype=torch.float32) / math.sqrt(max(dx.shape[-1], 1))
 
 
 def token_mask_of(dx: Tensor) -> Tensor:

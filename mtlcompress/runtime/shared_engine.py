@@ -19,7 +19,10 @@ on one of three paths chosen per layer by the calibrated cost model
 Layers without a threshold run plainly (``"exact"``). Non-linear parts (LayerNorm,
 softmax attention, GELU, residuals, heads) run densely on the reconstructed
 activations, as timm would. On video, non-keyframes use the same identity in time,
-``y^f = y^{f-1} + W dx`` with ``dx`` measured against the last *propagated* input.
+``y^f = y^{f-1} + W dx`` with ``dx`` measured against the last *propagated* input; at
+token granularity the whole frame then runs row by row (:meth:`SharedEngine._temporal_rows`):
+norms, GELU, residuals and linear layers touch only the token rows that changed since
+the last frame, and attention, the one part that mixes rows, runs in full.
 """
 
 from __future__ import annotations
@@ -89,6 +92,27 @@ class _Task:
         return self.model.backbone
 
 
+@dataclass
+class _StreamState:
+    """One task's memory of the last frame, for the temporal domain.
+
+    ``refs``: per shared linear layer, the last *propagated* input and its output (the
+    reference every new frame's delta is measured against). ``blocks``: per block, the
+    actual activations (``h1`` = norm1 output, ``attn`` = attention output, ``x_mid``,
+    ``h2``, ``act`` = GELU output, ``x_out``), so row-wise parts recompute only changed
+    rows. ``residual``: per thresholded layer, per row, the squared unpropagated error
+    and squared input norm (drift without a full pass). ``fresh``: no temporal frame
+    since the keyframe, so every row must be examined once (a sub-task's reference
+    input is its task-domain propagated value, not its actual input).
+    """
+
+    refs: dict[str, tuple[Tensor, Tensor]]
+    blocks: list[dict[str, Tensor]]
+    embed: Tensor | None = None
+    residual: dict[str, tuple[Tensor, Tensor]] | None = None
+    fresh: bool = True
+
+
 class SharedEngine:
     """Real shared execution of a bundle (same interface and results as ``DenseEngine``).
 
@@ -139,19 +163,19 @@ class SharedEngine:
     def stream(self, frames: Iterable[torch.Tensor], policy: KeyframePolicy | None = None) -> Iterator[FrameResult]:
         """Process video frames ``[B, 3, H, W]`` in order, reusing the previous frame."""
         policy = policy or KeyframePolicy()
-        refs: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
+        states: dict[str, _StreamState] = {}
         since_keyframe: int | None = None
         drift = 0.0
         for index, frame in enumerate(frames):
             frame = frame.to(self.device)
             if policy.is_keyframe(since_keyframe, drift):
-                outputs, refs = self._task_domain(frame, keep_refs=True)
+                outputs, states = self._task_domain(frame, keep_refs=True)
                 since_keyframe, drift = 0, 0.0
                 yield FrameResult(index, True, {t: outputs[t].clone() for t in self.tasks})
                 continue
             check_images(frame, self.bundle.backbone.img_size)
             since_keyframe += 1
-            outputs, drift = self._temporal_frame(frame, refs)
+            outputs, drift = self._temporal_frame(frame, states)
             yield FrameResult(index, False, {t: outputs[t].clone() for t in self.tasks}, drift)
 
     def reset_profile(self) -> None:
@@ -207,53 +231,65 @@ class SharedEngine:
     # Task domain: base exactly, sub-tasks as deltas from it.
     # ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _task_domain(self, images: Tensor, keep_refs: bool
-                     ) -> tuple[dict[str, Tensor], dict[str, dict[str, tuple[Tensor, Tensor]]]]:
+    def _task_domain(self, images: Tensor, keep_refs: bool) -> tuple[dict[str, Tensor], dict[str, _StreamState]]:
         check_images(images, self.bundle.backbone.img_size)
         pixels = normalize_images(images)
-        refs: dict[str, dict[str, tuple[Tensor, Tensor]]] = {t.name: {} for t in [self._base, *self._subs]}
+        depth = self.bundle.backbone.depth
+        states = {t.name: _StreamState(refs={}, blocks=[{} for _ in range(depth)]) for t in [self._base, *self._subs]}
         measured: list[tuple[str, str, Tensor, Tensor]] = []
         x0 = self._embed(self._base, pixels, _BASE)
         xs = [x0 if task.shares_embedding else self._embed(task, pixels, _SUB) for task in self._subs]
-        for i in range(self.bundle.backbone.depth):
+        for task, x in zip([self._base, *self._subs], [x0, *xs]):
+            states[task.name].embed = x
+        for i in range(depth):
             cache: dict[str, tuple[Tensor, Tensor]] = {}
-            base_refs = refs[self._base.name] if keep_refs else None
-            x0 = self._block(self._base, i, x0, lambda n, x: self._base_linear(cache, base_refs, n, x), _BASE)
+            base_state = states[self._base.name] if keep_refs else None
+            x0 = self._block(self._base, i, x0, lambda n, x: self._base_linear(cache, base_state, n, x), _BASE,
+                             record=base_state.blocks[i] if base_state else None)
             for j, task in enumerate(self._subs):
-                task_refs = refs[task.name] if keep_refs else None
-                xs[j] = self._block(task, i, xs[j], lambda n, x, task=task, task_refs=task_refs:
-                                    self._sub_linear(task, cache, task_refs, measured, n, x), _SUB)
+                state = states[task.name] if keep_refs else None
+                xs[j] = self._block(task, i, xs[j], lambda n, x, task=task, state=state:
+                                    self._sub_linear(task, cache, state, measured, n, x), _SUB,
+                                    record=state.blocks[i] if state else None)
         outputs = {task.name: self._head(task, x, _SUB) for task, x in zip(self._subs, xs)}
         if self._base.name in self.tasks:
             outputs[self._base.name] = self._head(self._base, x0, _BASE)
         self._record(measured, temporal=False)
-        return outputs, refs
+        return outputs, states
 
-    def _base_linear(self, cache: dict, refs: dict | None, name: str, x: Tensor) -> Tensor:
+    def _base_linear(self, cache: dict, state: _StreamState | None, name: str, x: Tensor) -> Tensor:
         layer = self._base.layers[name]
         with self._timed(_BASE, _KIND[layer_kind(name)]):
             y = F.linear(x, layer.weight, layer.bias)
         cache[name] = (x, y)
-        if refs is not None:
-            refs[name] = (x, y)
+        if state is not None:  # the copy keeps the reference apart from the recorded activation
+            state.refs[name] = (x.clone(), y)
         return y
 
-    def _sub_linear(self, task: _Task, cache: dict, refs: dict | None, measured: list, name: str, x: Tensor) -> Tensor:
+    def _sub_linear(self, task: _Task, cache: dict, state: _StreamState | None, measured: list, name: str,
+                    x: Tensor) -> Tensor:
         layer = task.layers[name]
         with self._timed(_SUB, _KIND[layer_kind(name)]):
             if layer.task_tau is None:
                 self.layer_paths.setdefault(task.name, {})[name] = "exact"
                 y = F.linear(x, layer.weight, layer.bias)
-                if refs is not None:
-                    refs[name] = (x, y)
+                if state is not None:
+                    state.refs[name] = (x.clone(), y)
                 return y
             x0, y0 = cache[name]
-            kept, mask = kernels.threshold_delta(x - x0, layer.task_tau, task.granularity)
+            dx = x - x0
+            keeps_refs = state is not None
+            if task.granularity == "token" and not keeps_refs:  # the fast path needs the mask only
+                kept, mask = None, kernels.token_rms(dx) >= layer.task_tau
+            else:
+                kept, mask = kernels.threshold_delta(dx, layer.task_tau, task.granularity)
             rows = mask if task.granularity == "token" else mask.any(dim=-1)
             measured.append((task.name, name, mask, rows))
             path = self._choose(task, name, layer, rows.numel(), x.shape[-1], y0.shape[-1], temporal=False)
             element = task.granularity == "element"
-            propagated = x0 + kept if (refs is not None or path == "dense" or element) else None
+            if kept is None and path != "token":
+                kept, _ = kernels.threshold_delta(dx, layer.task_tau, task.granularity)
+            propagated = x0 + kept if (keeps_refs or path == "dense" or element) else None
             if path == "dense":
                 y = F.linear(propagated, layer.weight, layer.bias)
             elif path == "token":  # whole changed rows equal x_t itself, partly changed ones do not
@@ -261,8 +297,8 @@ class SharedEngine:
             else:
                 y = y0 + kernels.element_sparse_linear(kept, layer.weight)
                 y = self._add_weight_delta(y, layer, x0)
-            if refs is not None:
-                refs[name] = (propagated, y)
+            if state is not None:
+                state.refs[name] = (propagated, y)
             return y
 
     def _token_delta(self, layer: _Layer, x: Tensor, x0: Tensor, y0: Tensor, rows: Tensor) -> Tensor:
@@ -297,8 +333,7 @@ class SharedEngine:
     # Temporal domain: every task against its own previous (propagated) frame.
     # ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _temporal_frame(self, frame: Tensor, refs: dict[str, dict[str, tuple[Tensor, Tensor]]]
-                        ) -> tuple[dict[str, Tensor], float]:
+    def _temporal_frame(self, frame: Tensor, states: dict[str, _StreamState]) -> tuple[dict[str, Tensor], float]:
         pixels = normalize_images(frame)
         measured: list[tuple[str, str, Tensor, Tensor]] = []
         drifts: list[Tensor] = []
@@ -307,18 +342,118 @@ class SharedEngine:
         for task in [self._base, *self._subs]:
             role = _BASE if task is self._base else _SUB
             x = x0 if task.shares_embedding else self._embed(task, pixels, role)
-            task_refs = refs[task.name]
-            for i in range(self.bundle.backbone.depth):
-                x = self._block(task, i, x, lambda n, h, task=task, task_refs=task_refs, role=role:
-                                self._temporal_linear(task, task_refs, measured, drifts, role, n, h), role)
+            state = states[task.name]
+            if task.granularity == "token":
+                x = self._temporal_rows(task, state, x, measured, drifts, role)
+            else:
+                for i in range(self.bundle.backbone.depth):
+                    x = self._block(task, i, x, lambda n, h, task=task, state=state, role=role:
+                                    self._temporal_linear(task, state.refs, measured, drifts, role, n, h), role)
+            state.fresh = False
             if task.name in self.tasks:
                 outputs[task.name] = self._head(task, x, role)
         self._record(measured, temporal=True)
-        drift = float(torch.stack(drifts).max()) if drifts else 0.0
-        return outputs, drift
+        return outputs, _relative_drift(drifts)
+
+    def _temporal_rows(self, task: _Task, state: _StreamState, x: Tensor, measured: list, drifts: list,
+                       role: str) -> Tensor:
+        """A token-granularity frame computed row by row: only rows whose input changed
+        since the last frame go through norms, GELU, residuals and linear layers.
+
+        Exact, because every part but attention is row-wise: a row whose input did not
+        change has the same output as last frame, and its delta to the layer's
+        reference is the one already found below threshold. Attention mixes rows, so
+        it runs in full (and its output is examined in full) unless no row of its
+        input changed. Rows are bool masks over ``B * N``; ``None`` means every row.
+        """
+        changed = None if state.fresh else (x != state.embed).any(dim=-1).reshape(-1)
+        state.embed = x
+        examine_all = state.fresh
+        for i, block in enumerate(task.backbone.blocks):
+            saved = state.blocks[i]
+            prefix = f"blocks.{i}."
+            with self._timed(role, "norm_act"):
+                h1 = _update_rows(saved["h1"], changed, block.norm1, x)
+            kept = self._temporal_token_linear(task, state, prefix + "attn.qkv", h1,
+                                               None if examine_all else changed, measured, drifts, role)
+            if examine_all or bool(kept.any()):
+                with self._timed(role, "attention"):
+                    saved["attn"] = self._attention(block.attn, state.refs[prefix + "attn.qkv"][1])
+                attn_rows = None
+            else:  # no query, key or value moved: attention gives last frame's output
+                attn_rows = kept
+            kept = self._temporal_token_linear(task, state, prefix + "attn.proj", saved["attn"], attn_rows,
+                                               measured, drifts, role)
+            changed = _union(changed, kept)
+            with self._timed(role, "norm_act"):
+                x_mid = _update_rows(saved["x_mid"], changed, lambda a, b: a + block.ls1(b), x,
+                                     state.refs[prefix + "attn.proj"][1])
+                h2 = _update_rows(saved["h2"], changed, block.norm2, x_mid)
+            kept = self._temporal_token_linear(task, state, prefix + "mlp.fc1", h2,
+                                               None if examine_all else changed, measured, drifts, role)
+            with self._timed(role, "norm_act"):
+                act = _update_rows(saved["act"], None if examine_all else kept, block.mlp.act,
+                                   state.refs[prefix + "mlp.fc1"][1])
+            kept = self._temporal_token_linear(task, state, prefix + "mlp.fc2", act,
+                                               None if examine_all else kept, measured, drifts, role)
+            changed = _union(changed, kept)
+            with self._timed(role, "norm_act"):
+                x = _update_rows(saved["x_out"], changed, lambda a, b: a + block.ls2(b), x_mid,
+                                 state.refs[prefix + "mlp.fc2"][1])
+        return x
+
+    def _temporal_token_linear(self, task: _Task, state: _StreamState, name: str, x: Tensor,
+                               candidates: Tensor | None, measured: list, drifts: list, role: str) -> Tensor:
+        """Examine the ``candidates`` rows of ``x`` against the layer's reference, move the
+        reference and output to ``x`` on the rows whose RMS delta reaches the threshold,
+        and return those rows as a ``[B * N]`` bool mask."""
+        layer = task.layers[name]
+        key = f"{task.name}/temporal"
+        ref_in, ref_out = state.refs[name]
+        width = x.shape[-1]
+        rows = x.reshape(-1, width)
+        count = rows.shape[0]
+        with self._timed(role, _KIND[layer_kind(name)]):
+            index = (torch.arange(count, device=x.device) if candidates is None
+                     else candidates.nonzero().squeeze(1))
+            examined = rows.index_select(0, index)
+            if layer.temporal_tau is None:
+                self.layer_paths.setdefault(key, {})[name] = "exact"
+                keep_index = index
+            else:
+                self.layer_paths.setdefault(key, {})[name] = "token"
+                rms = kernels.token_rms(examined - ref_in.view(-1, width).index_select(0, index))
+                keep = rms >= layer.temporal_tau
+                keep_index = index[keep]
+                self._track_drift(state, name, count, index, keep, rms, examined, drifts)
+            kept = torch.zeros(count, dtype=torch.bool, device=x.device).index_fill_(0, keep_index, True)
+            if layer.temporal_tau is not None:
+                mask = kept.view(x.shape[:-1])
+                measured.append((key, name, mask, mask))
+            inputs = rows.index_select(0, keep_index)
+            ref_in.view(-1, width).index_copy_(0, keep_index, inputs)
+            ref_out.view(-1, ref_out.shape[-1]).index_copy_(0, keep_index, F.linear(inputs, layer.weight, layer.bias))
+        return kept
+
+    @staticmethod
+    def _track_drift(state: _StreamState, name: str, count: int, index: Tensor, keep: Tensor, rms: Tensor,
+                     examined: Tensor, drifts: list) -> None:
+        """Keep, per row, the squared unpropagated error and squared input norm of the layer
+        (rows not examined did not change); :func:`_relative_drift` turns them into
+        ``||x - x_propagated|| / ||x||`` for all layers at once."""
+        if state.residual is None:
+            state.residual = {}
+        if name not in state.residual:
+            state.residual[name] = torch.zeros(2, count, dtype=torch.float32, device=examined.device)
+        squares = state.residual[name]
+        error = torch.where(keep, 0.0, rms.square() * examined.shape[-1])
+        norm = torch.linalg.vector_norm(examined, dim=-1, dtype=torch.float32).square()
+        squares.index_copy_(1, index, torch.stack([error, norm]))
+        drifts.append(squares)
 
     def _temporal_linear(self, task: _Task, refs: dict, measured: list, drifts: list, role: str,
                          name: str, x: Tensor) -> Tensor:
+        """Element granularity: the delta identity in time on whole tensors."""
         layer = task.layers[name]
         key = f"{task.name}/temporal"
         with self._timed(role, _KIND[layer_kind(name)]):
@@ -331,7 +466,7 @@ class SharedEngine:
             kept, mask = kernels.threshold_delta(x - ref_in, layer.temporal_tau, task.granularity)
             propagated = ref_in + kept
             drifts.append(torch.linalg.vector_norm(x - propagated) / torch.linalg.vector_norm(x).clamp_min(1e-12))
-            rows = mask if task.granularity == "token" else mask.any(dim=-1)
+            rows = mask.any(dim=-1)
             measured.append((key, name, mask, rows))
             path = self._choose(task, name, None, rows.numel(), x.shape[-1], ref_out.shape[-1], temporal=True)
             if path == "dense":
@@ -356,32 +491,41 @@ class SharedEngine:
             x = backbone._pos_embed(backbone.patch_embed(pixels))
             return backbone.norm_pre(backbone.patch_drop(x))
 
-    def _block(self, task: _Task, index: int, x: Tensor, linear: Linear, role: str) -> Tensor:
-        """timm ``Block.forward`` with each shared linear layer replaced by ``linear``."""
+    def _block(self, task: _Task, index: int, x: Tensor, linear: Linear, role: str,
+               record: dict[str, Tensor] | None = None) -> Tensor:
+        """timm ``Block.forward`` with each shared linear layer replaced by ``linear``;
+        ``record`` (if given) receives the activations a video stream starts from."""
         block = task.backbone.blocks[index]
-        attn = block.attn
         prefix = f"blocks.{index}."
         with self._timed(role, "norm_act"):
-            h = block.norm1(x)
-        qkv = linear(prefix + "attn.qkv", h)
+            h1 = block.norm1(x)
+        qkv = linear(prefix + "attn.qkv", h1)
         with self._timed(role, "attention"):
-            batch, tokens, _ = qkv.shape
-            q, k, v = qkv.reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            if attn.fused_attn:
-                h = F.scaled_dot_product_attention(q, k, v)
-            else:
-                h = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-            h = h.transpose(1, 2).reshape(batch, tokens, attn.attn_dim)
-        h = linear(prefix + "attn.proj", h)
+            attn = self._attention(block.attn, qkv)
+        h = linear(prefix + "attn.proj", attn)
         with self._timed(role, "norm_act"):
-            x = x + block.ls1(h)
-            h = block.norm2(x)
-        h = linear(prefix + "mlp.fc1", h)
+            x_mid = x + block.ls1(h)
+            h2 = block.norm2(x_mid)
+        h = linear(prefix + "mlp.fc1", h2)
         with self._timed(role, "norm_act"):
-            h = block.mlp.act(h)
-        h = linear(prefix + "mlp.fc2", h)
+            act = block.mlp.act(h)
+        h = linear(prefix + "mlp.fc2", act)
         with self._timed(role, "norm_act"):
-            return x + block.ls2(h)
+            x_out = x_mid + block.ls2(h)
+        if record is not None:
+            record.update(h1=h1, attn=attn, x_mid=x_mid, h2=h2, act=act, x_out=x_out)
+        return x_out
+
+    @staticmethod
+    def _attention(attn: Attention, qkv: Tensor) -> Tensor:
+        """timm ``Attention`` between its two linear layers: ``[B, N, 3C]`` -> ``[B, N, C]``."""
+        batch, tokens, _ = qkv.shape
+        q, k, v = qkv.reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if attn.fused_attn:
+            h = F.scaled_dot_product_attention(q, k, v)
+        else:
+            h = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return h.transpose(1, 2).reshape(batch, tokens, attn.attn_dim)
 
     def _head(self, task: _Task, x: Tensor, role: str) -> Tensor:
         with self._timed(role, "head"):
@@ -442,6 +586,33 @@ class _Timer:
 
 
 _NO_TIMER = contextlib.nullcontext()
+
+
+def _relative_drift(drifts: list[Tensor]) -> float:
+    """Largest ``||x - x_propagated|| / ||x||`` over layers (one sync). Entries are either
+    that ratio (a scalar) or ``[2, rows]`` per-row squared error and squared norm."""
+    ratios = [d for d in drifts if d.dim() == 0]
+    squares = [d for d in drifts if d.dim() == 2]
+    if squares:
+        sums = torch.stack(squares).sum(dim=-1).sqrt()
+        ratios.extend((sums[:, 0] / sums[:, 1].clamp_min(1e-12)).unbind())
+    return float(torch.stack(ratios).max()) if ratios else 0.0
+
+
+def _union(rows: Tensor | None, more: Tensor) -> Tensor | None:
+    """Union of two row masks (``None``: every row)."""
+    return None if rows is None else rows | more
+
+
+def _update_rows(out: Tensor, rows: Tensor | None, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    """``out = fn(*inputs)`` recomputed, in place, on ``rows`` only (a ``[B * N]`` mask;
+    ``None``: every row). ``fn`` must act on each row independently."""
+    if rows is None:
+        return out.copy_(fn(*inputs))
+    index = rows.nonzero().squeeze(1)
+    flat = [t.reshape(-1, t.shape[-1]).index_select(0, index) for t in inputs]
+    out.view(-1, out.shape[-1]).index_copy_(0, index, fn(*flat))
+    return out
 
 
 def _to_csr(dense: Tensor) -> Tensor:

@@ -67,13 +67,14 @@ def sources(tmp_path_factory):
     return _checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
-def _frames(count: int = 7, batch: int = 1) -> list[torch.Tensor]:
-    """A moving bright square over a fixed background: some tokens change per frame."""
+def _frames(count: int = 7, batch: int = 1, noise: float = 0.01) -> list[torch.Tensor]:
+    """A moving bright square over a background (with growing pixel noise unless
+    ``noise=0``, a static camera): some tokens change per frame."""
     gen = torch.Generator().manual_seed(1)
     background = torch.rand(batch, 3, CONFIG.img_size, CONFIG.img_size, generator=gen)
     frames = []
     for k in range(count):
-        frame = background + 0.01 * k * torch.randn(background.shape, generator=gen)
+        frame = background + noise * k * torch.randn(background.shape, generator=gen)
         frame[..., 4 * k:4 * k + 10, 2:12] = 1.0
         frames.append(frame.clamp(0, 1))
     return frames
@@ -180,9 +181,33 @@ def test_stream_matches_dense_engine(sources, granularity, path):
         assert got.index == ref.index
         assert got.drift == pytest.approx(ref.drift, rel=1e-4, abs=1e-6)
         assert _max_diff(got.outputs, ref.outputs) <= TOL
-    assert shared_engine.layer_paths["depth/temporal"]["blocks.1.mlp.fc1"] == path
+    # Token granularity always runs row by row in time (whatever the task-domain path).
+    assert shared_engine.layer_paths["depth/temporal"]["blocks.1.mlp.fc1"] == (
+        "token" if granularity == "token" else path)
     assert set(shared_engine.stats.kept) == set(dense_engine.stats.kept) == {
         f"{t}/temporal" for t in bundle.tasks} | set(SUB_TASKS)
+    for key, layers in dense_engine.stats.mean().items():
+        assert shared_engine.stats.mean()[key] == pytest.approx(layers, abs=1e-6)
+
+
+def test_static_camera_stream_skips_unchanged_rows_exactly(sources):
+    """Without pixel noise most patches are bit-identical between frames, so the shared
+    engine recomputes norms, GELU and residuals on the moving square's rows only; the
+    results must still equal the reference's full recomputation."""
+    bundle = _sparse_bundle(sources, "token")
+    frames = _frames(6, batch=2, noise=0.0)
+    policy = KeyframePolicy(keyframe_every=6, max_drift=1e9)
+    patch = CONFIG.img_size // CONFIG.grid_size
+    moved = [(a - b).abs().amax(dim=1).unfold(1, patch, patch).unfold(2, patch, patch).amax(dim=(-1, -2)).ne(0)
+             for a, b in zip(frames[1:], frames[:-1])]
+    assert all(0 < float(m.float().mean()) < 0.5 for m in moved), "frames must move some patches, not most"
+    dense_engine, shared_engine = DenseEngine(bundle), SharedEngine(bundle, timings=_timings("token"))
+    dense = list(dense_engine.stream(frames, policy))
+    shared = list(shared_engine.stream(frames, policy))
+    assert [r.keyframe for r in shared] == [r.keyframe for r in dense] == [True] + [False] * 5
+    for ref, got in zip(dense, shared):
+        assert got.drift == pytest.approx(ref.drift, rel=1e-4, abs=1e-6)
+        assert _max_diff(got.outputs, ref.outputs) <= TOL
     for key, layers in dense_engine.stats.mean().items():
         assert shared_engine.stats.mean()[key] == pytest.approx(layers, abs=1e-6)
 
