@@ -414,29 +414,35 @@ class SharedEngine:
         rows = x.reshape(-1, width)
         count = rows.shape[0]
         with self._timed(role, _KIND[layer_kind(name)]):
-            index = (torch.arange(count, device=x.device) if candidates is None
-                     else candidates.nonzero().squeeze(1))
-            examined = rows.index_select(0, index)
+            reference = ref_in.view(-1, width)
+            if candidates is None:  # every row: no gather
+                index, examined = None, rows
+            else:
+                index = candidates.nonzero().squeeze(1)
+                examined, reference = rows.index_select(0, index), reference.index_select(0, index)
             if layer.temporal_tau is None:
                 self.layer_paths.setdefault(key, {})[name] = "exact"
-                keep_index = index
+                keep = torch.ones(examined.shape[0], dtype=torch.bool, device=x.device)
             else:
                 self.layer_paths.setdefault(key, {})[name] = "token"
-                rms = kernels.token_rms(examined - ref_in.view(-1, width).index_select(0, index))
+                rms = kernels.token_rms(examined - reference)
                 keep = rms >= layer.temporal_tau
-                keep_index = index[keep]
                 self._track_drift(state, name, count, index, keep, rms, examined, drifts)
-            kept = torch.zeros(count, dtype=torch.bool, device=x.device).index_fill_(0, keep_index, True)
+            if index is None:
+                kept = keep
+            else:
+                kept = torch.zeros(count, dtype=torch.bool, device=x.device).index_fill_(0, index[keep], True)
             if layer.temporal_tau is not None:
                 mask = kept.view(x.shape[:-1])
                 measured.append((key, name, mask, mask))
+            keep_index = kept.nonzero().squeeze(1)
             inputs = rows.index_select(0, keep_index)
             ref_in.view(-1, width).index_copy_(0, keep_index, inputs)
             ref_out.view(-1, ref_out.shape[-1]).index_copy_(0, keep_index, F.linear(inputs, layer.weight, layer.bias))
         return kept
 
     @staticmethod
-    def _track_drift(state: _StreamState, name: str, count: int, index: Tensor, keep: Tensor, rms: Tensor,
+    def _track_drift(state: _StreamState, name: str, count: int, index: Tensor | None, keep: Tensor, rms: Tensor,
                      examined: Tensor, drifts: list) -> None:
         """Keep, per row, the squared unpropagated error and squared input norm of the layer
         (rows not examined did not change); :func:`_relative_drift` turns them into
@@ -448,7 +454,10 @@ class SharedEngine:
         squares = state.residual[name]
         error = torch.where(keep, 0.0, rms.square() * examined.shape[-1])
         norm = torch.linalg.vector_norm(examined, dim=-1, dtype=torch.float32).square()
-        squares.index_copy_(1, index, torch.stack([error, norm]))
+        if index is None:
+            squares.copy_(torch.stack([error, norm]))
+        else:
+            squares.index_copy_(1, index, torch.stack([error, norm]))
         drifts.append(squares)
 
     def _temporal_linear(self, task: _Task, refs: dict, measured: list, drifts: list, role: str,
