@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-run every benchmark and rewrite every section of docs/benchmarks.md.
-# About 1.5 hours on a quiet 2-core CPU (the full runtime matrix includes ViT-B); run
-# nothing else at the same time: torch threads oversubscribe and every timing suffers.
+# About 40 minutes on a 2-core CPU (demo 15, runtime matrix with ViT-B 20, the rest 5);
+# run nothing else at the same time: torch threads oversubscribe and every timing suffers.
+# The GPU section of docs/benchmarks.md is not touched (it needs a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=benchmarks/.cache/demo-out
@@ -11,4 +12,5 @@ mtlcompress demo --out "$work" --quiet
 python benchmarks/demo_tables.py "$work/demo-report.json" --wall-seconds $(( $(date +%s) - start ))
 python benchmarks/sparsify_sweep.py "$work" --tasks edges
 python benchmarks/run_all.py --threads 2
-python benchmarks/stream_memory.py "$work/bundle.safetensors" --frames 1000 --write
+python benchmarks/stream_memory.py "$work/bundle.safetensors" --frames 3000 --write
+python benchmarks/synth_speed.py --write

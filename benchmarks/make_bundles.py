@@ -228,7 +228,7 @@ def calibrate_task_domain(bundle: Bundle, images: torch.Tensor, target: float, l
         for task in bundle.sub_tasks:
             bundle.tasks[task].activation.task_thresholds = _greedy(bundle.task_model(task), images, references,
                                                                     search.keep[task])
-        engine.stats.kept.clear()
+        engine.stats.reset()
         engine.predict(images)
         measured = {t: _mean(v) for t, v in engine.stats.mean().items()}
         history.append({"keep": dict(search.keep), "density": measured})
@@ -257,7 +257,7 @@ def calibrate_temporal(bundle: Bundle, frames: list[torch.Tensor], target: float
         for task in bundle.tasks:
             bundle.tasks[task].activation.temporal_thresholds = _greedy(bundle.task_model(task), current,
                                                                         references[task], search.keep[task])
-        engine.stats.kept.clear()
+        engine.stats.reset()
         drift = max(r.drift for r in engine.stream(frames, policy))
         measured = {k.removesuffix("/temporal"): _mean(v) for k, v in engine.stats.mean().items()
                     if k.endswith("/temporal")}

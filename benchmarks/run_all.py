@@ -119,6 +119,21 @@ def headline_table(row: dict[str, Any]) -> list[str]:
     return lines
 
 
+def frame_kinds_note(row: dict[str, Any]) -> list[str]:
+    """The shared stream's frames by kind, and what one keyframe period averages."""
+    r = row["result"]
+    kinds, period = r.get("video_frames", {}), r["config"]["keyframe_every"]
+    if not {"keyframe", "after_keyframe", "delta"} <= set(kinds) or period < 2:
+        return []
+    key, after, delta = (kinds[k]["median_s"] for k in ("keyframe", "after_keyframe", "delta"))
+    steady = (key + after + (period - 2) * delta) / period
+    t_models = r["video"]["independent"]["per_item_s"]
+    return [f"Shared stream, frame by frame (medians): keyframe {_ms(key)} ms, first frame after a keyframe "
+            f"{_ms(after)} ms (it examines every row once), other frames {_ms(delta)} ms. Over one keyframe period "
+            f"of {period} frames that averages {_ms(steady)} ms per frame, {_x(t_models / steady)} faster than the "
+            "T models (derived from these medians, not timed as a whole).", ""]
+
+
 def rows_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| backbone | weight delta | token delta, target / measured | temporal delta, measured | "
@@ -190,7 +205,7 @@ def render(doc: dict[str, Any]) -> str:
     if doc["quick"]:
         out.append("- **Quick mode** (`--quick`): few repeats, short clip, ViT-S only: indicative numbers only.")
     out += ["", f"### Headline: {_title(headline['spec'])}", "", *headline_table(headline), "",
-            "### All operating points", "", *rows_table(rows), ""]
+            *frame_kinds_note(headline), "### All operating points", "", *rows_table(rows), ""]
     for section, profile in headline["result"]["profile"].items():
         out += [f"### Where the shared engine's time goes (headline, {section}, one profiled call)", "",
                 "A separate pass with `SharedEngine(profile=True)`, which synchronises around every part; the timed "

@@ -35,12 +35,15 @@ from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.shared_engine import PROFILE_KINDS, SharedEngine
 
-__all__ = ["IMAGE_VARIANTS", "VIDEO_VARIANTS", "RATIOS", "benchmark_bundle", "environment", "summarize_samples",
+__all__ = ["IMAGE_VARIANTS", "VIDEO_VARIANTS", "FRAME_KINDS", "RATIOS", "benchmark_bundle", "environment", "summarize_samples",
            "synthetic_images", "static_clip", "stream_flops"]
 
 # Variant names (keys of the result's "images" / "video" sections).
 IMAGE_VARIANTS = ("independent", "base_only", "dense", "shared")
 VIDEO_VARIANTS = ("independent", "dense", "shared_per_frame", "shared_stream")
+# The shared stream's frames, timed one by one: keyframes, the first frame after one
+# (it examines every row once), and the other delta frames.
+FRAME_KINDS = ("keyframe", "after_keyframe", "delta")
 # (numerator, denominator) pairs reported as ``"<num>/<den>"``: how many times faster
 # the denominator is.
 RATIOS = {
@@ -227,10 +230,12 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         profile: also run the per-layer-kind breakdown pass.
 
     Returns:
-        ``{"environment", "config", "images", "video", "ratios", "profile",
-        "activation_density", "layer_paths", "flops"}``; ``images`` and ``video`` map
-        each variant (``IMAGE_VARIANTS`` / ``VIDEO_VARIANTS``) to
-        :func:`summarize_samples` output; ``ratios`` are ratios of those medians.
+        ``{"environment", "config", "images", "video", "video_frames", "ratios",
+        "profile", "activation_density", "layer_paths", "flops"}``; ``images`` and
+        ``video`` map each variant (``IMAGE_VARIANTS`` / ``VIDEO_VARIANTS``) to
+        :func:`summarize_samples` output; ``ratios`` are ratios of those medians;
+        ``video_frames`` maps each kind in ``FRAME_KINDS`` that occurred to the same
+        summary of the shared stream's single frames of that kind.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
@@ -253,8 +258,8 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         models[bundle.base_task](batch)
 
     def reset_stats() -> None:
-        dense.stats.kept.clear()
-        shared.stats.kept.clear()
+        dense.stats.reset()
+        shared.stats.reset()
 
     batch = images.shape[0]
     image_samples = _interleaved({
@@ -268,16 +273,31 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
     result_images = {name: summarize_samples(s, batch) for name, s in image_samples.items()}
 
     result_video: dict[str, Any] = {}
+    video_frames: dict[str, Any] = {}
     video_density: dict[str, Any] = {}
     video_paths: dict[str, Any] = {}
     keyframes = 0
     if frames:
         shared_video = SharedEngine(bundle, device=device, timings=shared.timings)
         last_keyframes: list[int] = []
+        frame_kinds: dict[str, list[float]] = {kind: [] for kind in FRAME_KINDS}
 
         def stream() -> None:
-            results = list(shared_video.stream(frames, policy))
-            last_keyframes.append(sum(r.keyframe for r in results))
+            keyframes_seen, previous_keyframe = 0, False
+            start = time.perf_counter()
+            for result in shared_video.stream(frames, policy):
+                _sync(device)
+                now = time.perf_counter()
+                kind = "keyframe" if result.keyframe else "after_keyframe" if previous_keyframe else "delta"
+                frame_kinds[kind].append(now - start)
+                keyframes_seen += result.keyframe
+                previous_keyframe, start = result.keyframe, now
+            last_keyframes.append(keyframes_seen)
+
+        def reset_video() -> None:
+            shared_video.stats.reset()
+            for values in frame_kinds.values():
+                values.clear()
 
         def per_frame(fn: Callable[[Tensor], object]) -> Callable[[], None]:
             return lambda: [fn(frame) for frame in frames]
@@ -287,11 +307,12 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
             "dense": per_frame(dense.predict),
             "shared_per_frame": per_frame(shared.predict),
             "shared_stream": stream,
-        }, repeats, warmup, device, before_timed=lambda: shared_video.stats.kept.clear())
+        }, repeats, warmup, device, before_timed=reset_video)
         keyframes = last_keyframes[-1]
         video_density = _split_density(shared_video.stats.mean())
         video_paths = _path_counts(shared_video.layer_paths)
         result_video = {name: summarize_samples(s, len(frames)) for name, s in video_samples.items()}
+        video_frames = {kind: summarize_samples(values) for kind, values in frame_kinds.items() if values}
 
     profiles: dict[str, Any] = {}
     if profile:
@@ -327,6 +348,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         },
         "images": result_images,
         "video": result_video,
+        "video_frames": video_frames,
         "ratios": {"images": _ratios(result_images, RATIOS["images"]),
                    "video": _ratios(result_video, RATIOS["video"]) if result_video else {}},
         "profile": profiles,

@@ -44,16 +44,26 @@ class FrameResult:
 
 @dataclass
 class DensityStats:
-    """Kept fraction of activation deltas per task and layer, averaged over calls."""
+    """Kept fraction of activation deltas per task and layer, averaged over calls.
 
-    kept: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    Keeps a running sum and count per layer, not every value, so memory stays flat
+    however long a video stream runs.
+    """
+
+    totals: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # task -> layer -> [sum, count]
 
     def add(self, task: str, layer_stats: dict[str, list[float]]) -> None:
         for layer, values in layer_stats.items():
-            self.kept.setdefault(task, {}).setdefault(layer, []).extend(values)
+            total = self.totals.setdefault(task, {}).setdefault(layer, [0.0, 0])
+            total[0] += sum(values)
+            total[1] += len(values)
 
     def mean(self) -> dict[str, dict[str, float]]:
-        return {task: {layer: sum(v) / len(v) for layer, v in layers.items()} for task, layers in self.kept.items()}
+        return {task: {layer: total / count for layer, (total, count) in layers.items() if count}
+                for task, layers in self.totals.items()}
+
+    def reset(self) -> None:
+        self.totals.clear()
 
 
 def select_tasks(bundle: Bundle, tasks: Sequence[str] | None) -> list[str]:

@@ -100,16 +100,17 @@ class _StreamState:
     reference every new frame's delta is measured against). ``blocks``: per block, the
     actual activations (``h1`` = norm1 output, ``attn`` = attention output, ``x_mid``,
     ``h2``, ``act`` = GELU output, ``x_out``), so row-wise parts recompute only changed
-    rows. ``residual``: per thresholded layer, per row, the squared unpropagated error
-    and squared input norm (drift without a full pass). ``fresh``: no temporal frame
-    since the keyframe, so every row must be examined once (a sub-task's reference
-    input is its task-domain propagated value, not its actual input).
+    rows. ``residual``: per thresholded layer, ``[2, B * N]``: each row's squared
+    unpropagated error and squared input norm (drift without a full pass). ``fresh``:
+    no temporal frame since the keyframe, so every row must be examined once (a
+    sub-task's reference input is its task-domain propagated value, not its actual
+    input).
     """
 
     refs: dict[str, tuple[Tensor, Tensor]]
     blocks: list[dict[str, Tensor]]
     embed: Tensor | None = None
-    residual: dict[str, tuple[Tensor, Tensor]] | None = None
+    residual: dict[str, Tensor] | None = None
     fresh: bool = True
 
 

@@ -17,6 +17,7 @@ from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model
 from mtlcompress.models.taps import shared_linear_names
 from mtlcompress.report.benchmark import (
+    FRAME_KINDS,
     IMAGE_VARIANTS,
     RATIOS,
     VIDEO_VARIANTS,
@@ -66,7 +67,7 @@ def result():
 
 
 def test_result_has_every_documented_key(result):
-    assert {"environment", "config", "images", "video", "ratios", "profile", "activation_density",
+    assert {"environment", "config", "images", "video", "video_frames", "ratios", "profile", "activation_density",
             "layer_paths", "flops"} <= set(result)
     env = result["environment"]
     assert {"torch", "threads", "device", "device_name", "cpu_model"} <= set(env)
@@ -78,6 +79,16 @@ def test_result_has_every_documented_key(result):
             assert stats["min_s"] <= stats["q1_s"] <= stats["median_s"] <= stats["q3_s"] <= stats["max_s"]
     assert result["config"]["batch"] == 2 and result["config"]["frames"] == 3 and result["config"]["keyframes"] == 1
     assert result["images"]["shared"]["per_item_s"] == pytest.approx(result["images"]["shared"]["median_s"] / 2)
+
+
+def test_stream_frames_are_timed_by_kind(result):
+    # 3 frames, keyframe every 16: one keyframe, one frame after it, one other delta frame.
+    frames = result["video_frames"]
+    assert set(frames) == set(FRAME_KINDS)
+    assert all(stats["repeats"] == 2 for stats in frames.values())
+    # Every timed frame lies inside a timed stream call.
+    frame_total = sum(sum(frames[kind]["samples_s"]) for kind in FRAME_KINDS)
+    assert 0 < frame_total <= sum(result["video"]["shared_stream"]["samples_s"])
 
 
 def test_ratios_are_ratios_of_medians(result):

@@ -10,7 +10,7 @@ from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
 from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
-from mtlcompress.runtime.dense_engine import DenseEngine
+from mtlcompress.runtime.dense_engine import DenseEngine, DensityStats
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.shared_engine import SharedEngine
 
@@ -184,7 +184,7 @@ def test_stream_matches_dense_engine(sources, granularity, path):
     # Token granularity always runs row by row in time (whatever the task-domain path).
     assert shared_engine.layer_paths["depth/temporal"]["blocks.1.mlp.fc1"] == (
         "token" if granularity == "token" else path)
-    assert set(shared_engine.stats.kept) == set(dense_engine.stats.kept) == {
+    assert set(shared_engine.stats.mean()) == set(dense_engine.stats.mean()) == {
         f"{t}/temporal" for t in bundle.tasks} | set(SUB_TASKS)
     for key, layers in dense_engine.stats.mean().items():
         assert shared_engine.stats.mean()[key] == pytest.approx(layers, abs=1e-6)
@@ -245,3 +245,15 @@ def test_cuda_matches_the_dense_engine(sources, granularity):
     for s, d in zip(shared.stream(_frames(), policy), dense.stream(_frames(), policy)):
         assert s.keyframe == d.keyframe
         assert _max_diff(s.outputs, d.outputs) <= TOL
+
+
+def test_density_stats_average_over_calls_in_constant_memory():
+    stats = DensityStats()
+    for step in range(1000):
+        stats.add("depth", {"blocks.0.attn.qkv": [0.1, 0.3]})
+        stats.add("depth/temporal", {"blocks.0.attn.qkv": [step / 999]})
+    assert stats.mean() == {"depth": {"blocks.0.attn.qkv": pytest.approx(0.2)},
+                            "depth/temporal": {"blocks.0.attn.qkv": pytest.approx(0.5)}}
+    assert stats.totals["depth"]["blocks.0.attn.qkv"] == [pytest.approx(400.0), 2000]  # a sum and a count, no list
+    stats.reset()
+    assert stats.mean() == {}
