@@ -97,6 +97,10 @@ def tables(result: dict[str, Any]) -> list:
                 f"{section}: ms per call ({config['repeats']} repeats, {env['device_name']}, "
                 f"{env['threads']} threads, torch {env['torch']})",
                 ["variant", "median", "min", "max", f"median per {unit}"], rows))
+    if result.get("video_frames"):
+        out.append(make_table("shared stream, single frames by kind: ms", ["frame", "median", "min", "max", "frames"],
+                              [[kind, _ms(s["median_s"]), _ms(s["min_s"]), _ms(s["max_s"]), s["repeats"]]
+                               for kind, s in result["video_frames"].items()]))
     ratios = [[f"{section}: {name}", value] for section, values in result["ratios"].items()
               for name, value in values.items()]
     out.append(make_table("ratios of medians (x faster: the right-hand side)", ["ratio", "value"], ratios))

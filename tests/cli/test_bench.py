@@ -65,6 +65,7 @@ def test_json_on_synthetic_inputs(bundle_file):
     data = json.loads(result.stdout)
     assert set(data["images"]) == set(IMAGE_VARIANTS) and set(data["video"]) == set(VIDEO_VARIANTS)
     assert data["config"]["repeats"] == 2 and data["config"]["frames"] == 3
+    assert set(data["video_frames"]) == {"keyframe", "after_keyframe", "delta"}
     assert data["environment"]["threads"] == 1
     assert data["inputs"].startswith("synthetic") and data["bundle"] == str(bundle_file)
     assert data["ratios"]["images"]["independent/shared"] == pytest.approx(
@@ -80,7 +81,8 @@ def test_tables_on_given_images(bundle_file, tmp_path):
     result = CliRunner().invoke(app, ["bench", str(bundle_file), "--input", str(folder), "--batch", "2",
                                       "--frames", "3", "--repeats", "1", "--warmup", "0", "--no-profile"])
     assert result.exit_code == 0, result.output
-    for heading in ("images: ms per call", "video: ms per call", "ratios of medians", "token-delta density"):
+    for heading in ("images: ms per call", "video: ms per call", "single frames by kind", "ratios of medians",
+                    "token-delta density"):
         assert heading in result.stdout
     assert "layer kind" not in result.stdout
 
