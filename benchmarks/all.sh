@@ -11,6 +11,7 @@ start=$(date +%s)
 mtlcompress demo --out "$work" --quiet
 python benchmarks/demo_tables.py "$work/demo-report.json" --wall-seconds $(( $(date +%s) - start ))
 python benchmarks/sparsify_sweep.py "$work" --tasks edges
+python benchmarks/kernels.py --threads 2 --write
 python benchmarks/run_all.py --threads 2
 python benchmarks/stream_memory.py "$work/bundle.safetensors" --frames 3000 --write
 python benchmarks/synth_speed.py --write
