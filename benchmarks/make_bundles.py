@@ -44,7 +44,7 @@ from mtlcompress.bundle.bundle import ActivationSparsity, Bundle, BundleTask
 from mtlcompress.data.synth import CLASS_NAMES
 from mtlcompress.models.backbone import resolve_backbone
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
-from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
+from mtlcompress.models.taps import linear_input_hooks, record_linear_inputs, shared_linear_names
 from mtlcompress.report.benchmark import static_clip, synthetic_images
 from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.keyframes import KeyframePolicy
@@ -152,21 +152,14 @@ def _greedy_thresholds(model: torch.nn.Module, references: dict[str, torch.Tenso
     unthresholded deltas (``layer_magnitudes``) undershoot the target badly when all
     layers are thresholded together; calibrating in execution order does not.
     """
-    modules = dict(model.backbone.named_modules())
-    handles = []
-    for name in references:
-        def hook(module: torch.nn.Module, args: tuple, name: str = name) -> tuple:
-            x, reference = args[0], references[name]
-            magnitudes = delta_magnitudes(x - reference, "token")
-            thresholds[name] = thresholds_for_keep({name: magnitudes}, keep)[name]
-            kept, _ = threshold_delta(x - reference, thresholds[name], "token")
-            return (reference + kept, *args[1:])
-        handles.append(modules[name].register_forward_pre_hook(hook))
-    try:
+    def hook(name: str, x: torch.Tensor) -> torch.Tensor:
+        reference = references[name]
+        thresholds[name] = thresholds_for_keep({name: delta_magnitudes(x - reference, "token")}, keep)[name]
+        kept, _ = threshold_delta(x - reference, thresholds[name], "token")
+        return reference + kept
+
+    with linear_input_hooks(model.backbone, list(references), hook):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()

@@ -30,8 +30,10 @@ def layer_kind(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _pre_hooks(backbone: nn.Module, names: list[str],
-               hook: Callable[[str, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+def linear_input_hooks(backbone: nn.Module, names: list[str],
+                       hook: Callable[[str, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+    """While active, ``hook(name, x)`` sees the input of each named layer and may return
+    a replacement (``None`` keeps it)."""
     modules = dict(backbone.named_modules())
     handles = []
     for name in names:
@@ -54,7 +56,7 @@ def record_linear_inputs(backbone: nn.Module, names: list[str], detach: bool = F
     def hook(name: str, x: torch.Tensor) -> None:
         recorded[name] = x.detach() if detach else x
 
-    with _pre_hooks(backbone, names, hook):
+    with linear_input_hooks(backbone, names, hook):
         yield recorded
 
 
@@ -81,7 +83,7 @@ def thresholded_linear_inputs(
             stats.setdefault(name, []).append(float(mask.float().mean()))
         return ref + kept
 
-    with _pre_hooks(backbone, list(thresholds), hook):
+    with linear_input_hooks(backbone, list(thresholds), hook):
         yield
 
 
@@ -112,5 +114,5 @@ def propagated_linear_inputs(
             drifts.append(float((x - propagated).float().norm() / x.float().norm().clamp_min(1e-12)))
         return propagated
 
-    with _pre_hooks(backbone, names, hook):
+    with linear_input_hooks(backbone, names, hook):
         yield
