@@ -19,6 +19,11 @@ Paths priced for ``W_t dx`` (the activation side), see :func:`choose_path`:
 The ``dW_t x_0`` term (needed by the token and element paths only) is priced by
 :func:`choose_weight_path`: ``"none"`` (no delta), ``"sparse"`` (CSR, units
 ``nnz(dW) * rows``) or ``"dense"`` (a dense GEMM, priced with the dense model).
+
+Video frames of several tasks run in lockstep (:mod:`~mtlcompress.runtime.lockstep`)
+give each linear layer a few changed rows per task; :func:`choose_stacking` prices one
+GEMM per task against one GEMM with the shared ``W_0`` over all tasks' rows plus each
+sub-task's ``dW_t`` on its own rows.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ __all__ = [
     "estimate_path_costs",
     "choose_path",
     "choose_weight_path",
+    "choose_stacking",
     "save_timings",
     "load_timings",
     "default_cache_path",
@@ -58,7 +64,7 @@ __all__ = [
 ]
 
 TIMINGS_FORMAT = "mtlcompress.kernel_timings"
-TIMINGS_VERSION = 1
+TIMINGS_VERSION = 2  # 2: sparse_weight is fitted over row counts as well as densities
 CACHE_DIR_ENV = "MTLCOMPRESS_CACHE_DIR"
 
 _MAX_REPEATS = 50
@@ -68,6 +74,7 @@ _DENSE_ROW_FRACTIONS = (0.25, 0.5, 1.0)
 _TOKEN_DENSITIES = (0.05, 0.15, 0.3, 0.5)
 _ELEMENT_DENSITIES = (0.01, 0.05, 0.1)
 _WEIGHT_DENSITIES = (0.01, 0.02, 0.05)
+_WEIGHT_ROWS = (4, 32)  # few-row calls (video frames), timed at 2 % density besides all rows
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,22 @@ def choose_weight_path(timings: KernelTimings, *, tokens: int, in_features: int,
     costs = _weight_costs(timings, tokens=tokens, in_features=in_features, out_features=out_features,
                           weight_density=weight_density)
     return min(costs, key=costs.__getitem__)
+
+
+def choose_stacking(timings: KernelTimings, *, rows: list[int], in_features: int, out_features: int,
+                    weight_densities: list[float]) -> bool:
+    """Whether one GEMM with the shared weight over every task's ``rows`` plus a
+    ``dW_t`` term per task beats one GEMM per task with its own weight.
+
+    ``rows[t]``: task ``t``'s row count; ``weight_densities[t]``: the non-zero fraction of
+    its ``dW_t`` (0 for the base task or unchanged weights).
+    """
+    macs = in_features * out_features
+    separate = sum(timings.token(r * macs) for r in rows if r)
+    stacked = timings.token(sum(rows) * macs) + sum(
+        min(_weight_costs(timings, tokens=r, in_features=in_features, out_features=out_features,
+                          weight_density=d).values()) for r, d in zip(rows, weight_densities) if r)
+    return stacked < separate
 
 
 def estimate_path_costs(timings: KernelTimings, *, tokens: int, in_features: int, out_features: int,
@@ -282,11 +305,12 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
         element = _fit_line(units, secs)
 
         units, secs = [], []
-        for density in _WEIGHT_DENSITIES:
+        points = [(density, tokens) for density in _WEIGHT_DENSITIES] + [(0.02, r) for r in _WEIGHT_ROWS if r < tokens]
+        for density, count in points:
             mask = _random_mask((out_features, in_features), density, gen).to(device)
             dw = torch.where(mask, weight, torch.zeros((), dtype=dtype, device=device)).to_sparse_csr()
-            units.append(int(mask.sum()) * tokens)
-            secs.append(_measure(lambda w=dw: kernels.sparse_delta_weight_matmul(x, w), device, repeats))
+            units.append(int(mask.sum()) * count)
+            secs.append(_measure(lambda w=dw, c=count: kernels.sparse_delta_weight_matmul(x[:c], w), device, repeats))
         sparse_weight = _fit_line(units, secs)
 
     return KernelTimings(

@@ -50,13 +50,14 @@ from mtlcompress.runtime import kernels
 from mtlcompress.runtime.cost_model import KernelTimings, choose_path, choose_weight_path, load_or_calibrate
 from mtlcompress.runtime.dense_engine import DensityStats, FrameResult, check_images, select_tasks
 from mtlcompress.runtime.keyframes import KeyframePolicy
+from mtlcompress.runtime.lockstep import LockstepRows, RowState
 
 __all__ = ["SharedEngine", "PROFILE_KINDS"]
 
 # Short names for the timing breakdown; the linear kinds follow ``models.taps``.
 _KIND = {"attn.qkv": "qkv", "attn.proj": "proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2"}
 PROFILE_KINDS = ("embed", "qkv", "attention", "proj", "fc1", "fc2", "norm_act", "head")
-_BASE, _SUB = "base", "sub-tasks"
+_BASE, _SUB, _ALL = "base", "sub-tasks", "all tasks"  # roles in profiles; all: the lockstep row path
 # Parameters outside the blocks that shape the tokens entering block 0.
 _EMBED_PREFIXES = ("patch_embed.", "cls_token", "reg_token", "pos_embed", "norm_pre.")
 _DEFAULT_DENSITY = 0.3  # path-choice guess before a layer's density has been measured
@@ -94,24 +95,20 @@ class _Task:
 
 @dataclass
 class _StreamState:
-    """One task's memory of the last frame, for the temporal domain.
-
-    ``refs``: per shared linear layer, the last *propagated* input and its output (the
-    reference every new frame's delta is measured against). ``blocks``: per block, the
-    actual activations (``h1`` = norm1 output, ``attn`` = attention output, ``x_mid``,
-    ``h2``, ``act`` = GELU output, ``x_out``), so row-wise parts recompute only changed
-    rows. ``residual``: per thresholded layer, ``[2, B * N]``: each row's squared
-    unpropagated error and squared input norm (drift without a full pass). ``fresh``:
-    no temporal frame since the keyframe, so every row must be examined once (a
-    sub-task's reference input is its task-domain propagated value, not its actual
-    input).
-    """
+    """One task's memory of the last frame, for the temporal domain: per shared linear
+    layer, the last *propagated* input and its output (the reference every new frame's
+    delta is measured against)."""
 
     refs: dict[str, tuple[Tensor, Tensor]]
-    blocks: list[dict[str, Tensor]]
-    embed: Tensor | None = None
-    residual: dict[str, Tensor] | None = None
-    fresh: bool = True
+
+
+@dataclass
+class _Stream:
+    """A video stream's state: per task (element granularity; and every task at a
+    keyframe) and, between keyframes, the token-granularity tasks' stacked rows."""
+
+    tasks: dict[str, _StreamState]
+    rows: RowState | None = None
 
 
 class SharedEngine:
@@ -152,6 +149,8 @@ class SharedEngine:
         order = [bundle.base_task, *[t for t in self.tasks if t != bundle.base_task]]
         self._base = self._build_task(bundle.base_task)
         self._subs = [self._build_task(t) for t in order[1:]]
+        token_tasks = [t for t in [self._base, *self._subs] if t.granularity == "token"]
+        self._lockstep = LockstepRows(self, token_tasks, lambda kind: self._timed(_ALL, kind)) if token_tasks else None
 
     # ----------------------------------------------------------------------------------
     # Public API.
@@ -164,19 +163,20 @@ class SharedEngine:
     def stream(self, frames: Iterable[torch.Tensor], policy: KeyframePolicy | None = None) -> Iterator[FrameResult]:
         """Process video frames ``[B, 3, H, W]`` in order, reusing the previous frame."""
         policy = policy or KeyframePolicy()
-        states: dict[str, _StreamState] = {}
+        stream = _Stream(tasks={})
         since_keyframe: int | None = None
         drift = 0.0
         for index, frame in enumerate(frames):
             frame = frame.to(self.device)
             if policy.is_keyframe(since_keyframe, drift):
                 outputs, states = self._task_domain(frame, keep_refs=True)
+                stream = _Stream(tasks=states)
                 since_keyframe, drift = 0, 0.0
                 yield FrameResult(index, True, {t: outputs[t].clone() for t in self.tasks})
                 continue
             check_images(frame, self.bundle.backbone.img_size)
             since_keyframe += 1
-            outputs, drift = self._temporal_frame(frame, states)
+            outputs, drift = self._temporal_frame(frame, stream)
             yield FrameResult(index, False, {t: outputs[t].clone() for t in self.tasks}, drift)
 
     def reset_profile(self) -> None:
@@ -236,22 +236,18 @@ class SharedEngine:
         check_images(images, self.bundle.backbone.img_size)
         pixels = normalize_images(images)
         depth = self.bundle.backbone.depth
-        states = {t.name: _StreamState(refs={}, blocks=[{} for _ in range(depth)]) for t in [self._base, *self._subs]}
+        states = {t.name: _StreamState(refs={}) for t in [self._base, *self._subs]}
         measured: list[tuple[str, str, Tensor, Tensor]] = []
         x0 = self._embed(self._base, pixels, _BASE)
         xs = [x0 if task.shares_embedding else self._embed(task, pixels, _SUB) for task in self._subs]
-        for task, x in zip([self._base, *self._subs], [x0, *xs]):
-            states[task.name].embed = x
         for i in range(depth):
             cache: dict[str, tuple[Tensor, Tensor]] = {}
             base_state = states[self._base.name] if keep_refs else None
-            x0 = self._block(self._base, i, x0, lambda n, x: self._base_linear(cache, base_state, n, x), _BASE,
-                             record=base_state.blocks[i] if base_state else None)
+            x0 = self._block(self._base, i, x0, lambda n, x: self._base_linear(cache, base_state, n, x), _BASE)
             for j, task in enumerate(self._subs):
                 state = states[task.name] if keep_refs else None
                 xs[j] = self._block(task, i, xs[j], lambda n, x, task=task, state=state:
-                                    self._sub_linear(task, cache, state, measured, n, x), _SUB,
-                                    record=state.blocks[i] if state else None)
+                                    self._sub_linear(task, cache, state, measured, n, x), _SUB)
         outputs = {task.name: self._head(task, x, _SUB) for task, x in zip(self._subs, xs)}
         if self._base.name in self.tasks:
             outputs[self._base.name] = self._head(self._base, x0, _BASE)
@@ -263,8 +259,8 @@ class SharedEngine:
         with self._timed(_BASE, _KIND[layer_kind(name)]):
             y = F.linear(x, layer.weight, layer.bias)
         cache[name] = (x, y)
-        if state is not None:  # the copy keeps the reference apart from the recorded activation
-            state.refs[name] = (x.clone(), y)
+        if state is not None:
+            state.refs[name] = (x, y)
         return y
 
     def _sub_linear(self, task: _Task, cache: dict, state: _StreamState | None, measured: list, name: str,
@@ -275,7 +271,7 @@ class SharedEngine:
                 self.layer_paths.setdefault(task.name, {})[name] = "exact"
                 y = F.linear(x, layer.weight, layer.bias)
                 if state is not None:
-                    state.refs[name] = (x.clone(), y)
+                    state.refs[name] = (x, y)
                 return y
             x0, y0 = cache[name]
             dx = x - x0
@@ -334,132 +330,37 @@ class SharedEngine:
     # Temporal domain: every task against its own previous (propagated) frame.
     # ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _temporal_frame(self, frame: Tensor, states: dict[str, _StreamState]) -> tuple[dict[str, Tensor], float]:
+    def _temporal_frame(self, frame: Tensor, stream: _Stream) -> tuple[dict[str, Tensor], float]:
         pixels = normalize_images(frame)
         measured: list[tuple[str, str, Tensor, Tensor]] = []
         drifts: list[Tensor] = []
         outputs: dict[str, Tensor] = {}
+        embeds: dict[str, Tensor] = {}
         x0 = self._embed(self._base, pixels, _BASE)
         for task in [self._base, *self._subs]:
             role = _BASE if task is self._base else _SUB
             x = x0 if task.shares_embedding else self._embed(task, pixels, role)
-            state = states[task.name]
-            if task.granularity == "token":
-                x = self._temporal_rows(task, state, x, measured, drifts, role)
-            else:
-                for i in range(self.bundle.backbone.depth):
-                    x = self._block(task, i, x, lambda n, h, task=task, state=state, role=role:
-                                    self._temporal_linear(task, state.refs, measured, drifts, role, n, h), role)
-            state.fresh = False
+            if task.granularity == "token":  # below, with the other token tasks
+                embeds[task.name] = x
+                continue
+            state = stream.tasks[task.name]
+            for i in range(self.bundle.backbone.depth):
+                x = self._block(task, i, x, lambda n, h, task=task, state=state, role=role:
+                                self._temporal_linear(task, state.refs, measured, drifts, role, n, h), role)
             if task.name in self.tasks:
                 outputs[task.name] = self._head(task, x, role)
+        if self._lockstep is not None:
+            lockstep = self._lockstep
+            if stream.rows is None:
+                stream.rows = lockstep.start([stream.tasks[task.name] for task in lockstep.tasks], x0)
+            kept: list[tuple[str, Tensor]] = []
+            finals = lockstep.frame(stream.rows, [embeds[task.name] for task in lockstep.tasks], kept, drifts)
+            for task, x in zip(lockstep.tasks, finals):
+                if task.name in self.tasks:
+                    outputs[task.name] = self._head(task, x, _BASE if task is self._base else _SUB)
+            self._record_lockstep(kept, stream.rows.rows_per_task)
         self._record(measured, temporal=True)
         return outputs, _relative_drift(drifts)
-
-    def _temporal_rows(self, task: _Task, state: _StreamState, x: Tensor, measured: list, drifts: list,
-                       role: str) -> Tensor:
-        """A token-granularity frame computed row by row: only rows whose input changed
-        since the last frame go through norms, GELU, residuals and linear layers.
-
-        Exact, because every part but attention is row-wise: a row whose input did not
-        change has the same output as last frame, and its delta to the layer's
-        reference is the one already found below threshold. Attention mixes rows, so
-        it runs in full (and its output is examined in full) unless no row of its
-        input changed. Rows are bool masks over ``B * N``; ``None`` means every row.
-        """
-        changed = None if state.fresh else (x != state.embed).any(dim=-1).reshape(-1)
-        state.embed = x
-        examine_all = state.fresh
-        for i, block in enumerate(task.backbone.blocks):
-            saved = state.blocks[i]
-            prefix = f"blocks.{i}."
-            with self._timed(role, "norm_act"):
-                h1 = _update_rows(saved["h1"], changed, block.norm1, x)
-            kept = self._temporal_token_linear(task, state, prefix + "attn.qkv", h1,
-                                               None if examine_all else changed, measured, drifts, role)
-            if examine_all or bool(kept.any()):
-                with self._timed(role, "attention"):
-                    saved["attn"] = self._attention(block.attn, state.refs[prefix + "attn.qkv"][1])
-                attn_rows = None
-            else:  # no query, key or value moved: attention gives last frame's output
-                attn_rows = kept
-            kept = self._temporal_token_linear(task, state, prefix + "attn.proj", saved["attn"], attn_rows,
-                                               measured, drifts, role)
-            changed = _union(changed, kept)
-            with self._timed(role, "norm_act"):
-                x_mid = _update_rows(saved["x_mid"], changed, lambda a, b: a + block.ls1(b), x,
-                                     state.refs[prefix + "attn.proj"][1])
-                h2 = _update_rows(saved["h2"], changed, block.norm2, x_mid)
-            kept = self._temporal_token_linear(task, state, prefix + "mlp.fc1", h2,
-                                               None if examine_all else changed, measured, drifts, role)
-            with self._timed(role, "norm_act"):
-                act = _update_rows(saved["act"], None if examine_all else kept, block.mlp.act,
-                                   state.refs[prefix + "mlp.fc1"][1])
-            kept = self._temporal_token_linear(task, state, prefix + "mlp.fc2", act,
-                                               None if examine_all else kept, measured, drifts, role)
-            changed = _union(changed, kept)
-            with self._timed(role, "norm_act"):
-                x = _update_rows(saved["x_out"], changed, lambda a, b: a + block.ls2(b), x_mid,
-                                 state.refs[prefix + "mlp.fc2"][1])
-        return x
-
-    def _temporal_token_linear(self, task: _Task, state: _StreamState, name: str, x: Tensor,
-                               candidates: Tensor | None, measured: list, drifts: list, role: str) -> Tensor:
-        """Examine the ``candidates`` rows of ``x`` against the layer's reference, move the
-        reference and output to ``x`` on the rows whose RMS delta reaches the threshold,
-        and return those rows as a ``[B * N]`` bool mask."""
-        layer = task.layers[name]
-        key = f"{task.name}/temporal"
-        ref_in, ref_out = state.refs[name]
-        width = x.shape[-1]
-        rows = x.reshape(-1, width)
-        count = rows.shape[0]
-        with self._timed(role, _KIND[layer_kind(name)]):
-            reference = ref_in.view(-1, width)
-            if candidates is None:  # every row: no gather
-                index, examined = None, rows
-            else:
-                index = candidates.nonzero().squeeze(1)
-                examined, reference = rows.index_select(0, index), reference.index_select(0, index)
-            if layer.temporal_tau is None:
-                self.layer_paths.setdefault(key, {})[name] = "exact"
-                keep = torch.ones(examined.shape[0], dtype=torch.bool, device=x.device)
-            else:
-                self.layer_paths.setdefault(key, {})[name] = "token"
-                rms = kernels.token_rms(examined - reference)
-                keep = rms >= layer.temporal_tau
-                self._track_drift(state, name, count, index, keep, rms, examined, drifts)
-            if index is None:
-                kept = keep
-            else:
-                kept = torch.zeros(count, dtype=torch.bool, device=x.device).index_fill_(0, index[keep], True)
-            if layer.temporal_tau is not None:
-                mask = kept.view(x.shape[:-1])
-                measured.append((key, name, mask, mask))
-            keep_index = kept.nonzero().squeeze(1)
-            inputs = rows.index_select(0, keep_index)
-            ref_in.view(-1, width).index_copy_(0, keep_index, inputs)
-            ref_out.view(-1, ref_out.shape[-1]).index_copy_(0, keep_index, F.linear(inputs, layer.weight, layer.bias))
-        return kept
-
-    @staticmethod
-    def _track_drift(state: _StreamState, name: str, count: int, index: Tensor | None, keep: Tensor, rms: Tensor,
-                     examined: Tensor, drifts: list) -> None:
-        """Keep, per row, the squared unpropagated error and squared input norm of the layer
-        (rows not examined did not change); :func:`_relative_drift` turns them into
-        ``||x - x_propagated|| / ||x||`` for all layers at once."""
-        if state.residual is None:
-            state.residual = {}
-        if name not in state.residual:
-            state.residual[name] = torch.zeros(2, count, dtype=torch.float32, device=examined.device)
-        squares = state.residual[name]
-        error = torch.where(keep, 0.0, rms.square() * examined.shape[-1])
-        norm = torch.linalg.vector_norm(examined, dim=-1, dtype=torch.float32).square()
-        if index is None:
-            squares.copy_(torch.stack([error, norm]))
-        else:
-            squares.index_copy_(1, index, torch.stack([error, norm]))
-        drifts.append(squares)
 
     def _temporal_linear(self, task: _Task, refs: dict, measured: list, drifts: list, role: str,
                          name: str, x: Tensor) -> Tensor:
@@ -501,10 +402,8 @@ class SharedEngine:
             x = backbone._pos_embed(backbone.patch_embed(pixels))
             return backbone.norm_pre(backbone.patch_drop(x))
 
-    def _block(self, task: _Task, index: int, x: Tensor, linear: Linear, role: str,
-               record: dict[str, Tensor] | None = None) -> Tensor:
-        """timm ``Block.forward`` with each shared linear layer replaced by ``linear``;
-        ``record`` (if given) receives the activations a video stream starts from."""
+    def _block(self, task: _Task, index: int, x: Tensor, linear: Linear, role: str) -> Tensor:
+        """timm ``Block.forward`` with each shared linear layer replaced by ``linear``."""
         block = task.backbone.blocks[index]
         prefix = f"blocks.{index}."
         with self._timed(role, "norm_act"):
@@ -522,8 +421,6 @@ class SharedEngine:
         h = linear(prefix + "mlp.fc2", act)
         with self._timed(role, "norm_act"):
             x_out = x_mid + block.ls2(h)
-        if record is not None:
-            record.update(h1=h1, attn=attn, x_mid=x_mid, h2=h2, act=act, x_out=x_out)
         return x_out
 
     @staticmethod
@@ -574,6 +471,16 @@ class SharedEngine:
         for key, layer_stats in per_task.items():
             self.stats.add(key, layer_stats)
 
+    def _record_lockstep(self, kept: list[tuple[str, Tensor]], rows_per_task: int) -> None:
+        """``_record`` for the lockstep row path's temporal kept masks."""
+        for name, fractions in self._lockstep.kept_fractions(kept, rows_per_task).items():
+            key = f"{name}/temporal"
+            self.stats.add(key, {layer: [value] for layer, value in fractions.items()})
+            for layer, value in fractions.items():
+                self._density[(key, layer)] = value
+        for name, paths in self._lockstep.paths().items():
+            self.layer_paths.setdefault(f"{name}/temporal", {}).update(paths)
+
     def _timed(self, role: str, kind: str) -> contextlib.AbstractContextManager:
         return _Timer(self, role, kind) if self.profile else _NO_TIMER
 
@@ -599,30 +506,16 @@ _NO_TIMER = contextlib.nullcontext()
 
 
 def _relative_drift(drifts: list[Tensor]) -> float:
-    """Largest ``||x - x_propagated|| / ||x||`` over layers (one sync). Entries are either
-    that ratio (a scalar) or ``[2, rows]`` per-row squared error and squared norm."""
-    ratios = [d for d in drifts if d.dim() == 0]
-    squares = [d for d in drifts if d.dim() == 2]
+    """Largest ``||x - x_propagated|| / ||x||`` over layers and tasks (one sync). Entries
+    are either that ratio (a scalar) or ``[2, tasks, rows]`` per-row squared error and
+    squared norm."""
+    scalars = [d for d in drifts if d.dim() == 0]
+    squares = [d for d in drifts if d.dim() == 3]
+    parts = [torch.stack(scalars)] if scalars else []
     if squares:
         sums = torch.stack(squares).sum(dim=-1).sqrt()
-        ratios.extend((sums[:, 0] / sums[:, 1].clamp_min(1e-12)).unbind())
-    return float(torch.stack(ratios).max()) if ratios else 0.0
-
-
-def _union(rows: Tensor | None, more: Tensor) -> Tensor | None:
-    """Union of two row masks (``None``: every row)."""
-    return None if rows is None else rows | more
-
-
-def _update_rows(out: Tensor, rows: Tensor | None, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
-    """``out = fn(*inputs)`` recomputed, in place, on ``rows`` only (a ``[B * N]`` mask;
-    ``None``: every row). ``fn`` must act on each row independently."""
-    if rows is None:
-        return out.copy_(fn(*inputs))
-    index = rows.nonzero().squeeze(1)
-    flat = [t.reshape(-1, t.shape[-1]).index_select(0, index) for t in inputs]
-    out.view(-1, out.shape[-1]).index_copy_(0, index, fn(*flat))
-    return out
+        parts.append((sums[:, 0] / sums[:, 1].clamp_min(1e-12)).flatten())
+    return float(torch.cat(parts).max()) if parts else 0.0
 
 
 def _to_csr(dense: Tensor) -> Tensor:

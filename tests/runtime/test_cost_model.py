@@ -18,6 +18,7 @@ from mtlcompress.runtime.cost_model import (
     LinearCost,
     calibrate,
     choose_path,
+    choose_stacking,
     choose_weight_path,
     default_cache_path,
     estimate_path_costs,
@@ -88,6 +89,22 @@ def test_choose_weight_path():
     assert choose_weight_path(t, **SHAPE, weight_density=1.0) == "dense"
     slow_sparse = _timings(sparse_weight=LinearCost(10.0, 1e-6))
     assert choose_weight_path(slow_sparse, **SHAPE, weight_density=0.02) == "dense"
+
+
+def test_stacking_pays_when_per_call_overhead_dominates_and_not_when_the_delta_is_dear():
+    """One GEMM with W_0 for all tasks' rows plus dW_t per sub-task, against one GEMM per task."""
+    shape = dict(in_features=384, out_features=1536)
+    few, many = [3, 3, 3, 3], [197, 197, 197, 197]
+    densities = [0.0, 0.02, 0.02, 0.02]
+    overhead_bound = _timings(token=LinearCost(200e-6, 1e-12), sparse_weight=LinearCost(20e-6, 1e-10))
+    assert choose_stacking(overhead_bound, rows=few, **shape, weight_densities=densities)
+    # Stacking saves T - 1 call overheads; at full rows the dW terms cost more than that.
+    assert not choose_stacking(overhead_bound, rows=many, **shape, weight_densities=densities)
+    dear_delta = _timings(token=LinearCost(200e-6, 1e-12), sparse_weight=LinearCost(1.0, 1e-6),
+                          dense=LinearCost(1.0, 1e-6))
+    assert not choose_stacking(dear_delta, rows=few, **shape, weight_densities=densities)
+    # Tasks with no rows cost nothing either way; shared weights (density 0) need no dW term.
+    assert choose_stacking(dear_delta, rows=[3, 0, 3, 0], **shape, weight_densities=[0.0] * 4)
 
 
 def test_densities_outside_unit_interval_are_rejected():

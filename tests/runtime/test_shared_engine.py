@@ -9,7 +9,8 @@ from mtlcompress.bundle.bundle import ActivationSparsity, Bundle
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
-from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
+from mtlcompress.runtime import lockstep
+from mtlcompress.runtime.cost_model import KernelTimings, LinearCost, choose_stacking
 from mtlcompress.runtime.dense_engine import DenseEngine, DensityStats
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.shared_engine import SharedEngine
@@ -165,12 +166,18 @@ def _drift_policy(bundle: Bundle, frames: list[torch.Tensor]) -> KeyframePolicy:
 
 @pytest.mark.parametrize("granularity,path", [("token", "token"), ("token", "dense"), ("element", "element"),
                                               ("element", "token")])
-def test_stream_matches_dense_engine(sources, granularity, path):
+def test_stream_matches_dense_engine(sources, granularity, path, monkeypatch):
     bundle = _sparse_bundle(sources, granularity)
     frames = _frames(8, batch=2)
     policy = _drift_policy(bundle, frames)
     dense_engine = DenseEngine(bundle)
     dense = list(dense_engine.stream(frames, policy))
+    stacked = []  # the lockstep row path's choices: one W_0 GEMM for all tasks, or one per task
+
+    def spy(*args, **kwargs):
+        stacked.append(choose_stacking(*args, **kwargs))
+        return stacked[-1]
+    monkeypatch.setattr(lockstep, "choose_stacking", spy)
     shared_engine = SharedEngine(bundle, timings=_timings(path))
     shared = list(shared_engine.stream(frames, policy))
     keyframes = [r.keyframe for r in dense]
@@ -181,6 +188,9 @@ def test_stream_matches_dense_engine(sources, granularity, path):
         assert got.index == ref.index
         assert got.drift == pytest.approx(ref.drift, rel=1e-4, abs=1e-6)
         assert _max_diff(got.outputs, ref.outputs) <= TOL
+    # Dear token GEMMs ("dense" timings) make the shared-weight GEMM pay, cheap ones do not.
+    if granularity == "token":
+        assert stacked and all(stacked) if path == "dense" else not any(stacked)
     # Token granularity always runs row by row in time (whatever the task-domain path).
     assert shared_engine.layer_paths["depth/temporal"]["blocks.1.mlp.fc1"] == (
         "token" if granularity == "token" else path)

@@ -1,0 +1,91 @@
+"""Softmax attention kept up to date while only some token rows change (video frames).
+
+Per batch element, head and query row ``i`` we keep, in fp64,
+
+    m_i = a reference score, at least every score in the sums below (the row's
+          log-sum-exp when it was last computed in full),
+    z_i = sum_j exp(s_ij - m_i),     n_i = sum_j exp(s_ij - m_i) v_j,
+
+so that the attention output is ``n_i / z_i`` = ``softmax(s_i) v``. When the query, key
+and value rows of a few tokens ``S`` change, every other query drops the old terms of
+``S`` from its sums and adds the new ones: ``O(N |S| D)`` work instead of
+``O(N^2 D)``. The queries in ``S`` are recomputed in full, as are rows a new score
+would push past their reference and rows whose ``z_i`` mostly cancelled. Scores and
+products run in fp32 (as in full attention) and the sums in fp64, so each update adds
+about fp32 rounding of its own terms (each at most 1) to a row's error; the
+recomputation rules keep that small against what remains of ``z_i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["AttentionSums", "full_attention", "update_attention"]
+
+# A row is recomputed when an update leaves less than this share of the mass it had plus
+# the mass it lost (cancellation would magnify the fp32 rounding of the removed terms),
+# or when its total falls below the floor (a fresh row's total is 1).
+_KEEP_SHARE = 0.25
+_REFRESH_BELOW = 1e-3
+
+
+@dataclass
+class AttentionSums:
+    """The running sums of one attention layer: ``[B, H, N]`` reference scores and
+    totals, ``[B, H, N, D]`` weighted value sums (all fp64)."""
+
+    reference: Tensor
+    total: Tensor
+    weighted: Tensor
+
+    def output(self, dtype: torch.dtype) -> Tensor:
+        return (self.weighted / self.total.unsqueeze(-1)).to(dtype)
+
+
+def full_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, AttentionSums]:
+    """``softmax(q k^T * scale) v`` for ``[B, H, N, D]`` inputs, with the sums that
+    :func:`update_attention` continues from."""
+    sums = _row_sums(q, k, v, scale)
+    return sums.output(q.dtype), sums
+
+
+def update_attention(sums: AttentionSums, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_old: Tensor,
+                     v_old: Tensor, scale: float) -> Tensor:
+    """Attention output for the new ``q, k, v`` (``[B, H, N, D]``), given ``sums`` for
+    the previous ones, which differ only at token ``positions`` (``[S]``; ``k_old``,
+    ``v_old``: ``[B, H, S, D]``, their previous keys and values). Updates ``sums``."""
+    moved = positions.numel()
+    keys = torch.cat([k[:, :, positions], k_old], dim=2)
+    values = torch.cat([v[:, :, positions], v_old], dim=2)
+    scores = (q @ keys.transpose(-1, -2) * scale).double()  # old scores are right for the queries that stayed
+    weights = torch.exp(scores - sums.reference.unsqueeze(-1))
+    weights[..., moved:] *= -1  # old terms leave the sums
+    removed = -weights[..., moved:].sum(dim=-1)
+    low = (sums.total + removed) * _KEEP_SHARE  # below this, most of the row's mass has cancelled
+    sums.total.add_(weights.sum(dim=-1))
+    sums.weighted.add_(weights.to(v.dtype) @ values)
+    # Recomputed in full: moved queries (new scores everywhere), rows with a new score
+    # above their reference (terms over 1) and rows that lost most of their mass (the
+    # rounding of the terms that cancelled would show).
+    rows = torch.zeros(q.shape[2], dtype=torch.bool, device=q.device)
+    rows[positions] = True
+    stale = (scores[..., :moved].amax(dim=-1) > sums.reference) | (sums.total < low) | (sums.total < _REFRESH_BELOW)
+    rows = (rows | stale.flatten(0, 1).any(dim=0)).nonzero().squeeze(1)
+    fresh = _row_sums(q[:, :, rows], k, v, scale)
+    sums.reference[:, :, rows] = fresh.reference
+    sums.total[:, :, rows] = fresh.total
+    sums.weighted[:, :, rows] = fresh.weighted
+    return sums.output(q.dtype)
+
+
+def _row_sums(q: Tensor, k: Tensor, v: Tensor, scale: float) -> AttentionSums:
+    """The sums of the rows of ``q`` over all keys, from scratch. The reference is each
+    row's log-sum-exp (at least its largest score), so the total is 1 and the weighted
+    sum is the attention output itself."""
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    reference = torch.logsumexp((q * scale) @ k.transpose(-1, -2), dim=-1)
+    return AttentionSums(reference.double(), torch.ones_like(reference, dtype=torch.float64), out.double())

@@ -1,0 +1,345 @@
+"""Video frames of token-granularity tasks, row by row, all tasks in lockstep.
+
+Between keyframes a task's frame only needs the token rows whose input changed since
+the last frame (every part of a ViT block but attention is row-wise; see
+:meth:`LockstepRows.frame`). Those rows are few, so the work per part is small and a
+per-task loop would be dominated by the fixed cost of each operator call. Here the
+tasks' states are stacked into one ``[T * B * N, C]`` tensor per activation and every
+part runs once for all tasks: the rows of all tasks are gathered together, norms
+apply each row's own task's parameters, one thresholding and one drift update cover
+all tasks, attention runs on the ``T * B`` sequences at once. Only the linear layers
+(different weights per task) run one GEMM per task, on that task's changed rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtlcompress.runtime import incremental_attention, kernels
+from mtlcompress.runtime.cost_model import choose_stacking
+
+if TYPE_CHECKING:
+    from mtlcompress.runtime.shared_engine import SharedEngine, _StreamState, _Task
+
+__all__ = ["LockstepRows", "RowState"]
+
+_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+@dataclass
+class _BlockParams:
+    """One block's row-wise parameters, stacked over tasks (``[T, C]``)."""
+
+    norm1: tuple[Tensor, Tensor]
+    norm2: tuple[Tensor, Tensor]
+    eps: tuple[float, float]
+    ls1: Tensor | None   # LayerScale gammas (None: identity)
+    ls2: Tensor | None
+    act: nn.Module
+    attn: nn.Module      # for the head layout and scale; same for every task
+
+
+@dataclass
+class RowState:
+    """The stacked temporal state of the lockstep tasks: like ``_StreamState`` with
+    every tensor flat over ``T * B * N`` rows (task-major)."""
+
+    refs: dict[str, tuple[Tensor, Tensor]]
+    blocks: list[dict[str, Tensor]]
+    embed: Tensor
+    residual: dict[str, Tensor]
+    rows_per_task: int
+    fresh: bool = True
+
+
+class LockstepRows:
+    """The token-granularity ``tasks`` of an engine, run together on video frames.
+
+    Args:
+        engine: the engine whose tasks these are (for profiling, kernel timings and the
+            base task's weights).
+        tasks: the tasks (``shared_engine._Task``), in output order.
+        timed: ``timed(kind)`` returns the profiling context for one part.
+    """
+
+    def __init__(self, engine: SharedEngine, tasks: Sequence[_Task], timed: Callable[[str], Any]) -> None:
+        self.tasks = list(tasks)
+        self._engine = engine
+        self._timed = timed
+        blocks = [task.backbone.blocks for task in self.tasks]
+        self.depth = len(blocks[0])
+        self._blocks = [self._block_params([b[i] for b in blocks]) for i in range(self.depth)]
+        self._weights: dict[str, list[tuple[Tensor, Tensor | None]]] = {}
+        self._taus: dict[str, Tensor] = {}
+        self._thresholded: dict[str, list[int]] = {}  # layer -> tasks with a temporal threshold there
+        for i in range(self.depth):
+            for kind in _LINEARS:
+                name = f"blocks.{i}.{kind}"
+                layers = [task.layers[name] for task in self.tasks]
+                self._weights[name] = [(layer.weight, layer.bias) for layer in layers]
+                self._taus[name] = torch.tensor([-float("inf") if layer.temporal_tau is None else layer.temporal_tau
+                                                 for layer in layers], device=layers[0].weight.device)
+                self._thresholded[name] = [t for t, layer in enumerate(layers) if layer.temporal_tau is not None]
+
+    @staticmethod
+    def _block_params(blocks: Sequence[nn.Module]) -> _BlockParams:
+        def stack(get: Callable[[nn.Module], Tensor]) -> Tensor:
+            return torch.stack([get(block) for block in blocks])
+
+        def layer_scale(name: str) -> Tensor | None:
+            scales = [getattr(block, name) for block in blocks]
+            return None if isinstance(scales[0], nn.Identity) else torch.stack([s.gamma for s in scales])
+
+        first = blocks[0]
+        return _BlockParams(norm1=(stack(lambda b: b.norm1.weight), stack(lambda b: b.norm1.bias)),
+                            norm2=(stack(lambda b: b.norm2.weight), stack(lambda b: b.norm2.bias)),
+                            eps=(first.norm1.eps, first.norm2.eps), ls1=layer_scale("ls1"), ls2=layer_scale("ls2"),
+                            act=first.mlp.act, attn=first.attn)
+
+    # ----------------------------------------------------------------------------------
+    # State.
+    # ----------------------------------------------------------------------------------
+    def start(self, states: Sequence[_StreamState], embed: Tensor) -> RowState:
+        """Stack the tasks' keyframe references (in task order), freeing them as it goes;
+        ``embed``: one task's ``[B, N, C]`` tokens, for the shapes. The first frame
+        examines and recomputes every row, so the other activations need no values."""
+        def flat(tensors: list[Tensor]) -> Tensor:
+            return torch.cat([t.reshape(-1, t.shape[-1]) for t in tensors])
+
+        refs = {}
+        for name in self._weights:
+            pairs = [state.refs.pop(name) for state in states]
+            refs[name] = (flat([p[0] for p in pairs]), flat([p[1] for p in pairs]))
+        rows = embed.shape[0] * embed.shape[1]
+
+        def empty(name: str, output: bool) -> Tensor:
+            return torch.empty_like(refs[name][1 if output else 0])
+
+        blocks = [{"h1": empty(f"blocks.{i}.attn.qkv", False), "attn": empty(f"blocks.{i}.attn.proj", False),
+                   "x_mid": empty(f"blocks.{i}.attn.proj", True), "h2": empty(f"blocks.{i}.mlp.fc1", False),
+                   "act": empty(f"blocks.{i}.mlp.fc2", False), "x_out": empty(f"blocks.{i}.mlp.fc2", True)}
+                  for i in range(self.depth)]
+        return RowState(refs=refs, blocks=blocks, embed=torch.empty(len(self.tasks) * rows, embed.shape[-1]),
+                        residual={}, rows_per_task=rows)
+
+    # ----------------------------------------------------------------------------------
+    # One frame.
+    # ----------------------------------------------------------------------------------
+    def frame(self, state: RowState, embeds: Sequence[Tensor], measured: list, drifts: list) -> list[Tensor]:
+        """Run the blocks on one frame; ``embeds``: each task's ``[B, N, C]`` tokens
+        after the embedding. Returns each task's block output ``[B, N, C]``.
+
+        Exact, because every part but attention is row-wise: a row whose input did not
+        change has the same output as last frame, and its delta to the layer's
+        reference is the one already found below threshold. Attention mixes rows, so
+        it runs in full (and its output is examined in full) unless no row of its
+        input changed. Rows are bool masks over ``T * B * N``; ``None`` means every row.
+        On the first frame after a keyframe every row is examined: a sub-task's
+        reference there is its task-domain propagated value, not its actual input.
+        ``measured`` receives ``(layer, kept mask)``, ``drifts`` the per-row squares.
+        """
+        shape = embeds[0].shape
+        x = torch.cat([e.reshape(-1, shape[-1]) for e in embeds])
+        examine_all = state.fresh
+        changed = None if examine_all else (x != state.embed).any(dim=-1)
+        state.embed = x
+        for i, params in enumerate(self._blocks):
+            saved = state.blocks[i]
+            prefix = f"blocks.{i}."
+            norm1, norm2 = self._norm(state, params.norm1, params.eps[0]), self._norm(state, params.norm2, params.eps[1])
+            h1 = self._update_rows(saved["h1"], changed, norm1, x)
+            kept = self._examine(state, prefix + "attn.qkv", h1, changed, measured, drifts)
+            if examine_all or bool(kept.any()):
+                saved["attn"] = self._attention(state, i, params.attn, h1, kept, shape[1])
+                attn_rows = None
+            else:  # no query, key or value moved: attention gives last frame's output
+                attn_rows = kept
+            kept = self._linear(state, prefix + "attn.proj", saved["attn"], attn_rows, measured, drifts)
+            changed = _union(changed, kept)
+            x_mid = self._update_rows(saved["x_mid"], changed, self._residual(state, params.ls1), x,
+                                      state.refs[prefix + "attn.proj"][1])
+            h2 = self._update_rows(saved["h2"], changed, norm2, x_mid)
+            kept = self._linear(state, prefix + "mlp.fc1", h2, changed, measured, drifts)
+            act = self._update_rows(saved["act"], None if examine_all else kept, lambda _, h: params.act(h),
+                                    state.refs[prefix + "mlp.fc1"][1])
+            kept = self._linear(state, prefix + "mlp.fc2", act, None if examine_all else kept, measured, drifts)
+            changed = _union(changed, kept)
+            x = self._update_rows(saved["x_out"], changed, self._residual(state, params.ls2), x_mid,
+                                  state.refs[prefix + "mlp.fc2"][1])
+        state.fresh = False
+        return list(x.view(len(self.tasks), *shape).unbind(0))
+
+    def _linear(self, state: RowState, name: str, x: Tensor, candidates: Tensor | None, measured: list,
+                drifts: list) -> Tensor:
+        """:meth:`_examine` then :meth:`_propagate`; returns the kept rows' mask."""
+        kept = self._examine(state, name, x, candidates, measured, drifts)
+        self._propagate(state, name, x, kept)
+        return kept
+
+    def _examine(self, state: RowState, name: str, x: Tensor, candidates: Tensor | None, measured: list,
+                 drifts: list) -> Tensor:
+        """The ``candidates`` rows of ``x`` (``None``: all) whose RMS delta to the layer's
+        reference input reaches their task's threshold, as a bool mask over rows."""
+        count = x.shape[0]
+        with self._timed(name.rsplit(".", 1)[-1]):
+            reference = state.refs[name][0]
+            if candidates is None:  # every row: no gather
+                index, examined = None, x
+            else:
+                index = candidates.nonzero().squeeze(1)
+                examined, reference = x.index_select(0, index), reference.index_select(0, index)
+            rms = kernels.token_rms(examined - reference)
+            keep = rms >= self._per_row(state, index, self._taus[name])
+            self._track_drift(state, name, index, keep, rms, examined, drifts)
+            kept = keep if index is None else torch.zeros(count, dtype=torch.bool, device=x.device).index_fill_(
+                0, index[keep], True)
+            measured.append((name, kept))
+        return kept
+
+    def _propagate(self, state: RowState, name: str, x: Tensor, kept: Tensor) -> None:
+        """Move the layer's reference input and output to ``x`` on the ``kept`` rows. Rows
+        are task-major, so each task's are contiguous once gathered; they go through
+        one GEMM per task, or, where the cost model prices it lower
+        (:func:`~mtlcompress.runtime.cost_model.choose_stacking`), one GEMM with the
+        base task's ``W_0`` for all of them plus ``dW_t x + db_t`` per sub-task: the
+        shared weight is read from memory once instead of once per task."""
+        ref_in, ref_out = state.refs[name]
+        with self._timed(name.rsplit(".", 1)[-1]):
+            keep_index = kept.nonzero().squeeze(1)
+            if not keep_index.numel():
+                return
+            inputs = x.index_select(0, keep_index)
+            ref_in.index_copy_(0, keep_index, inputs)
+            counts = torch.bincount(keep_index // state.rows_per_task, minlength=len(self.tasks)).tolist()
+            if self._stacks(name, counts):
+                base = self._engine._base.layers[name]
+                outputs = F.linear(inputs, base.weight, base.bias)
+                for task, rows, out in zip(self.tasks, inputs.split(counts), outputs.split(counts)):
+                    layer = task.layers[name]
+                    if rows.shape[0] and task is not self._engine._base:
+                        if layer.dw is not None:
+                            out += self._engine._weight_delta(layer, rows)
+                        if layer.db is not None:
+                            out += layer.db
+            else:
+                parts = [F.linear(rows, *self._weights[name][t]) for t, rows in enumerate(inputs.split(counts))
+                         if counts[t]]
+                outputs = parts[0] if len(parts) == 1 else torch.cat(parts)
+            ref_out.index_copy_(0, keep_index, outputs)
+
+    def _stacks(self, name: str, counts: list[int]) -> bool:
+        if sum(1 for c in counts if c) < 2:
+            return False
+        weight = self._weights[name][0][0]
+        densities = [0.0 if task is self._engine._base else task.layers[name].weight_density for task in self.tasks]
+        return choose_stacking(self._engine._timings_for(weight.shape[1], weight.shape[0]), rows=counts,
+                               in_features=weight.shape[1], out_features=weight.shape[0],
+                               weight_densities=densities)
+
+    def _attention(self, state: RowState, index: int, attn: nn.Module, h1: Tensor, kept: Tensor,
+                   tokens: int) -> Tensor:
+        """Propagate the qkv layer's ``kept`` rows, then timm ``Attention`` between its
+        linear layers on all tasks' sequences at once: in full on the first frame after
+        a keyframe, incrementally after that (only what involves the moved tokens'
+        queries, keys and values; :mod:`~mtlcompress.runtime.incremental_attention`)."""
+        name = f"blocks.{index}.attn.qkv"
+        qkv = state.refs[name][1]
+        sequences = qkv.shape[0] // tokens
+        saved = state.blocks[index]
+
+        def heads(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return rows.view(sequences, -1, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+        if state.fresh:
+            self._propagate(state, name, h1, kept)
+            with self._timed("attention"):
+                out, saved["attn_sums"] = incremental_attention.full_attention(*heads(qkv), attn.scale)
+        else:
+            positions = kept.view(sequences, tokens).any(dim=0).nonzero().squeeze(1)
+            previous = qkv.view(sequences, tokens, -1)[:, positions]  # a copy: the moved tokens' old keys, values
+            self._propagate(state, name, h1, kept)
+            with self._timed("attention"):
+                _, k_old, v_old = heads(previous)
+                out = incremental_attention.update_attention(saved["attn_sums"], *heads(qkv), positions, k_old,
+                                                             v_old, attn.scale)
+        return out.transpose(1, 2).reshape(qkv.shape[0], attn.attn_dim)
+
+    def kept_fractions(self, measured: list[tuple[str, Tensor]], rows_per_task: int) -> dict[str, dict[str, float]]:
+        """Per task and thresholded layer, the kept fraction of the rows in ``measured``
+        (entries of :meth:`frame`; one sync)."""
+        if not measured:
+            return {}
+        values = torch.stack([kept.view(len(self.tasks), rows_per_task) for _, kept in measured]).float().mean(dim=-1)
+        fractions: dict[str, dict[str, float]] = {}
+        for (name, _), per_task in zip(measured, values.tolist()):
+            for t in self._thresholded[name]:
+                fractions.setdefault(self.tasks[t].name, {})[name] = per_task[t]
+        return fractions
+
+    def paths(self) -> dict[str, dict[str, str]]:
+        """Per task and layer: ``"token"`` where it has a temporal threshold, else ``"exact"``."""
+        return {task.name: {name: "token" if t in self._thresholded[name] else "exact" for name in self._weights}
+                for t, task in enumerate(self.tasks)}
+
+    def _track_drift(self, state: RowState, name: str, index: Tensor | None, keep: Tensor, rms: Tensor,
+                     examined: Tensor, drifts: list) -> None:
+        """Keep, per row, the squared unpropagated error and squared input norm of the layer
+        (rows not examined did not change); ``shared_engine._relative_drift`` turns them
+        into ``||x - x_propagated|| / ||x||`` per task and layer."""
+        squares = state.residual.get(name)
+        if squares is None:
+            squares = state.residual[name] = torch.zeros(2, state.embed.shape[0], dtype=torch.float32,
+                                                         device=examined.device)
+        error = torch.where(keep, 0.0, rms.square() * examined.shape[-1])
+        norm = torch.linalg.vector_norm(examined, dim=-1, dtype=torch.float32).square()
+        if index is None:
+            squares.copy_(torch.stack([error, norm]))
+        else:
+            squares.index_copy_(1, index, torch.stack([error, norm]))
+        drifts.append(squares.view(2, len(self.tasks), -1))
+
+    # ----------------------------------------------------------------------------------
+    # Row-wise parts: each row with its own task's parameters.
+    # ----------------------------------------------------------------------------------
+    def _update_rows(self, out: Tensor, rows: Tensor | None, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+        """``out = fn(index, *inputs)`` recomputed, in place, on ``rows`` only (``None``:
+        every row, and ``index`` is None too)."""
+        with self._timed("norm_act"):
+            if rows is None:
+                return out.copy_(fn(None, *inputs))
+            index = rows.nonzero().squeeze(1)
+            out.index_copy_(0, index, fn(index, *(t.index_select(0, index) for t in inputs)))
+            return out
+
+    @staticmethod
+    def _per_row(state: RowState, index: Tensor | None, values: Tensor) -> Tensor:
+        """Per-task ``values`` (``[T, ...]``) for each row in ``index`` (``None``: every row)."""
+        if index is None:
+            return values.repeat_interleave(state.rows_per_task, dim=0)
+        return values.index_select(0, index // state.rows_per_task)
+
+    def _norm(self, state: RowState, params: tuple[Tensor, Tensor], eps: float) -> Callable[[Tensor | None, Tensor],
+                                                                                          Tensor]:
+        weight, bias = params
+
+        def norm(index: Tensor | None, x: Tensor) -> Tensor:
+            return torch.addcmul(self._per_row(state, index, bias), F.layer_norm(x, x.shape[-1:], eps=eps),
+                                 self._per_row(state, index, weight))
+        return norm
+
+    def _residual(self, state: RowState, gamma: Tensor | None) -> Callable[[Tensor | None, Tensor, Tensor], Tensor]:
+        def residual(index: Tensor | None, x: Tensor, h: Tensor) -> Tensor:
+            return x + h if gamma is None else torch.addcmul(x, h, self._per_row(state, index, gamma))
+        return residual
+
+
+def _union(rows: Tensor | None, more: Tensor) -> Tensor | None:
+    """Union of two row masks (``None``: every row)."""
+    return None if rows is None else rows | more
