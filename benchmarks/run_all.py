@@ -43,7 +43,7 @@ START, END = _markdown.markers(SECTION)
 DEFAULT_DOC = ROOT / "docs" / "benchmarks.md"
 DEFAULT_JSON = ROOT / "docs" / "benchmarks-runtime.json"
 INPUT_SEED = 0
-FULL = {"repeats": 5, "warmup": 1, "frames": 8}
+FULL = {"repeats": 5, "warmup": 1, "frames": 16}  # video: one period of the default keyframe policy
 QUICK = {"repeats": 2, "warmup": 1, "frames": 4}
 
 

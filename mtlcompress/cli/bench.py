@@ -30,7 +30,8 @@ def bench(
         "--frames (in name order) the video sequence. Default: rendered synthetic rooms and a static-camera clip."))
     ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Images per predict call.")] = 1,
-    frames: Annotated[int, typer.Option(min=0, help="Video frames to stream (0: no video benchmark).")] = 8,
+    frames: Annotated[int, typer.Option(min=0, help="Video frames to stream (0: no video benchmark); the default "
+                                        "is one period of the default keyframe policy.")] = 16,
     repeats: Annotated[int, typer.Option(min=1, help="Timed rounds (each runs every variant once).")] = 5,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed rounds first.")] = 1,
     keyframe_every: Annotated[int, typer.Option(min=1, help="Video: a full frame every K frames.")] = 16,

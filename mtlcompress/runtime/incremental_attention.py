@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["AttentionSums", "full_attention", "update_attention"]
@@ -43,22 +42,30 @@ class AttentionSums:
     weighted: Tensor
 
     def output(self, dtype: torch.dtype) -> Tensor:
-        return (self.weighted / self.total.unsqueeze(-1)).to(dtype)
+        """``n_i / z_i`` laid out as timm's attention output before its projection:
+        ``[B, N, H * D]`` (heads concatenated per token)."""
+        batch, heads, tokens, dim = self.weighted.shape
+        out = torch.empty(batch, tokens, heads, dim, dtype=dtype, device=self.weighted.device)
+        out.copy_(self.weighted.transpose(1, 2))
+        return out.mul_(self.total.reciprocal().to(dtype).transpose(1, 2).unsqueeze(-1)).flatten(2)
 
 
 def full_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, AttentionSums]:
-    """``softmax(q k^T * scale) v`` for ``[B, H, N, D]`` inputs, with the sums that
-    :func:`update_attention` continues from."""
+    """``softmax(q k^T * scale) v`` for ``[B, H, N, D]`` inputs, as ``[B, N, H * D]``,
+    with the sums that :func:`update_attention` continues from."""
+    q, k, v = (t.contiguous() for t in (q, k, v))  # (views of a fused qkv tensor would be copied per use)
     sums = _row_sums(q, k, v, scale)
     return sums.output(q.dtype), sums
 
 
 def update_attention(sums: AttentionSums, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_old: Tensor,
                      v_old: Tensor, scale: float) -> Tensor:
-    """Attention output for the new ``q, k, v`` (``[B, H, N, D]``), given ``sums`` for
-    the previous ones, which differ only at token ``positions`` (``[S]``; ``k_old``,
-    ``v_old``: ``[B, H, S, D]``, their previous keys and values). Updates ``sums``."""
+    """Attention output (``[B, N, H * D]``) for the new ``q, k, v`` (``[B, H, N, D]``),
+    given ``sums`` for the previous ones, which differ only at token ``positions``
+    (``[S]``; ``k_old``, ``v_old``: ``[B, H, S, D]``, their previous keys and values).
+    Updates ``sums``."""
     moved = positions.numel()
+    q, k, v = (t.contiguous() for t in (q, k, v))  # (views of a fused qkv tensor would be copied per use)
     keys = torch.cat([k[:, :, positions], k_old], dim=2)
     values = torch.cat([v[:, :, positions], v_old], dim=2)
     scores = (q @ keys.transpose(-1, -2) * scale).double()  # old scores are right for the queries that stayed
@@ -67,7 +74,7 @@ def update_attention(sums: AttentionSums, q: Tensor, k: Tensor, v: Tensor, posit
     removed = -weights[..., moved:].sum(dim=-1)
     low = (sums.total + removed) * _KEEP_SHARE  # below this, most of the row's mass has cancelled
     sums.total.add_(weights.sum(dim=-1))
-    sums.weighted.add_(weights.to(v.dtype) @ values)
+    sums.weighted.flatten(0, 1).baddbmm_(weights.flatten(0, 1), values.double().flatten(0, 1))
     # Recomputed in full: moved queries (new scores everywhere), rows with a new score
     # above their reference (terms over 1) and rows that lost most of their mass (the
     # rounding of the terms that cancelled would show).
@@ -86,6 +93,8 @@ def _row_sums(q: Tensor, k: Tensor, v: Tensor, scale: float) -> AttentionSums:
     """The sums of the rows of ``q`` over all keys, from scratch. The reference is each
     row's log-sum-exp (at least its largest score), so the total is 1 and the weighted
     sum is the attention output itself."""
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-    reference = torch.logsumexp((q * scale) @ k.transpose(-1, -2), dim=-1)
-    return AttentionSums(reference.double(), torch.ones_like(reference, dtype=torch.float64), out.double())
+    scores = (q * scale) @ k.transpose(-1, -2)
+    reference = torch.logsumexp(scores, dim=-1, keepdim=True)
+    out = torch.exp(scores - reference) @ v
+    return AttentionSums(reference.squeeze(-1).double(), torch.ones(reference.shape[:-1], dtype=torch.float64,
+                                                                    device=q.device), out.double())

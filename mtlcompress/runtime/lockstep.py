@@ -7,8 +7,10 @@ per-task loop would be dominated by the fixed cost of each operator call. Here t
 tasks' states are stacked into one ``[T * B * N, C]`` tensor per activation and every
 part runs once for all tasks: the rows of all tasks are gathered together, norms
 apply each row's own task's parameters, one thresholding and one drift update cover
-all tasks, attention runs on the ``T * B`` sequences at once. Only the linear layers
-(different weights per task) run one GEMM per task, on that task's changed rows.
+all tasks, attention is updated on the ``T * B`` sequences at once (for the moved
+tokens only: :mod:`~mtlcompress.runtime.incremental_attention`). The linear layers
+run one GEMM per task on that task's changed rows, or one GEMM with the shared base
+weight for all of them plus each sub-task's sparse weight delta.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class LockstepRows:
                    "x_mid": empty(f"blocks.{i}.attn.proj", True), "h2": empty(f"blocks.{i}.mlp.fc1", False),
                    "act": empty(f"blocks.{i}.mlp.fc2", False), "x_out": empty(f"blocks.{i}.mlp.fc2", True)}
                   for i in range(self.depth)]
-        return RowState(refs=refs, blocks=blocks, embed=torch.empty(len(self.tasks) * rows, embed.shape[-1]),
+        return RowState(refs=refs, blocks=blocks, embed=embed.new_empty(len(self.tasks) * rows, embed.shape[-1]),
                         residual={}, rows_per_task=rows)
 
     # ----------------------------------------------------------------------------------
@@ -139,8 +141,8 @@ class LockstepRows:
         Exact, because every part but attention is row-wise: a row whose input did not
         change has the same output as last frame, and its delta to the layer's
         reference is the one already found below threshold. Attention mixes rows, so
-        it runs in full (and its output is examined in full) unless no row of its
-        input changed. Rows are bool masks over ``T * B * N``; ``None`` means every row.
+        its output is examined in full, unless no row of its input changed (then it is
+        last frame's). Rows are bool masks over ``T * B * N``; ``None`` means every row.
         On the first frame after a keyframe every row is examined: a sub-task's
         reference there is its task-domain propagated value, not its actual input.
         ``measured`` receives ``(layer, kept mask)``, ``drifts`` the per-row squares.
@@ -150,43 +152,48 @@ class LockstepRows:
         examine_all = state.fresh
         changed = None if examine_all else (x != state.embed).any(dim=-1)
         state.embed = x
+        (h1,) = self._update_rows((state.blocks[0]["h1"],), changed, self._norms(state, 0, "norm1"), x)
         for i, params in enumerate(self._blocks):
             saved = state.blocks[i]
             prefix = f"blocks.{i}."
-            norm1, norm2 = self._norm(state, params.norm1, params.eps[0]), self._norm(state, params.norm2, params.eps[1])
-            h1 = self._update_rows(saved["h1"], changed, norm1, x)
-            kept = self._examine(state, prefix + "attn.qkv", h1, changed, measured, drifts)
-            if examine_all or bool(kept.any()):
-                saved["attn"] = self._attention(state, i, params.attn, h1, kept, shape[1])
+            kept, index = self._examine(state, prefix + "attn.qkv", h1, changed, measured, drifts)
+            if examine_all or index.numel():
+                saved["attn"] = self._attention(state, i, params.attn, h1, kept, index, shape[1])
                 attn_rows = None
             else:  # no query, key or value moved: attention gives last frame's output
                 attn_rows = kept
-            kept = self._linear(state, prefix + "attn.proj", saved["attn"], attn_rows, measured, drifts)
+            kept, index = self._examine(state, prefix + "attn.proj", saved["attn"], attn_rows, measured, drifts)
+            self._propagate(state, prefix + "attn.proj", saved["attn"], index)
             changed = _union(changed, kept)
-            x_mid = self._update_rows(saved["x_mid"], changed, self._residual(state, params.ls1), x,
-                                      state.refs[prefix + "attn.proj"][1])
-            h2 = self._update_rows(saved["h2"], changed, norm2, x_mid)
-            kept = self._linear(state, prefix + "mlp.fc1", h2, changed, measured, drifts)
-            act = self._update_rows(saved["act"], None if examine_all else kept, lambda _, h: params.act(h),
-                                    state.refs[prefix + "mlp.fc1"][1])
-            kept = self._linear(state, prefix + "mlp.fc2", act, None if examine_all else kept, measured, drifts)
+            # Rows that changed here are the rows every later row-wise part recomputes: one
+            # gather feeds the residual and the next norm.
+            x_mid, h2 = self._update_rows((saved["x_mid"], saved["h2"]), changed,
+                                          self._residual_norm(state, params.ls1, i, "norm2"), x,
+                                          state.refs[prefix + "attn.proj"][1])
+            kept, index = self._examine(state, prefix + "mlp.fc1", h2, None if examine_all else changed, measured,
+                                        drifts)
+            hidden = self._propagate(state, prefix + "mlp.fc1", h2, index)
+            with self._timed("norm_act"):
+                if examine_all:  # the activation buffer starts empty
+                    saved["act"].copy_(params.act(state.refs[prefix + "mlp.fc1"][1]))
+                elif hidden is not None:
+                    saved["act"].index_copy_(0, index, params.act(hidden))
+            kept, index = self._examine(state, prefix + "mlp.fc2", saved["act"], None if examine_all else kept,
+                                        measured, drifts)
+            self._propagate(state, prefix + "mlp.fc2", saved["act"], index)
             changed = _union(changed, kept)
-            x = self._update_rows(saved["x_out"], changed, self._residual(state, params.ls2), x_mid,
-                                  state.refs[prefix + "mlp.fc2"][1])
+            outs = (saved["x_out"],) if i + 1 == self.depth else (saved["x_out"], state.blocks[i + 1]["h1"])
+            x, *h1 = self._update_rows(outs, changed, self._residual_norm(state, params.ls2, i + 1, "norm1"), x_mid,
+                                       state.refs[prefix + "mlp.fc2"][1])
+            h1 = h1[0] if h1 else None
         state.fresh = False
         return list(x.view(len(self.tasks), *shape).unbind(0))
 
-    def _linear(self, state: RowState, name: str, x: Tensor, candidates: Tensor | None, measured: list,
-                drifts: list) -> Tensor:
-        """:meth:`_examine` then :meth:`_propagate`; returns the kept rows' mask."""
-        kept = self._examine(state, name, x, candidates, measured, drifts)
-        self._propagate(state, name, x, kept)
-        return kept
-
     def _examine(self, state: RowState, name: str, x: Tensor, candidates: Tensor | None, measured: list,
-                 drifts: list) -> Tensor:
+                 drifts: list) -> tuple[Tensor, Tensor]:
         """The ``candidates`` rows of ``x`` (``None``: all) whose RMS delta to the layer's
-        reference input reaches their task's threshold, as a bool mask over rows."""
+        reference input reaches their task's threshold: as a bool mask over rows and as
+        sorted row indices."""
         count = x.shape[0]
         with self._timed(name.rsplit(".", 1)[-1]):
             reference = state.refs[name][0]
@@ -198,26 +205,29 @@ class LockstepRows:
             rms = kernels.token_rms(examined - reference)
             keep = rms >= self._per_row(state, index, self._taus[name])
             self._track_drift(state, name, index, keep, rms, examined, drifts)
-            kept = keep if index is None else torch.zeros(count, dtype=torch.bool, device=x.device).index_fill_(
-                0, index[keep], True)
+            if index is None:
+                kept, keep_index = keep, keep.nonzero().squeeze(1)
+            else:
+                keep_index = index[keep]
+                kept = torch.zeros(count, dtype=torch.bool, device=x.device).index_fill_(0, keep_index, True)
             measured.append((name, kept))
-        return kept
+        return kept, keep_index
 
-    def _propagate(self, state: RowState, name: str, x: Tensor, kept: Tensor) -> None:
-        """Move the layer's reference input and output to ``x`` on the ``kept`` rows. Rows
-        are task-major, so each task's are contiguous once gathered; they go through
-        one GEMM per task, or, where the cost model prices it lower
+    def _propagate(self, state: RowState, name: str, x: Tensor, index: Tensor) -> Tensor | None:
+        """Move the layer's reference input and output to ``x`` on the rows ``index``;
+        returns their new outputs (``None`` if there are none). Rows are task-major, so
+        each task's are contiguous once gathered; they go through one GEMM per task, or,
+        where the cost model prices it lower
         (:func:`~mtlcompress.runtime.cost_model.choose_stacking`), one GEMM with the
         base task's ``W_0`` for all of them plus ``dW_t x + db_t`` per sub-task: the
         shared weight is read from memory once instead of once per task."""
         ref_in, ref_out = state.refs[name]
         with self._timed(name.rsplit(".", 1)[-1]):
-            keep_index = kept.nonzero().squeeze(1)
-            if not keep_index.numel():
-                return
-            inputs = x.index_select(0, keep_index)
-            ref_in.index_copy_(0, keep_index, inputs)
-            counts = torch.bincount(keep_index // state.rows_per_task, minlength=len(self.tasks)).tolist()
+            if not index.numel():
+                return None
+            inputs = x.index_select(0, index)
+            ref_in.index_copy_(0, index, inputs)
+            counts = torch.bincount(index // state.rows_per_task, minlength=len(self.tasks)).tolist()
             if self._stacks(name, counts):
                 base = self._engine._base.layers[name]
                 outputs = F.linear(inputs, base.weight, base.bias)
@@ -232,7 +242,8 @@ class LockstepRows:
                 parts = [F.linear(rows, *self._weights[name][t]) for t, rows in enumerate(inputs.split(counts))
                          if counts[t]]
                 outputs = parts[0] if len(parts) == 1 else torch.cat(parts)
-            ref_out.index_copy_(0, keep_index, outputs)
+            ref_out.index_copy_(0, index, outputs)
+        return outputs
 
     def _stacks(self, name: str, counts: list[int]) -> bool:
         if sum(1 for c in counts if c) < 2:
@@ -243,33 +254,39 @@ class LockstepRows:
                                in_features=weight.shape[1], out_features=weight.shape[0],
                                weight_densities=densities)
 
-    def _attention(self, state: RowState, index: int, attn: nn.Module, h1: Tensor, kept: Tensor,
+    def _attention(self, state: RowState, block: int, attn: nn.Module, h1: Tensor, kept: Tensor, index: Tensor,
                    tokens: int) -> Tensor:
-        """Propagate the qkv layer's ``kept`` rows, then timm ``Attention`` between its
-        linear layers on all tasks' sequences at once: in full on the first frame after
-        a keyframe, incrementally after that (only what involves the moved tokens'
-        queries, keys and values; :mod:`~mtlcompress.runtime.incremental_attention`)."""
-        name = f"blocks.{index}.attn.qkv"
+        """Propagate the qkv layer's ``kept`` rows (``index``), then timm ``Attention``
+        between its linear layers on all tasks' sequences at once: in full on the first
+        frame after a keyframe, incrementally after that (only what involves the moved
+        tokens' queries, keys and values; :mod:`~mtlcompress.runtime.incremental_attention`).
+        Head-major copies of ``q, k, v`` live with the block state, updated on the moved
+        rows, so the attention kernels never copy the fused ``qkv`` layout."""
+        name = f"blocks.{block}.attn.qkv"
         qkv = state.refs[name][1]
         sequences = qkv.shape[0] // tokens
-        saved = state.blocks[index]
+        saved = state.blocks[block]
 
         def heads(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             return rows.view(sequences, -1, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
         if state.fresh:
-            self._propagate(state, name, h1, kept)
+            self._propagate(state, name, h1, index)
             with self._timed("attention"):
-                out, saved["attn_sums"] = incremental_attention.full_attention(*heads(qkv), attn.scale)
+                saved["heads"] = [t.contiguous() for t in heads(qkv)]  # kept up to date below
+                out, saved["attn_sums"] = incremental_attention.full_attention(*saved["heads"], attn.scale)
         else:
+            q, k, v = saved["heads"]
             positions = kept.view(sequences, tokens).any(dim=0).nonzero().squeeze(1)
-            previous = qkv.view(sequences, tokens, -1)[:, positions]  # a copy: the moved tokens' old keys, values
-            self._propagate(state, name, h1, kept)
+            k_old, v_old = k[:, :, positions], v[:, :, positions]  # copies: the moved tokens' old keys, values
+            rows = self._propagate(state, name, h1, index)
             with self._timed("attention"):
-                _, k_old, v_old = heads(previous)
-                out = incremental_attention.update_attention(saved["attn_sums"], *heads(qkv), positions, k_old,
-                                                             v_old, attn.scale)
-        return out.transpose(1, 2).reshape(qkv.shape[0], attn.attn_dim)
+                moved = rows.view(-1, 3, attn.num_heads, attn.head_dim)
+                for part, new in zip((q, k, v), moved.unbind(1)):
+                    part[index // tokens, :, index % tokens] = new
+                out = incremental_attention.update_attention(saved["attn_sums"], q, k, v, positions, k_old, v_old,
+                                                             attn.scale)
+        return out.view(qkv.shape[0], attn.attn_dim)
 
     def kept_fractions(self, measured: list[tuple[str, Tensor]], rows_per_task: int) -> dict[str, dict[str, float]]:
         """Per task and thresholded layer, the kept fraction of the rows in ``measured``
@@ -308,15 +325,41 @@ class LockstepRows:
     # ----------------------------------------------------------------------------------
     # Row-wise parts: each row with its own task's parameters.
     # ----------------------------------------------------------------------------------
-    def _update_rows(self, out: Tensor, rows: Tensor | None, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
-        """``out = fn(index, *inputs)`` recomputed, in place, on ``rows`` only (``None``:
+    def _update_rows(self, outs: tuple[Tensor, ...], rows: Tensor | None, fn: Callable[..., tuple[Tensor, ...]],
+                     *inputs: Tensor) -> tuple[Tensor, ...]:
+        """``outs = fn(index, *inputs)`` recomputed, in place, on ``rows`` only (``None``:
         every row, and ``index`` is None too)."""
         with self._timed("norm_act"):
             if rows is None:
-                return out.copy_(fn(None, *inputs))
+                for out, value in zip(outs, fn(None, *inputs)):
+                    out.copy_(value)
+                return outs
             index = rows.nonzero().squeeze(1)
-            out.index_copy_(0, index, fn(index, *(t.index_select(0, index) for t in inputs)))
-            return out
+            for out, value in zip(outs, fn(index, *(t.index_select(0, index) for t in inputs))):
+                out.index_copy_(0, index, value)
+            return outs
+
+    def _norms(self, state: RowState, block: int, which: str) -> Callable[[Tensor | None, Tensor], tuple[Tensor]]:
+        """``norm1`` or ``norm2`` of ``block``, each row with its task's parameters."""
+        params = self._blocks[block]
+        weight, bias = params.norm1 if which == "norm1" else params.norm2
+        eps = params.eps[0 if which == "norm1" else 1]
+
+        def norm(index: Tensor | None, x: Tensor) -> tuple[Tensor]:
+            return (torch.addcmul(self._per_row(state, index, bias), F.layer_norm(x, x.shape[-1:], eps=eps),
+                                  self._per_row(state, index, weight)),)
+        return norm
+
+    def _residual_norm(self, state: RowState, gamma: Tensor | None, block: int,
+                       which: str) -> Callable[[Tensor | None, Tensor, Tensor], tuple[Tensor, ...]]:
+        """``x + gamma * h`` (the residual add), then, if ``block`` exists, its norm
+        ``which`` of that sum."""
+        norm = self._norms(state, block, which) if block < self.depth else None
+
+        def residual_norm(index: Tensor | None, x: Tensor, h: Tensor) -> tuple[Tensor, ...]:
+            out = x + h if gamma is None else torch.addcmul(x, h, self._per_row(state, index, gamma))
+            return (out, *norm(index, out)) if norm is not None else (out,)
+        return residual_norm
 
     @staticmethod
     def _per_row(state: RowState, index: Tensor | None, values: Tensor) -> Tensor:
@@ -324,20 +367,6 @@ class LockstepRows:
         if index is None:
             return values.repeat_interleave(state.rows_per_task, dim=0)
         return values.index_select(0, index // state.rows_per_task)
-
-    def _norm(self, state: RowState, params: tuple[Tensor, Tensor], eps: float) -> Callable[[Tensor | None, Tensor],
-                                                                                          Tensor]:
-        weight, bias = params
-
-        def norm(index: Tensor | None, x: Tensor) -> Tensor:
-            return torch.addcmul(self._per_row(state, index, bias), F.layer_norm(x, x.shape[-1:], eps=eps),
-                                 self._per_row(state, index, weight))
-        return norm
-
-    def _residual(self, state: RowState, gamma: Tensor | None) -> Callable[[Tensor | None, Tensor, Tensor], Tensor]:
-        def residual(index: Tensor | None, x: Tensor, h: Tensor) -> Tensor:
-            return x + h if gamma is None else torch.addcmul(x, h, self._per_row(state, index, gamma))
-        return residual
 
 
 def _union(rows: Tensor | None, more: Tensor) -> Tensor | None:

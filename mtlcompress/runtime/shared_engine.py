@@ -20,9 +20,11 @@ Layers without a threshold run plainly (``"exact"``). Non-linear parts (LayerNor
 softmax attention, GELU, residuals, heads) run densely on the reconstructed
 activations, as timm would. On video, non-keyframes use the same identity in time,
 ``y^f = y^{f-1} + W dx`` with ``dx`` measured against the last *propagated* input; at
-token granularity the whole frame then runs row by row (:meth:`SharedEngine._temporal_rows`):
-norms, GELU, residuals and linear layers touch only the token rows that changed since
-the last frame, and attention, the one part that mixes rows, runs in full.
+token granularity the whole frame then runs row by row, all such tasks in lockstep
+(:mod:`~mtlcompress.runtime.lockstep`): norms, GELU, residuals and linear layers touch
+only the token rows that changed since the last frame, and attention, the one part that
+mixes rows, is updated for the moved tokens only
+(:mod:`~mtlcompress.runtime.incremental_attention`).
 """
 
 from __future__ import annotations
@@ -530,7 +532,10 @@ def _check_supported(backbone: nn.Module) -> None:
         attn, mlp = block.attn, block.mlp
         plain = (type(block) is Block and type(attn) is Attention and type(mlp) is Mlp
                  and all(isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm, mlp.norm))
-                 and getattr(attn, "gate", None) is None)
+                 and getattr(attn, "gate", None) is None
+                 and all(isinstance(n, nn.LayerNorm) and n.elementwise_affine and n.bias is not None
+                         for n in (block.norm1, block.norm2)))
         if not plain:
-            raise MtlCompressError(f"block {index} is not a plain timm ViT block (qk-norm, gated attention or a "
-                                   "custom MLP); the shared engine cannot run it; use --engine dense")
+            raise MtlCompressError(f"block {index} is not a plain timm ViT block (qk-norm, gated attention, a "
+                                   "custom MLP or a norm other than LayerNorm); the shared engine cannot run it; "
+                                   "use --engine dense")

@@ -16,6 +16,13 @@ def _inputs(batch: int = 2, heads: int = 3, tokens: int = 20, dim: int = 16, see
     return [torch.randn(batch, heads, tokens, dim, generator=gen) for _ in range(3)]
 
 
+def _reference(q, k, v, dtype=None):
+    """Softmax attention, as ``[B, N, H * D]``."""
+    if dtype is not None:
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+
+
 def _move(q, k, v, positions, step, gen):
     """Change the rows at ``positions``; return the previous keys and values there."""
     k_old, v_old = k[:, :, positions].clone(), v[:, :, positions].clone()
@@ -27,7 +34,8 @@ def _move(q, k, v, positions, step, gen):
 def test_full_attention_is_softmax_attention():
     q, k, v = _inputs()
     out, sums = full_attention(q, k, v, SCALE)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, _reference(q, k, v), atol=1e-6, rtol=1e-5)
+    assert out.shape == (q.shape[0], q.shape[2], q.shape[1] * q.shape[3])
     assert sums.total.dtype == torch.float64 and torch.allclose(sums.total, torch.ones_like(sums.total))
 
 
@@ -41,7 +49,7 @@ def test_updates_track_full_attention_over_many_frames(step):
         positions = torch.randperm(q.shape[2], generator=gen)[:3].sort().values
         k_old, v_old = _move(q, k, v, positions, step, gen)
         out = update_attention(sums, q, k, v, positions, k_old, v_old, SCALE)
-        exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+        exact = _reference(q, k, v, torch.float64)
         assert (out.double() - exact).abs().max() <= 1e-6 * exact.abs().max().clamp_min(1.0) * 10
 
 
@@ -56,7 +64,7 @@ def test_a_dominant_key_coming_and_going_is_tracked():
         k_old, v_old = k[:, :, position].clone(), v[:, :, position].clone()
         k[:, :, position] = scale * q.mean(dim=2, keepdim=True)
         out = update_attention(sums, q, k, v, position, k_old, v_old, SCALE)
-        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out, _reference(q, k, v), atol=1e-5, rtol=1e-4)
 
 
 def test_positions_moved_in_one_sequence_only():
@@ -68,4 +76,4 @@ def test_positions_moved_in_one_sequence_only():
     k[0, :, positions] += 1.0
     v[0, :, positions] -= 1.0
     out = update_attention(sums, q, k, v, positions, k_old, v_old, SCALE)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, _reference(q, k, v), atol=1e-6, rtol=1e-5)

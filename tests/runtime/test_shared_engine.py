@@ -267,3 +267,18 @@ def test_density_stats_average_over_calls_in_constant_memory():
     assert stats.totals["depth"]["blocks.0.attn.qkv"] == [pytest.approx(400.0), 2000]  # a sum and a count, no list
     stats.reset()
     assert stats.mean() == {}
+
+
+@pytest.mark.parametrize("variant", [{"qk_norm": True}, {"norm_layer": "rmsnorm"}])
+def test_blocks_the_engine_does_not_reimplement_are_refused(variant):
+    """The engine re-implements plain pre-norm ViT blocks (LayerNorm, no qk-norm); other
+    blocks must fail with a message pointing at the dense engine, not compute wrongly."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from mtlcompress.errors import MtlCompressError
+    from mtlcompress.runtime.shared_engine import _check_supported
+
+    plain = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    _check_supported(VisionTransformer(**plain))
+    with pytest.raises(MtlCompressError, match="--engine dense"):
+        _check_supported(VisionTransformer(**plain, **variant))
