@@ -68,8 +68,9 @@ def main() -> None:
     late = [rss for index, rss in samples if index >= args.frames // 2]
     report = {"bundle": str(args.bundle), "engine": args.engine, "frames": args.frames, "keyframes": keyframes,
               "seconds": round(seconds, 1), "rss_mib_every_50_frames": samples,
-              "growth_after_frame_100_mib": round(max(warm) - min(warm), 1) if warm else None,
-              "growth_in_last_half_mib": round(max(late) - min(late), 1) if late else None,
+              "spread_after_frame_100_mib": round(max(warm) - min(warm), 1) if warm else None,
+              "spread_in_last_half_mib": round(max(late) - min(late), 1) if late else None,
+              "last_half_end_minus_start_mib": round(late[-1] - late[0], 1) if late else None,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()}
     print(json.dumps(report, indent=2))
     if args.write:
@@ -78,9 +79,10 @@ def main() -> None:
                         f"`{command}` ({args.engine} engine, {torch.get_num_threads()} threads, "
                         f"torch {torch.__version__}): "
                         f"{args.frames} frames ({keyframes} keyframes) in {seconds:.0f} s; resident memory "
-                        f"{min(warm):.0f}-{max(warm):.0f} MiB from frame 100 on, growth "
-                        f"{report['growth_after_frame_100_mib']} MiB, of which "
-                        f"{report['growth_in_last_half_mib']} MiB in the last {args.frames - args.frames // 2} frames.")
+                        f"{min(warm):.0f}-{max(warm):.0f} MiB from frame 100 on; over the last "
+                        f"{args.frames - args.frames // 2} frames it spans {report['spread_in_last_half_mib']} MiB "
+                        f"and ends {report['last_half_end_minus_start_mib']:+} MiB from where it began (a leak "
+                        "would keep climbing).")
 
 
 if __name__ == "__main__":
