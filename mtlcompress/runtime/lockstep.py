@@ -50,8 +50,14 @@ class _BlockParams:
 
 @dataclass
 class RowState:
-    """The stacked temporal state of the lockstep tasks: like ``_StreamState`` with
-    every tensor flat over ``T * B * N`` rows (task-major)."""
+    """The stacked temporal state of the lockstep tasks, every tensor flat over
+    ``T * B * N`` rows (task-major). ``refs``: per linear layer, the last propagated
+    input and its output; ``blocks``: per block, the last frame's activations (``h1``,
+    ``attn``, ``x_mid``, ``h2``, ``act``, ``x_out``) and, from the first frame on, the
+    head-major ``q, k, v`` (``heads``) and attention sums (``attn_sums``); ``embed``:
+    the tokens entering block 0; ``residual``: per layer, ``[2, rows]`` squared
+    unpropagated error and squared input norm (drift without a full pass); ``fresh``:
+    no frame since the keyframe, so the next one examines every row."""
 
     refs: dict[str, tuple[Tensor, Tensor]]
     blocks: list[dict[str, Tensor]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -31,15 +33,15 @@ def _timings(path: str) -> KernelTimings:
     return KernelTimings(**costs, device="cpu", dtype="float32", device_name="test")
 
 
-def _checkpoints(tmp_path) -> tuple:
+def _checkpoints(tmp_path, config=CONFIG) -> tuple:
     """A semseg base and sub-tasks = base + ~5% random delta (depth also changes the embedding)."""
     torch.manual_seed(0)
-    base_info = CheckpointInfo(task="semseg", backbone=CONFIG, out_channels=4, head_hidden=16, num_classes=4)
+    base_info = CheckpointInfo(task="semseg", backbone=config, out_channels=4, head_hidden=16, num_classes=4)
     base = build_model(base_info)
     save_checkpoint(base, base_info, tmp_path / "semseg.safetensors")
     paths = []
     for task, channels in SUB_TASKS.items():
-        info = CheckpointInfo(task=task, backbone=CONFIG, out_channels=channels, head_hidden=16)
+        info = CheckpointInfo(task=task, backbone=config, out_channels=channels, head_hidden=16)
         model = build_model(info)
         state = base.backbone.state_dict()
         for name, weight in state.items():
@@ -220,6 +222,19 @@ def test_static_camera_stream_skips_unchanged_rows_exactly(sources):
         assert _max_diff(got.outputs, ref.outputs) <= TOL
     for key, layers in dense_engine.stats.mean().items():
         assert shared_engine.stats.mean()[key] == pytest.approx(layers, abs=1e-6)
+
+
+def test_layer_scale_blocks_stream_like_the_dense_engine(tmp_path):
+    """LayerScale gammas differ per task (the random deltas touch them): the lockstep
+    row path must scale each row with its own task's gamma."""
+    bundle = _sparse_bundle(_checkpoints(tmp_path, dataclasses.replace(CONFIG, init_values=0.5)), "token")
+    assert bundle.backbone.init_values == 0.5
+    frames = _frames(5, batch=2)
+    policy = KeyframePolicy(keyframe_every=8, max_drift=1e9)
+    dense = list(DenseEngine(bundle).stream(frames, policy))
+    shared = list(SharedEngine(bundle, timings=_timings("token")).stream(frames, policy))
+    for ref, got in zip(dense, shared):
+        assert _max_diff(got.outputs, ref.outputs) <= TOL
 
 
 def test_stream_without_temporal_thresholds_is_exact(sources):
