@@ -84,14 +84,12 @@ class LockstepRows:
         blocks = [task.backbone.blocks for task in self.tasks]
         self.depth = len(blocks[0])
         self._blocks = [self._block_params([b[i] for b in blocks]) for i in range(self.depth)]
-        self._weights: dict[str, list[tuple[Tensor, Tensor | None]]] = {}
         self._taus: dict[str, Tensor] = {}
         self._thresholded: dict[str, list[int]] = {}  # layer -> tasks with a temporal threshold there
         for i in range(self.depth):
             for kind in _LINEARS:
                 name = f"blocks.{i}.{kind}"
                 layers = [task.layers[name] for task in self.tasks]
-                self._weights[name] = [(layer.weight, layer.bias) for layer in layers]
                 self._taus[name] = torch.tensor([-float("inf") if layer.temporal_tau is None else layer.temporal_tau
                                                  for layer in layers], device=layers[0].weight.device)
                 self._thresholded[name] = [t for t, layer in enumerate(layers) if layer.temporal_tau is not None]
@@ -122,7 +120,7 @@ class LockstepRows:
             return torch.cat([t.reshape(-1, t.shape[-1]) for t in tensors])
 
         refs = {}
-        for name in self._weights:
+        for name in self._taus:
             pairs = [state.refs.pop(name) for state in states]
             refs[name] = (flat([p[0] for p in pairs]), flat([p[1] for p in pairs]))
         rows = embed.shape[0] * embed.shape[1]
@@ -202,6 +200,9 @@ class LockstepRows:
         sorted row indices."""
         count = x.shape[0]
         with self._timed(name.rsplit(".", 1)[-1]):
+            if not self._thresholded[name]:  # no threshold here: every candidate row moves on, no drift
+                kept = torch.ones(count, dtype=torch.bool, device=x.device) if candidates is None else candidates
+                return kept, kept.nonzero().squeeze(1)
             reference = state.refs[name][0]
             if candidates is None:  # every row: no gather
                 index, examined = None, x
@@ -245,8 +246,8 @@ class LockstepRows:
                         if layer.db is not None:
                             out += layer.db
             else:
-                parts = [F.linear(rows, *self._weights[name][t]) for t, rows in enumerate(inputs.split(counts))
-                         if counts[t]]
+                parts = [F.linear(rows, task.layers[name].weight, task.layers[name].bias)
+                         for task, rows in zip(self.tasks, inputs.split(counts)) if rows.shape[0]]
                 outputs = parts[0] if len(parts) == 1 else torch.cat(parts)
             ref_out.index_copy_(0, index, outputs)
         return outputs
@@ -254,7 +255,7 @@ class LockstepRows:
     def _stacks(self, name: str, counts: list[int]) -> bool:
         if sum(1 for c in counts if c) < 2:
             return False
-        weight = self._weights[name][0][0]
+        weight = self.tasks[0].layers[name].weight
         densities = [0.0 if task is self._engine._base else task.layers[name].weight_density for task in self.tasks]
         return choose_stacking(self._engine._timings_for(weight.shape[1], weight.shape[0]), rows=counts,
                                in_features=weight.shape[1], out_features=weight.shape[0],
@@ -308,7 +309,7 @@ class LockstepRows:
 
     def paths(self) -> dict[str, dict[str, str]]:
         """Per task and layer: ``"token"`` where it has a temporal threshold, else ``"exact"``."""
-        return {task.name: {name: "token" if t in self._thresholded[name] else "exact" for name in self._weights}
+        return {task.name: {name: "token" if t in self._thresholded[name] else "exact" for name in self._taus}
                 for t, task in enumerate(self.tasks)}
 
     def _track_drift(self, state: RowState, name: str, index: Tensor | None, keep: Tensor, rms: Tensor,

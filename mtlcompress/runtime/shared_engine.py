@@ -355,6 +355,8 @@ class SharedEngine:
             lockstep = self._lockstep
             if stream.rows is None:
                 stream.rows = lockstep.start([stream.tasks[task.name] for task in lockstep.tasks], x0)
+                for name, paths in lockstep.paths().items():
+                    self.layer_paths.setdefault(f"{name}/temporal", {}).update(paths)
             kept: list[tuple[str, Tensor]] = []
             finals = lockstep.frame(stream.rows, [embeds[task.name] for task in lockstep.tasks], kept, drifts)
             for task, x in zip(lockstep.tasks, finals):
@@ -480,8 +482,6 @@ class SharedEngine:
             self.stats.add(key, {layer: [value] for layer, value in fractions.items()})
             for layer, value in fractions.items():
                 self._density[(key, layer)] = value
-        for name, paths in self._lockstep.paths().items():
-            self.layer_paths.setdefault(f"{name}/temporal", {}).update(paths)
 
     def _timed(self, role: str, kind: str) -> contextlib.AbstractContextManager:
         return _Timer(self, role, kind) if self.profile else _NO_TIMER
