@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 from _markdown import replace_section, table
 
+from mtlcompress.report.benchmark import interleaved_samples
 from mtlcompress.runtime import kernels
 from mtlcompress.runtime.cost_model import cpu_model
 
@@ -30,17 +30,7 @@ TOKENS = 197
 SHAPES = {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}  # (in, out)
 WEIGHT_DENSITY = 0.02
 ROW_DENSITY = 0.15
-
-
-def _time(variants: dict[str, object], repeats: int, warmup: int = 5) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for round_index in range(warmup + repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            if round_index >= warmup:
-                samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+WARMUP = 5
 
 
 def measure(repeats: int) -> list[dict[str, object]]:
@@ -54,13 +44,14 @@ def measure(repeats: int) -> list[dict[str, object]]:
         mask = torch.zeros(1, TOKENS, dtype=torch.bool)
         mask[0, torch.randperm(TOKENS, generator=generator)[:round(ROW_DENSITY * TOKENS)]] = True
         dx = x * (torch.rand(x.shape, generator=generator) < ROW_DENSITY)
-        medians = _time({
+        samples = interleaved_samples({
             "dense": lambda: F.linear(x, weight),
             "csr": lambda: kernels.sparse_delta_weight_matmul(x, delta_csr),
             "token": lambda: kernels.token_sparse_linear(x, weight, mask),
             "element": lambda: kernels.element_sparse_linear(dx, weight),
-        }, repeats)
-        rows.append({"layer": kind, "in": inputs, "out": outputs, **{f"{k}_ms": v * 1e3 for k, v in medians.items()}})
+        }, repeats, WARMUP, torch.device("cpu"))
+        rows.append({"layer": kind, "in": inputs, "out": outputs,
+                     **{f"{k}_ms": statistics.median(v) * 1e3 for k, v in samples.items()}})
     return rows
 
 

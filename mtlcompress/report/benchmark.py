@@ -35,8 +35,8 @@ from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.shared_engine import PROFILE_KINDS, SharedEngine
 
-__all__ = ["IMAGE_VARIANTS", "VIDEO_VARIANTS", "FRAME_KINDS", "RATIOS", "benchmark_bundle", "environment", "summarize_samples",
-           "synthetic_images", "static_clip", "stream_flops"]
+__all__ = ["IMAGE_VARIANTS", "VIDEO_VARIANTS", "FRAME_KINDS", "RATIOS", "benchmark_bundle", "environment",
+           "interleaved_samples", "summarize_samples", "synthetic_images", "static_clip", "stream_flops"]
 
 # Variant names (keys of the result's "images" / "video" sections).
 IMAGE_VARIANTS = ("independent", "base_only", "dense", "shared")
@@ -120,7 +120,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device,
+def interleaved_samples(variants: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device,
                  before_timed: Callable[[], None] | None = None) -> dict[str, list[float]]:
     """Round-robin timing: each round runs every variant once, order rotated per round."""
     names = list(variants)
@@ -262,7 +262,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         shared.stats.reset()
 
     batch = images.shape[0]
-    image_samples = _interleaved({
+    image_samples = interleaved_samples({
         "independent": lambda: independent(images),
         "base_only": lambda: base_only(images),
         "dense": lambda: dense.predict(images),
@@ -302,7 +302,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         def per_frame(fn: Callable[[Tensor], object]) -> Callable[[], None]:
             return lambda: [fn(frame) for frame in frames]
 
-        video_samples = _interleaved({
+        video_samples = interleaved_samples({
             "independent": per_frame(independent),
             "dense": per_frame(dense.predict),
             "shared_per_frame": per_frame(shared.predict),
