@@ -51,6 +51,8 @@ from mtlcompress.models.taps import layer_kind, shared_linear_names
 from mtlcompress.runtime import kernels
 from mtlcompress.runtime.cost_model import KernelTimings, choose_path, choose_weight_path, load_or_calibrate
 from mtlcompress.runtime.dense_engine import DensityStats, FrameResult, check_images, select_tasks
+from mtlcompress.runtime.incremental_embed import PatchEmbedState, embed_tokens, supports_incremental_embed
+from mtlcompress.runtime.incremental_head import HeadState, supports_incremental_head
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.lockstep import LockstepRows, RowState
 
@@ -89,6 +91,8 @@ class _Task:
     granularity: str
     shares_embedding: bool
     initial_density: float
+    incremental_embed: bool  # video frames re-embed changed patches only
+    incremental_head: bool   # video frames recompute the head where tokens changed only
 
     @property
     def backbone(self) -> nn.Module:
@@ -99,9 +103,12 @@ class _Task:
 class _StreamState:
     """One task's memory of the last frame, for the temporal domain: per shared linear
     layer, the last *propagated* input and its output (the reference every new frame's
-    delta is measured against)."""
+    delta is measured against); its patch embedding (if it has its own) and head, where
+    they can be updated where the frame changed (``None``: computed in full)."""
 
     refs: dict[str, tuple[Tensor, Tensor]]
+    embed: PatchEmbedState | None = None
+    head: HeadState | None = None
 
 
 @dataclass
@@ -210,7 +217,10 @@ class SharedEngine:
         valid = isinstance(density, (int, float)) and 0.0 <= density <= 1.0
         return _Task(name=name, model=model, layers=layers, granularity=activation.granularity,
                      shares_embedding=not any(k.startswith(_EMBED_PREFIXES) for k in entry.delta),
-                     initial_density=float(density) if valid else _DEFAULT_DENSITY)
+                     initial_density=float(density) if valid else _DEFAULT_DENSITY,
+                     incremental_embed=supports_incremental_embed(model.backbone),
+                     incremental_head=(supports_incremental_head(model.head)
+                                       and isinstance(model.backbone.norm, (nn.LayerNorm, nn.Identity))))
 
     @property
     def timings(self) -> KernelTimings | dict[tuple[int, int], KernelTimings]:
@@ -239,9 +249,11 @@ class SharedEngine:
         pixels = normalize_images(images)
         depth = self.bundle.backbone.depth
         states = {t.name: _StreamState(refs={}) for t in [self._base, *self._subs]}
+        streamed = states if keep_refs else {}  # where a stream keeps this frame
         measured: list[tuple[str, str, Tensor, Tensor]] = []
-        x0 = self._embed(self._base, pixels, _BASE)
-        xs = [x0 if task.shares_embedding else self._embed(task, pixels, _SUB) for task in self._subs]
+        x0 = self._embed(self._base, pixels, _BASE, streamed.get(self._base.name))
+        xs = [x0 if task.shares_embedding else self._embed(task, pixels, _SUB, streamed.get(task.name))
+              for task in self._subs]
         for i in range(depth):
             cache: dict[str, tuple[Tensor, Tensor]] = {}
             base_state = states[self._base.name] if keep_refs else None
@@ -250,9 +262,9 @@ class SharedEngine:
                 state = states[task.name] if keep_refs else None
                 xs[j] = self._block(task, i, xs[j], lambda n, x, task=task, state=state:
                                     self._sub_linear(task, cache, state, measured, n, x), _SUB)
-        outputs = {task.name: self._head(task, x, _SUB) for task, x in zip(self._subs, xs)}
+        outputs = {task.name: self._head(task, x, _SUB, streamed.get(task.name)) for task, x in zip(self._subs, xs)}
         if self._base.name in self.tasks:
-            outputs[self._base.name] = self._head(self._base, x0, _BASE)
+            outputs[self._base.name] = self._head(self._base, x0, _BASE, streamed.get(self._base.name))
         self._record(measured, temporal=False)
         return outputs, states
 
@@ -338,19 +350,19 @@ class SharedEngine:
         drifts: list[Tensor] = []
         outputs: dict[str, Tensor] = {}
         embeds: dict[str, Tensor] = {}
-        x0 = self._embed(self._base, pixels, _BASE)
+        x0 = self._embed(self._base, pixels, _BASE, stream.tasks[self._base.name])
         for task in [self._base, *self._subs]:
             role = _BASE if task is self._base else _SUB
-            x = x0 if task.shares_embedding else self._embed(task, pixels, role)
+            state = stream.tasks[task.name]
+            x = x0 if task.shares_embedding or task is self._base else self._embed(task, pixels, role, state)
             if task.granularity == "token":  # below, with the other token tasks
                 embeds[task.name] = x
                 continue
-            state = stream.tasks[task.name]
             for i in range(self.bundle.backbone.depth):
                 x = self._block(task, i, x, lambda n, h, task=task, state=state, role=role:
                                 self._temporal_linear(task, state.refs, measured, drifts, role, n, h), role)
             if task.name in self.tasks:
-                outputs[task.name] = self._head(task, x, role)
+                outputs[task.name] = self._head(task, x, role, state)
         if self._lockstep is not None:
             lockstep = self._lockstep
             if stream.rows is None:
@@ -361,7 +373,8 @@ class SharedEngine:
             finals = lockstep.frame(stream.rows, [embeds[task.name] for task in lockstep.tasks], kept, drifts)
             for task, x in zip(lockstep.tasks, finals):
                 if task.name in self.tasks:
-                    outputs[task.name] = self._head(task, x, _BASE if task is self._base else _SUB)
+                    outputs[task.name] = self._head(task, x, _BASE if task is self._base else _SUB,
+                                                    stream.tasks[task.name])
             self._record_lockstep(kept, stream.rows.rows_per_task)
         self._record(measured, temporal=True)
         return outputs, _relative_drift(drifts)
@@ -400,11 +413,16 @@ class SharedEngine:
     # ----------------------------------------------------------------------------------
     # The dense parts, exactly as timm runs them.
     # ----------------------------------------------------------------------------------
-    def _embed(self, task: _Task, pixels: Tensor, role: str) -> Tensor:
-        backbone = task.backbone
+    def _embed(self, task: _Task, pixels: Tensor, role: str, state: _StreamState | None = None) -> Tensor:
+        """timm's embedding; with a stream ``state``, kept there (at a keyframe) or
+        updated from it (later frames) where the backbone allows."""
         with self._timed(role, "embed"):
-            x = backbone._pos_embed(backbone.patch_embed(pixels))
-            return backbone.norm_pre(backbone.patch_drop(x))
+            if state is not None and state.embed is not None:
+                return state.embed.update(pixels)
+            if state is not None and task.incremental_embed:
+                state.embed = PatchEmbedState(task.backbone, pixels)
+                return state.embed.tokens()
+            return embed_tokens(task.backbone, pixels)
 
     def _block(self, task: _Task, index: int, x: Tensor, linear: Linear, role: str) -> Tensor:
         """timm ``Block.forward`` with each shared linear layer replaced by ``linear``."""
@@ -438,10 +456,17 @@ class SharedEngine:
             h = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         return h.transpose(1, 2).reshape(batch, tokens, attn.attn_dim)
 
-    def _head(self, task: _Task, x: Tensor, role: str) -> Tensor:
+    def _head(self, task: _Task, x: Tensor, role: str, state: _StreamState | None = None) -> Tensor:
+        """Final norm and head; with a stream ``state``, kept there (at a keyframe) or
+        updated from it (later frames) where the head allows."""
+        prefix, grid = self.bundle.backbone.num_prefix_tokens, self.bundle.backbone.grid_size
         with self._timed(role, "head"):
-            tokens = task.backbone.norm(x)[:, self.bundle.backbone.num_prefix_tokens:]
-            return task.model.head(tokens, self.bundle.backbone.grid_size)
+            if state is not None and state.head is not None:
+                return state.head.update(x)
+            if state is not None and task.incremental_head:
+                state.head = HeadState(task.backbone.norm, task.model.head, prefix, grid, x)
+                return state.head.output
+            return task.model.head(task.backbone.norm(x)[:, prefix:], grid)
 
     # ----------------------------------------------------------------------------------
     # Path choice, statistics, profiling.
