@@ -9,15 +9,15 @@ A sub-task ``t`` runs with each tapped input replaced by
 ``x_0 + threshold(x_t - x_0, tau_t)`` (``ActivationSparsity.task_thresholds``).
 
 Video. Each task keeps, per tapped layer, the last *propagated* input. On a keyframe
-the task runs as for images and its (thresholded) inputs become the references. On
-other frames each tapped input becomes ``ref + threshold(x - ref, tau_temporal)`` and
-the reference is updated to that value; layers without a temporal threshold run
-exactly. A keyframe is forced by ``KeyframePolicy``.
+every task runs exactly (no thresholds: a keyframe resets every approximation) and
+its inputs become the references. On other frames each tapped input becomes
+``ref + threshold(x - ref, tau_temporal)`` and the reference is updated to that value;
+layers without a temporal threshold run exactly. A keyframe is forced by
+``KeyframePolicy``.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -97,32 +97,23 @@ class DenseEngine:
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs ``{task: [B, C, H, W]}`` for images ``[B, 3, H, W]`` in [0, 1]."""
-        outputs, _ = self._task_domain(images.to(self.device))
-        return {t: outputs[t] for t in self.tasks}
-
-    def _task_domain(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
-        """Run every task on one batch; return outputs and each task's propagated inputs."""
+        images = images.to(self.device)
         check_images(images, self.bundle.backbone.img_size)
         base = self.bundle.base_task
         outputs: dict[str, torch.Tensor] = {}
-        inputs: dict[str, dict[str, torch.Tensor]] = {}
         with record_linear_inputs(self.models[base].backbone, self.layers, detach=True) as recorded:
             outputs[base] = self.models[base](images)
-        inputs[base] = dict(recorded)
+        base_inputs = dict(recorded)
         for task in self.tasks:
             if task == base:
                 continue
-            backbone = self.models[task].backbone
             layer_stats: dict[str, list[float]] = {}
             activation = self.bundle.task(task).activation
-            with contextlib.ExitStack() as stack:
-                stack.enter_context(thresholded_linear_inputs(
-                    backbone, inputs[base], activation.task_thresholds, activation.granularity, layer_stats))
-                recorded = stack.enter_context(record_linear_inputs(backbone, self.layers, detach=True))
+            with thresholded_linear_inputs(self.models[task].backbone, base_inputs, activation.task_thresholds,
+                                           activation.granularity, layer_stats):
                 outputs[task] = self.models[task](images)
-            inputs[task] = dict(recorded)
             self.stats.add(task, layer_stats)
-        return outputs, inputs
+        return {t: outputs[t] for t in self.tasks}
 
     @torch.no_grad()
     def stream(self, frames: Iterable[torch.Tensor], policy: KeyframePolicy | None = None) -> Iterator[FrameResult]:
@@ -134,7 +125,7 @@ class DenseEngine:
         for index, frame in enumerate(frames):
             frame = frame.to(self.device)
             if policy.is_keyframe(since_keyframe, drift):
-                outputs, references = self._task_domain(frame)
+                outputs, references = self._keyframe(frame)
                 since_keyframe, drift = 0, 0.0
                 yield FrameResult(index, True, {t: outputs[t] for t in self.tasks})
                 continue
@@ -147,6 +138,17 @@ class DenseEngine:
                 outputs[task] = out
                 drift = max(drift, task_drift)
             yield FrameResult(index, False, {t: outputs[t] for t in self.tasks}, drift)
+
+    def _keyframe(self, frame: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+        """Every task exactly; returns outputs and each task's linear-layer inputs."""
+        check_images(frame, self.bundle.backbone.img_size)
+        outputs: dict[str, torch.Tensor] = {}
+        inputs: dict[str, dict[str, torch.Tensor]] = {}
+        for task, model in self.models.items():
+            with record_linear_inputs(model.backbone, self.layers, detach=True) as recorded:
+                outputs[task] = model(frame)
+            inputs[task] = dict(recorded)
+        return outputs, inputs
 
     def _temporal_step(self, task: str, frame: torch.Tensor, refs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
         activation = self.bundle.task(task).activation

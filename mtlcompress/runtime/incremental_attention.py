@@ -91,10 +91,13 @@ def update_attention(sums: AttentionSums, q: Tensor, k: Tensor, v: Tensor, posit
 
 def _row_sums(q: Tensor, k: Tensor, v: Tensor, scale: float) -> AttentionSums:
     """The sums of the rows of ``q`` over all keys, from scratch. The reference is each
-    row's log-sum-exp (at least its largest score), so the total is 1 and the weighted
-    sum is the attention output itself."""
+    row's log-sum-exp (above its largest score by the log of the total, which leaves
+    room for new scores before a row must be recomputed), so the total is 1 and the
+    weighted sum is the attention output itself."""
     scores = (q * scale) @ k.transpose(-1, -2)
-    reference = torch.logsumexp(scores, dim=-1, keepdim=True)
-    out = torch.exp(scores - reference) @ v
-    return AttentionSums(reference.squeeze(-1).double(), torch.ones(reference.shape[:-1], dtype=torch.float64,
-                                                                    device=q.device), out.double())
+    largest = scores.amax(dim=-1, keepdim=True)
+    weights = scores.sub_(largest).exp_()
+    total = weights.sum(dim=-1, keepdim=True)
+    out = (weights @ v).div_(total)
+    return AttentionSums((largest + total.log()).squeeze(-1).double(),
+                         torch.ones(total.shape[:-1], dtype=torch.float64, device=q.device), out.double())

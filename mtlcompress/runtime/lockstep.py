@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 __all__ = ["LockstepRows", "RowState"]
 
 _LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+# Row-wise work on more than this share of the rows runs on whole tensors: gathering and
+# scattering most rows costs more than computing the few unchanged ones again (which
+# gives the values they already have).
+_WHOLE_ABOVE = 0.5
 
 
 @dataclass
@@ -53,18 +57,16 @@ class RowState:
     """The stacked temporal state of the lockstep tasks, every tensor flat over
     ``T * B * N`` rows (task-major). ``refs``: per linear layer, the last propagated
     input and its output; ``blocks``: per block, the last frame's activations (``h1``,
-    ``attn``, ``x_mid``, ``h2``, ``act``, ``x_out``) and, from the first frame on, the
-    head-major ``q, k, v`` (``heads``) and attention sums (``attn_sums``); ``embed``:
-    the tokens entering block 0; ``residual``: per layer, ``[2, rows]`` squared
-    unpropagated error and squared input norm (drift without a full pass); ``fresh``:
-    no frame since the keyframe, so the next one examines every row."""
+    ``attn``, ``x_mid``, ``h2``, ``act``, ``x_out``), the head-major ``q, k, v``
+    (``heads``) and the attention sums (``attn_sums``); ``embed``: the tokens entering
+    block 0; ``residual``: per thresholded layer, ``[2, rows]`` squared unpropagated
+    error and squared input norm (drift without a full pass)."""
 
     refs: dict[str, tuple[Tensor, Tensor]]
     blocks: list[dict[str, Tensor]]
     embed: Tensor
     residual: dict[str, Tensor]
     rows_per_task: int
-    fresh: bool = True
 
 
 class LockstepRows:
@@ -112,85 +114,96 @@ class LockstepRows:
     # ----------------------------------------------------------------------------------
     # State.
     # ----------------------------------------------------------------------------------
-    def start(self, states: Sequence[_StreamState], embed: Tensor) -> RowState:
-        """Stack the tasks' keyframe references (in task order), freeing them as it goes;
-        ``embed``: one task's ``[B, N, C]`` tokens, for the shapes. The first frame
-        examines and recomputes every row, so the other activations need no values."""
-        def flat(tensors: list[Tensor]) -> Tensor:
-            return torch.cat([t.reshape(-1, t.shape[-1]) for t in tensors])
+    def keyframe(self, embeds: Sequence[Tensor]) -> tuple[RowState, list[Tensor]]:
+        """Every task in full and exactly (no thresholds) on its tokens entering block 0
+        (``embeds``: ``[B, N, C]`` each): the state later frames continue from, and each
+        task's block output ``[B, N, C]``."""
+        shape = embeds[0].shape
+        x = torch.cat([e.reshape(-1, shape[-1]) for e in embeds])
+        state = RowState(refs={}, blocks=[], embed=x, residual={}, rows_per_task=shape[0] * shape[1])
+        with self._timed("norm_act"):
+            (h1,) = self._norms(state, 0, "norm1")(None, x)
+        for i, params in enumerate(self._blocks):
+            prefix = f"blocks.{i}."
+            saved = {"h1": h1}
+            qkv = self._keyframe_linear(state, prefix + "attn.qkv", h1)
+            with self._timed("attention"):
+                saved["heads"] = [t.contiguous() for t in _heads(qkv, shape[1], params.attn)]
+                attn, saved["attn_sums"] = incremental_attention.full_attention(*saved["heads"], params.attn.scale)
+                saved["attn"] = attn.view(qkv.shape[0], params.attn.attn_dim)
+            h = self._keyframe_linear(state, prefix + "attn.proj", saved["attn"])
+            with self._timed("norm_act"):
+                saved["x_mid"], saved["h2"] = self._residual_norm(state, params.ls1, i, "norm2")(None, x, h)
+            hidden = self._keyframe_linear(state, prefix + "mlp.fc1", saved["h2"])
+            with self._timed("norm_act"):
+                saved["act"] = params.act(hidden)
+            h = self._keyframe_linear(state, prefix + "mlp.fc2", saved["act"])
+            with self._timed("norm_act"):
+                x, *rest = self._residual_norm(state, params.ls2, i + 1, "norm1")(None, saved["x_mid"], h)
+            saved["x_out"], h1 = x, (rest[0] if rest else None)
+            state.blocks.append(saved)
+        return state, list(x.view(len(self.tasks), *shape).unbind(0))
 
-        refs = {}
-        for name in self._taus:
-            pairs = [state.refs.pop(name) for state in states]
-            refs[name] = (flat([p[0] for p in pairs]), flat([p[1] for p in pairs]))
-        rows = embed.shape[0] * embed.shape[1]
-
-        def empty(name: str, output: bool) -> Tensor:
-            return torch.empty_like(refs[name][1 if output else 0])
-
-        blocks = [{"h1": empty(f"blocks.{i}.attn.qkv", False), "attn": empty(f"blocks.{i}.attn.proj", False),
-                   "x_mid": empty(f"blocks.{i}.attn.proj", True), "h2": empty(f"blocks.{i}.mlp.fc1", False),
-                   "act": empty(f"blocks.{i}.mlp.fc2", False), "x_out": empty(f"blocks.{i}.mlp.fc2", True)}
-                  for i in range(self.depth)]
-        return RowState(refs=refs, blocks=blocks, embed=embed.new_empty(len(self.tasks) * rows, embed.shape[-1]),
-                        residual={}, rows_per_task=rows)
+    def _keyframe_linear(self, state: RowState, name: str, x: Tensor) -> Tensor:
+        """The layer on every row; ``x`` becomes its reference input (a copy: the
+        activation itself moves on without it), with no unpropagated error yet."""
+        with self._timed(name.rsplit(".", 1)[-1]):
+            outputs = self._linear_rows(name, x, [state.rows_per_task] * len(self.tasks))
+            state.refs[name] = (x.clone(), outputs)
+            if self._thresholded[name]:
+                norm = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square()
+                state.residual[name] = torch.stack([torch.zeros_like(norm), norm])
+        return outputs
 
     # ----------------------------------------------------------------------------------
     # One frame.
     # ----------------------------------------------------------------------------------
     def frame(self, state: RowState, embeds: Sequence[Tensor], measured: list, drifts: list) -> list[Tensor]:
-        """Run the blocks on one frame; ``embeds``: each task's ``[B, N, C]`` tokens
-        after the embedding. Returns each task's block output ``[B, N, C]``.
+        """Run the blocks on one frame after :meth:`keyframe`; ``embeds``: each task's
+        ``[B, N, C]`` tokens after the embedding. Returns each task's block output
+        ``[B, N, C]``.
 
         Exact, because every part but attention is row-wise: a row whose input did not
         change has the same output as last frame, and its delta to the layer's
         reference is the one already found below threshold. Attention mixes rows, so
         its output is examined in full, unless no row of its input changed (then it is
-        last frame's). Rows are bool masks over ``T * B * N``; ``None`` means every row.
-        On the first frame after a keyframe every row is examined: a sub-task's
-        reference there is its task-domain propagated value, not its actual input.
+        last frame's). Rows are bool masks over ``T * B * N``.
         ``measured`` receives ``(layer, kept mask)``, ``drifts`` the per-row squares.
         """
         shape = embeds[0].shape
         x = torch.cat([e.reshape(-1, shape[-1]) for e in embeds])
-        examine_all = state.fresh
-        changed = None if examine_all else (x != state.embed).any(dim=-1)
+        changed = (x != state.embed).any(dim=-1)
         state.embed = x
         (h1,) = self._update_rows((state.blocks[0]["h1"],), changed, self._norms(state, 0, "norm1"), x)
         for i, params in enumerate(self._blocks):
             saved = state.blocks[i]
             prefix = f"blocks.{i}."
             kept, index = self._examine(state, prefix + "attn.qkv", h1, changed, measured, drifts)
-            if examine_all or index.numel():
+            if index.numel():
                 saved["attn"] = self._attention(state, i, params.attn, h1, kept, index, shape[1])
                 attn_rows = None
             else:  # no query, key or value moved: attention gives last frame's output
                 attn_rows = kept
             kept, index = self._examine(state, prefix + "attn.proj", saved["attn"], attn_rows, measured, drifts)
             self._propagate(state, prefix + "attn.proj", saved["attn"], index)
-            changed = _union(changed, kept)
+            changed = changed | kept
             # Rows that changed here are the rows every later row-wise part recomputes: one
             # gather feeds the residual and the next norm.
             x_mid, h2 = self._update_rows((saved["x_mid"], saved["h2"]), changed,
                                           self._residual_norm(state, params.ls1, i, "norm2"), x,
                                           state.refs[prefix + "attn.proj"][1])
-            kept, index = self._examine(state, prefix + "mlp.fc1", h2, None if examine_all else changed, measured,
-                                        drifts)
+            kept, index = self._examine(state, prefix + "mlp.fc1", h2, changed, measured, drifts)
             hidden = self._propagate(state, prefix + "mlp.fc1", h2, index)
-            with self._timed("norm_act"):
-                if examine_all:  # the activation buffer starts empty
-                    saved["act"].copy_(params.act(state.refs[prefix + "mlp.fc1"][1]))
-                elif hidden is not None:
+            if hidden is not None:
+                with self._timed("norm_act"):
                     saved["act"].index_copy_(0, index, params.act(hidden))
-            kept, index = self._examine(state, prefix + "mlp.fc2", saved["act"], None if examine_all else kept,
-                                        measured, drifts)
+            kept, index = self._examine(state, prefix + "mlp.fc2", saved["act"], kept, measured, drifts)
             self._propagate(state, prefix + "mlp.fc2", saved["act"], index)
-            changed = _union(changed, kept)
+            changed = changed | kept
             outs = (saved["x_out"],) if i + 1 == self.depth else (saved["x_out"], state.blocks[i + 1]["h1"])
             x, *h1 = self._update_rows(outs, changed, self._residual_norm(state, params.ls2, i + 1, "norm1"), x_mid,
                                        state.refs[prefix + "mlp.fc2"][1])
             h1 = h1[0] if h1 else None
-        state.fresh = False
         return list(x.view(len(self.tasks), *shape).unbind(0))
 
     def _examine(self, state: RowState, name: str, x: Tensor, candidates: Tensor | None, measured: list,
@@ -204,10 +217,10 @@ class LockstepRows:
                 kept = torch.ones(count, dtype=torch.bool, device=x.device) if candidates is None else candidates
                 return kept, kept.nonzero().squeeze(1)
             reference = state.refs[name][0]
-            if candidates is None:  # every row: no gather
+            index = None if candidates is None else candidates.nonzero().squeeze(1)
+            if index is None or index.numel() > _WHOLE_ABOVE * count:  # every row: no gather
                 index, examined = None, x
             else:
-                index = candidates.nonzero().squeeze(1)
                 examined, reference = x.index_select(0, index), reference.index_select(0, index)
             rms = kernels.token_rms(examined - reference)
             keep = rms >= self._per_row(state, index, self._taus[name])
@@ -222,12 +235,7 @@ class LockstepRows:
 
     def _propagate(self, state: RowState, name: str, x: Tensor, index: Tensor) -> Tensor | None:
         """Move the layer's reference input and output to ``x`` on the rows ``index``;
-        returns their new outputs (``None`` if there are none). Rows are task-major, so
-        each task's are contiguous once gathered; they go through one GEMM per task, or,
-        where the cost model prices it lower
-        (:func:`~mtlcompress.runtime.cost_model.choose_stacking`), one GEMM with the
-        base task's ``W_0`` for all of them plus ``dW_t x + db_t`` per sub-task: the
-        shared weight is read from memory once instead of once per task."""
+        returns their new outputs (``None`` if there are none)."""
         ref_in, ref_out = state.refs[name]
         with self._timed(name.rsplit(".", 1)[-1]):
             if not index.numel():
@@ -235,21 +243,36 @@ class LockstepRows:
             inputs = x.index_select(0, index)
             ref_in.index_copy_(0, index, inputs)
             counts = torch.bincount(index // state.rows_per_task, minlength=len(self.tasks)).tolist()
-            if self._stacks(name, counts):
-                base = self._engine._base.layers[name]
-                outputs = F.linear(inputs, base.weight, base.bias)
-                for task, rows, out in zip(self.tasks, inputs.split(counts), outputs.split(counts)):
-                    layer = task.layers[name]
-                    if rows.shape[0] and task is not self._engine._base:
-                        if layer.dw is not None:
-                            out += self._engine._weight_delta(layer, rows)
-                        if layer.db is not None:
-                            out += layer.db
-            else:
-                parts = [F.linear(rows, task.layers[name].weight, task.layers[name].bias)
-                         for task, rows in zip(self.tasks, inputs.split(counts)) if rows.shape[0]]
-                outputs = parts[0] if len(parts) == 1 else torch.cat(parts)
+            outputs = self._linear_rows(name, inputs, counts)
             ref_out.index_copy_(0, index, outputs)
+        return outputs
+
+    def _linear_rows(self, name: str, inputs: Tensor, counts: list[int]) -> Tensor:
+        """The layer on task-major ``inputs``, ``counts[t]`` rows of task ``t``: one GEMM
+        per task, or, where the cost model prices it lower
+        (:func:`~mtlcompress.runtime.cost_model.choose_stacking`), one GEMM with the
+        base task's ``W_0`` for all of them plus ``dW_t x + db_t`` per sub-task: the
+        shared weight is read from memory once instead of once per task."""
+        if self._stacks(name, counts):
+            base = self._engine._base.layers[name]
+            outputs = F.linear(inputs, base.weight, base.bias)
+            for task, rows, out in zip(self.tasks, inputs.split(counts), outputs.split(counts)):
+                layer = task.layers[name]
+                if rows.shape[0] and task is not self._engine._base:
+                    if layer.dw is not None:
+                        out += self._engine._weight_delta(layer, rows)
+                    if layer.db is not None:
+                        out += layer.db
+            return outputs
+        weight = self.tasks[0].layers[name].weight
+        outputs = inputs.new_empty(inputs.shape[0], weight.shape[0])
+        for task, rows, out in zip(self.tasks, inputs.split(counts), outputs.split(counts)):
+            if rows.shape[0]:
+                layer = task.layers[name]
+                if layer.bias is None:
+                    torch.mm(rows, layer.weight.t(), out=out)
+                else:
+                    torch.addmm(layer.bias, rows, layer.weight.t(), out=out)
         return outputs
 
     def _stacks(self, name: str, counts: list[int]) -> bool:
@@ -264,36 +287,24 @@ class LockstepRows:
     def _attention(self, state: RowState, block: int, attn: nn.Module, h1: Tensor, kept: Tensor, index: Tensor,
                    tokens: int) -> Tensor:
         """Propagate the qkv layer's ``kept`` rows (``index``), then timm ``Attention``
-        between its linear layers on all tasks' sequences at once: in full on the first
-        frame after a keyframe, incrementally after that (only what involves the moved
-        tokens' queries, keys and values; :mod:`~mtlcompress.runtime.incremental_attention`).
-        Head-major copies of ``q, k, v`` live with the block state, updated on the moved
-        rows, so the attention kernels never copy the fused ``qkv`` layout."""
+        between its linear layers on all tasks' sequences at once, for what involves the
+        moved tokens' queries, keys and values only
+        (:mod:`~mtlcompress.runtime.incremental_attention`). Head-major copies of
+        ``q, k, v`` live with the block state, updated on the moved rows, so the
+        attention kernels never copy the fused ``qkv`` layout."""
         name = f"blocks.{block}.attn.qkv"
-        qkv = state.refs[name][1]
-        sequences = qkv.shape[0] // tokens
         saved = state.blocks[block]
-
-        def heads(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return rows.view(sequences, -1, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-
-        if state.fresh:
-            self._propagate(state, name, h1, index)
-            with self._timed("attention"):
-                saved["heads"] = [t.contiguous() for t in heads(qkv)]  # kept up to date below
-                out, saved["attn_sums"] = incremental_attention.full_attention(*saved["heads"], attn.scale)
-        else:
-            q, k, v = saved["heads"]
-            positions = kept.view(sequences, tokens).any(dim=0).nonzero().squeeze(1)
-            k_old, v_old = k[:, :, positions], v[:, :, positions]  # copies: the moved tokens' old keys, values
-            rows = self._propagate(state, name, h1, index)
-            with self._timed("attention"):
-                moved = rows.view(-1, 3, attn.num_heads, attn.head_dim)
-                for part, new in zip((q, k, v), moved.unbind(1)):
-                    part[index // tokens, :, index % tokens] = new
-                out = incremental_attention.update_attention(saved["attn_sums"], q, k, v, positions, k_old, v_old,
-                                                             attn.scale)
-        return out.view(qkv.shape[0], attn.attn_dim)
+        q, k, v = saved["heads"]
+        positions = kept.view(-1, tokens).any(dim=0).nonzero().squeeze(1)
+        k_old, v_old = k[:, :, positions], v[:, :, positions]  # copies: the moved tokens' old keys, values
+        rows = self._propagate(state, name, h1, index)
+        with self._timed("attention"):
+            moved = rows.view(-1, 3, attn.num_heads, attn.head_dim)
+            for part, new in zip((q, k, v), moved.unbind(1)):
+                part[index // tokens, :, index % tokens] = new
+            out = incremental_attention.update_attention(saved["attn_sums"], q, k, v, positions, k_old, v_old,
+                                                         attn.scale)
+        return out.view(h1.shape[0], attn.attn_dim)
 
     def kept_fractions(self, measured: list[tuple[str, Tensor]], rows_per_task: int) -> dict[str, dict[str, float]]:
         """Per task and thresholded layer, the kept fraction of the rows in ``measured``
@@ -317,10 +328,7 @@ class LockstepRows:
         """Keep, per row, the squared unpropagated error and squared input norm of the layer
         (rows not examined did not change); ``shared_engine._relative_drift`` turns them
         into ``||x - x_propagated|| / ||x||`` per task and layer."""
-        squares = state.residual.get(name)
-        if squares is None:
-            squares = state.residual[name] = torch.zeros(2, state.embed.shape[0], dtype=torch.float32,
-                                                         device=examined.device)
+        squares = state.residual[name]
         error = torch.where(keep, 0.0, rms.square() * examined.shape[-1])
         norm = torch.linalg.vector_norm(examined, dim=-1, dtype=torch.float32).square()
         if index is None:
@@ -332,16 +340,15 @@ class LockstepRows:
     # ----------------------------------------------------------------------------------
     # Row-wise parts: each row with its own task's parameters.
     # ----------------------------------------------------------------------------------
-    def _update_rows(self, outs: tuple[Tensor, ...], rows: Tensor | None, fn: Callable[..., tuple[Tensor, ...]],
+    def _update_rows(self, outs: tuple[Tensor, ...], rows: Tensor, fn: Callable[..., tuple[Tensor, ...]],
                      *inputs: Tensor) -> tuple[Tensor, ...]:
-        """``outs = fn(index, *inputs)`` recomputed, in place, on ``rows`` only (``None``:
-        every row, and ``index`` is None too)."""
+        """``outs = fn(index, *inputs)`` recomputed, in place, on ``rows`` only."""
         with self._timed("norm_act"):
-            if rows is None:
+            index = rows.nonzero().squeeze(1)
+            if index.numel() > _WHOLE_ABOVE * rows.numel():
                 for out, value in zip(outs, fn(None, *inputs)):
                     out.copy_(value)
                 return outs
-            index = rows.nonzero().squeeze(1)
             for out, value in zip(outs, fn(index, *(t.index_select(0, index) for t in inputs))):
                 out.index_copy_(0, index, value)
             return outs
@@ -376,6 +383,7 @@ class LockstepRows:
         return values.index_select(0, index // state.rows_per_task)
 
 
-def _union(rows: Tensor | None, more: Tensor) -> Tensor | None:
-    """Union of two row masks (``None``: every row)."""
-    return None if rows is None else rows | more
+def _heads(qkv: Tensor, tokens: int, attn: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """timm's split of fused ``qkv`` rows ``[S * N, 3 * H * D]`` into head-major
+    ``q, k, v`` views ``[S, H, N, D]``."""
+    return qkv.view(-1, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)

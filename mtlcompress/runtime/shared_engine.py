@@ -18,13 +18,15 @@ on one of three paths chosen per layer by the calibrated cost model
 
 Layers without a threshold run plainly (``"exact"``). Non-linear parts (LayerNorm,
 softmax attention, GELU, residuals, heads) run densely on the reconstructed
-activations, as timm would. On video, non-keyframes use the same identity in time,
-``y^f = y^{f-1} + W dx`` with ``dx`` measured against the last *propagated* input; at
-token granularity the whole frame then runs row by row, all such tasks in lockstep
-(:mod:`~mtlcompress.runtime.lockstep`): norms, GELU, residuals and linear layers touch
-only the token rows that changed since the last frame, and attention, the one part that
-mixes rows, is updated for the moved tokens only
-(:mod:`~mtlcompress.runtime.incremental_attention`).
+activations, as timm would. On video, a keyframe runs every task exactly; later frames
+use the same identity in time, ``y^f = y^{f-1} + W dx`` with ``dx`` measured against
+the last *propagated* input. At token granularity every frame runs row by row, all
+such tasks in lockstep (:mod:`~mtlcompress.runtime.lockstep`): norms, GELU, residuals
+and linear layers touch only the token rows that changed since the last frame, and
+attention, the one part that mixes rows, is updated for the moved tokens only
+(:mod:`~mtlcompress.runtime.incremental_attention`). Patch embeddings and heads are
+updated where their inputs changed (:mod:`~mtlcompress.runtime.incremental_embed`,
+:mod:`~mtlcompress.runtime.incremental_head`).
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ class _StreamState:
 
 @dataclass
 class _Stream:
-    """A video stream's state: per task (element granularity; and every task at a
-    keyframe) and, between keyframes, the token-granularity tasks' stacked rows."""
+    """A video stream's state: per task (references of element-granularity tasks,
+    embeddings and heads) and the token-granularity tasks' stacked rows."""
 
     tasks: dict[str, _StreamState]
     rows: RowState | None = None
@@ -166,27 +168,26 @@ class SharedEngine:
     # ----------------------------------------------------------------------------------
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs ``{task: [B, C, H, W]}`` for images ``[B, 3, H, W]`` in [0, 1]."""
-        outputs, _ = self._task_domain(images.to(self.device), keep_refs=False)
+        outputs = self._task_domain(images.to(self.device))
         return {t: outputs[t].clone() for t in self.tasks}
 
     def stream(self, frames: Iterable[torch.Tensor], policy: KeyframePolicy | None = None) -> Iterator[FrameResult]:
         """Process video frames ``[B, 3, H, W]`` in order, reusing the previous frame."""
         policy = policy or KeyframePolicy()
-        stream = _Stream(tasks={})
+        stream: _Stream | None = None
         since_keyframe: int | None = None
         drift = 0.0
         for index, frame in enumerate(frames):
             frame = frame.to(self.device)
-            if policy.is_keyframe(since_keyframe, drift):
-                outputs, states = self._task_domain(frame, keep_refs=True)
-                stream = _Stream(tasks=states)
-                since_keyframe, drift = 0, 0.0
-                yield FrameResult(index, True, {t: outputs[t].clone() for t in self.tasks})
-                continue
             check_images(frame, self.bundle.backbone.img_size)
-            since_keyframe += 1
-            outputs, drift = self._temporal_frame(frame, stream)
-            yield FrameResult(index, False, {t: outputs[t].clone() for t in self.tasks}, drift)
+            keyframe = policy.is_keyframe(since_keyframe, drift)
+            if keyframe:
+                stream = _Stream(tasks={task.name: _StreamState(refs={}) for task in [self._base, *self._subs]})
+                since_keyframe = 0
+            else:
+                since_keyframe += 1
+            outputs, drift = self._stream_frame(frame, stream, keyframe)
+            yield FrameResult(index, keyframe, {t: outputs[t].clone() for t in self.tasks}, drift)
 
     def reset_profile(self) -> None:
         self.profile_seconds.clear()
@@ -244,53 +245,41 @@ class SharedEngine:
     # Task domain: base exactly, sub-tasks as deltas from it.
     # ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _task_domain(self, images: Tensor, keep_refs: bool) -> tuple[dict[str, Tensor], dict[str, _StreamState]]:
+    def _task_domain(self, images: Tensor) -> dict[str, Tensor]:
         check_images(images, self.bundle.backbone.img_size)
         pixels = normalize_images(images)
         depth = self.bundle.backbone.depth
-        states = {t.name: _StreamState(refs={}) for t in [self._base, *self._subs]}
-        streamed = states if keep_refs else {}  # where a stream keeps this frame
         measured: list[tuple[str, str, Tensor, Tensor]] = []
-        x0 = self._embed(self._base, pixels, _BASE, streamed.get(self._base.name))
-        xs = [x0 if task.shares_embedding else self._embed(task, pixels, _SUB, streamed.get(task.name))
-              for task in self._subs]
+        x0 = self._embed(self._base, pixels, _BASE)
+        xs = [x0 if task.shares_embedding else self._embed(task, pixels, _SUB) for task in self._subs]
         for i in range(depth):
             cache: dict[str, tuple[Tensor, Tensor]] = {}
-            base_state = states[self._base.name] if keep_refs else None
-            x0 = self._block(self._base, i, x0, lambda n, x: self._base_linear(cache, base_state, n, x), _BASE)
+            x0 = self._block(self._base, i, x0, lambda n, x: self._base_linear(cache, n, x), _BASE)
             for j, task in enumerate(self._subs):
-                state = states[task.name] if keep_refs else None
-                xs[j] = self._block(task, i, xs[j], lambda n, x, task=task, state=state:
-                                    self._sub_linear(task, cache, state, measured, n, x), _SUB)
-        outputs = {task.name: self._head(task, x, _SUB, streamed.get(task.name)) for task, x in zip(self._subs, xs)}
+                xs[j] = self._block(task, i, xs[j], lambda n, x, task=task:
+                                    self._sub_linear(task, cache, measured, n, x), _SUB)
+        outputs = {task.name: self._head(task, x, _SUB) for task, x in zip(self._subs, xs)}
         if self._base.name in self.tasks:
-            outputs[self._base.name] = self._head(self._base, x0, _BASE, streamed.get(self._base.name))
+            outputs[self._base.name] = self._head(self._base, x0, _BASE)
         self._record(measured, temporal=False)
-        return outputs, states
+        return outputs
 
-    def _base_linear(self, cache: dict, state: _StreamState | None, name: str, x: Tensor) -> Tensor:
+    def _base_linear(self, cache: dict, name: str, x: Tensor) -> Tensor:
         layer = self._base.layers[name]
         with self._timed(_BASE, _KIND[layer_kind(name)]):
             y = F.linear(x, layer.weight, layer.bias)
         cache[name] = (x, y)
-        if state is not None:
-            state.refs[name] = (x, y)
         return y
 
-    def _sub_linear(self, task: _Task, cache: dict, state: _StreamState | None, measured: list, name: str,
-                    x: Tensor) -> Tensor:
+    def _sub_linear(self, task: _Task, cache: dict, measured: list, name: str, x: Tensor) -> Tensor:
         layer = task.layers[name]
         with self._timed(_SUB, _KIND[layer_kind(name)]):
             if layer.task_tau is None:
                 self.layer_paths.setdefault(task.name, {})[name] = "exact"
-                y = F.linear(x, layer.weight, layer.bias)
-                if state is not None:
-                    state.refs[name] = (x, y)
-                return y
+                return F.linear(x, layer.weight, layer.bias)
             x0, y0 = cache[name]
             dx = x - x0
-            keeps_refs = state is not None
-            if task.granularity == "token" and not keeps_refs:  # the fast path needs the mask only
+            if task.granularity == "token":  # the fast path needs the mask only
                 kept, mask = None, kernels.token_rms(dx) >= layer.task_tau
             else:
                 kept, mask = kernels.threshold_delta(dx, layer.task_tau, task.granularity)
@@ -300,17 +289,11 @@ class SharedEngine:
             element = task.granularity == "element"
             if kept is None and path != "token":
                 kept, _ = kernels.threshold_delta(dx, layer.task_tau, task.granularity)
-            propagated = x0 + kept if (keeps_refs or path == "dense" or element) else None
             if path == "dense":
-                y = F.linear(propagated, layer.weight, layer.bias)
-            elif path == "token":  # whole changed rows equal x_t itself, partly changed ones do not
-                y = self._token_delta(layer, propagated if element else x, x0, y0, rows)
-            else:
-                y = y0 + kernels.element_sparse_linear(kept, layer.weight)
-                y = self._add_weight_delta(y, layer, x0)
-            if state is not None:
-                state.refs[name] = (propagated, y)
-            return y
+                return F.linear(x0 + kept, layer.weight, layer.bias)
+            if path == "token":  # whole changed rows equal x_t itself, partly changed ones do not
+                return self._token_delta(layer, x0 + kept if element else x, x0, y0, rows)
+            return self._add_weight_delta(y0 + kernels.element_sparse_linear(kept, layer.weight), layer, x0)
 
     def _token_delta(self, layer: _Layer, x: Tensor, x0: Tensor, y0: Tensor, rows: Tensor) -> Tensor:
         """Changed rows: one GEMM on ``x`` (= ``x_0 + dx`` there); unchanged rows: ``y_0 + dW x_0 + db``."""
@@ -344,7 +327,11 @@ class SharedEngine:
     # Temporal domain: every task against its own previous (propagated) frame.
     # ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _temporal_frame(self, frame: Tensor, stream: _Stream) -> tuple[dict[str, Tensor], float]:
+    def _stream_frame(self, frame: Tensor, stream: _Stream, keyframe: bool) -> tuple[dict[str, Tensor], float]:
+        """One video frame: on a keyframe every task runs exactly and in full, and
+        ``stream`` (new, empty) records what later frames start from; on other frames
+        every task propagates what changed since the last one. Returns the outputs and
+        the frame's drift."""
         pixels = normalize_images(frame)
         measured: list[tuple[str, str, Tensor, Tensor]] = []
         drifts: list[Tensor] = []
@@ -360,17 +347,20 @@ class SharedEngine:
                 continue
             for i in range(self.bundle.backbone.depth):
                 x = self._block(task, i, x, lambda n, h, task=task, state=state, role=role:
-                                self._temporal_linear(task, state.refs, measured, drifts, role, n, h), role)
+                                self._temporal_linear(task, state.refs, measured, drifts, role, n, h, keyframe),
+                                role)
             if task.name in self.tasks:
                 outputs[task.name] = self._head(task, x, role, state)
         if self._lockstep is not None:
             lockstep = self._lockstep
-            if stream.rows is None:
-                stream.rows = lockstep.start([stream.tasks[task.name] for task in lockstep.tasks], x0)
+            kept: list[tuple[str, Tensor]] = []
+            inputs = [embeds[task.name] for task in lockstep.tasks]
+            if keyframe:
+                stream.rows, finals = lockstep.keyframe(inputs)
                 for name, paths in lockstep.paths().items():
                     self.layer_paths.setdefault(f"{name}/temporal", {}).update(paths)
-            kept: list[tuple[str, Tensor]] = []
-            finals = lockstep.frame(stream.rows, [embeds[task.name] for task in lockstep.tasks], kept, drifts)
+            else:
+                finals = lockstep.frame(stream.rows, inputs, kept, drifts)
             for task, x in zip(lockstep.tasks, finals):
                 if task.name in self.tasks:
                     outputs[task.name] = self._head(task, x, _BASE if task is self._base else _SUB,
@@ -380,13 +370,15 @@ class SharedEngine:
         return outputs, _relative_drift(drifts)
 
     def _temporal_linear(self, task: _Task, refs: dict, measured: list, drifts: list, role: str,
-                         name: str, x: Tensor) -> Tensor:
-        """Element granularity: the delta identity in time on whole tensors."""
+                         name: str, x: Tensor, keyframe: bool) -> Tensor:
+        """Element granularity: the delta identity in time on whole tensors (exact on a
+        keyframe, which sets the references)."""
         layer = task.layers[name]
         key = f"{task.name}/temporal"
         with self._timed(role, _KIND[layer_kind(name)]):
-            if layer.temporal_tau is None:
-                self.layer_paths.setdefault(key, {})[name] = "exact"
+            if keyframe or layer.temporal_tau is None:
+                if not keyframe:
+                    self.layer_paths.setdefault(key, {})[name] = "exact"
                 y = F.linear(x, layer.weight, layer.bias)
                 refs[name] = (x, y)
                 return y

@@ -36,6 +36,9 @@ def test_full_attention_is_softmax_attention():
     out, sums = full_attention(q, k, v, SCALE)
     torch.testing.assert_close(out, _reference(q, k, v), atol=1e-6, rtol=1e-5)
     assert out.shape == (q.shape[0], q.shape[2], q.shape[1] * q.shape[3])
+    # Each row's sums are taken against its log-sum-exp: the total is 1.
+    scores = (q * SCALE) @ k.transpose(-1, -2)
+    torch.testing.assert_close(sums.reference, scores.logsumexp(dim=-1).double())
     assert sums.total.dtype == torch.float64 and torch.allclose(sums.total, torch.ones_like(sums.total))
 
 

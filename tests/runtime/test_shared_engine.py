@@ -197,7 +197,7 @@ def test_stream_matches_dense_engine(sources, granularity, path, monkeypatch):
     assert shared_engine.layer_paths["depth/temporal"]["blocks.1.mlp.fc1"] == (
         "token" if granularity == "token" else path)
     assert set(shared_engine.stats.mean()) == set(dense_engine.stats.mean()) == {
-        f"{t}/temporal" for t in bundle.tasks} | set(SUB_TASKS)
+        f"{t}/temporal" for t in bundle.tasks}  # keyframes run exactly: no task-domain thresholds
     for key, layers in dense_engine.stats.mean().items():
         assert shared_engine.stats.mean()[key] == pytest.approx(layers, abs=1e-6)
 
@@ -222,6 +222,25 @@ def test_static_camera_stream_skips_unchanged_rows_exactly(sources):
         assert _max_diff(got.outputs, ref.outputs) <= TOL
     for key, layers in dense_engine.stats.mean().items():
         assert shared_engine.stats.mean()[key] == pytest.approx(layers, abs=1e-6)
+
+
+def test_keyframes_are_each_task_exactly_and_the_next_frame_only_moves_changed_rows(sources):
+    """A keyframe resets every approximation: each task's output is its own model's.
+    The frame after it then starts from exact references, so on a static camera it
+    propagates the moving square's rows only, like any later frame."""
+    bundle = _sparse_bundle(sources, "token")
+    frames = _frames(2, batch=2, noise=0.0)
+    engine = SharedEngine(bundle, timings=_timings("token"))
+    keyframe, after = list(engine.stream(frames, KeyframePolicy(keyframe_every=8, max_drift=1e9)))
+    with torch.inference_mode():
+        exact = {t: bundle.task_model(t)(frames[0]) for t in bundle.tasks}
+    assert keyframe.keyframe and _max_diff(keyframe.outputs, exact) <= TOL
+    assert not after.keyframe
+    patch = CONFIG.img_size // CONFIG.grid_size
+    moved = (frames[1] - frames[0]).abs().amax(dim=1).unfold(1, patch, patch).unfold(2, patch, patch).ne(0)
+    moved = float(moved.flatten(-2).any(dim=-1).float().mean()) * CONFIG.grid_size ** 2 / (CONFIG.grid_size ** 2 + 1)
+    first = [engine.stats.mean()[f"{task}/temporal"]["blocks.0.attn.qkv"] for task in bundle.tasks]
+    assert 0 < max(first) <= moved + 1e-6 and moved < 0.5  # the moved patches (and not the class token) at most
 
 
 def test_layer_scale_blocks_stream_like_the_dense_engine(tmp_path):
