@@ -54,8 +54,8 @@ def full_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tenso
     """``softmax(q k^T * scale) v`` for ``[B, H, N, D]`` inputs, as ``[B, N, H * D]``,
     with the sums that :func:`update_attention` continues from."""
     q, k, v = (t.contiguous() for t in (q, k, v))  # (views of a fused qkv tensor would be copied per use)
-    sums = _row_sums(q, k, v, scale)
-    return sums.output(q.dtype), sums
+    out, reference = _attention_and_logsumexp(q, k, v, scale)
+    return out.transpose(1, 2).flatten(2), _sums(out, reference)
 
 
 def update_attention(sums: AttentionSums, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_old: Tensor,
@@ -94,10 +94,27 @@ def _row_sums(q: Tensor, k: Tensor, v: Tensor, scale: float) -> AttentionSums:
     row's log-sum-exp (above its largest score by the log of the total, which leaves
     room for new scores before a row must be recomputed), so the total is 1 and the
     weighted sum is the attention output itself."""
+    return _sums(*_attention_and_logsumexp(q, k, v, scale))
+
+
+def _sums(out: Tensor, logsumexp: Tensor) -> AttentionSums:
+    return AttentionSums(logsumexp.double(), torch.ones(logsumexp.shape, dtype=torch.float64,
+                                                        device=out.device), out.double())
+
+
+def _attention_and_logsumexp(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Softmax attention ``[B, H, N, D]`` and each row's log-sum-exp ``[B, H, N]``: from
+    torch's fused CPU kernel, which returns both, where there is one; else computed."""
+    if q.device.type == "cpu" and _FUSED_CPU is not None:
+        out, logsumexp = _FUSED_CPU(q, k, v, 0.0, False, attn_mask=None, scale=scale)[:2]
+        return out, logsumexp
     scores = (q * scale) @ k.transpose(-1, -2)
     largest = scores.amax(dim=-1, keepdim=True)
     weights = scores.sub_(largest).exp_()
     total = weights.sum(dim=-1, keepdim=True)
-    out = (weights @ v).div_(total)
-    return AttentionSums((largest + total.log()).squeeze(-1).double(),
-                         torch.ones(total.shape[:-1], dtype=torch.float64, device=q.device), out.double())
+    return (weights @ v).div_(total), (largest + total.log()).squeeze(-1)
+
+
+# A private op (torch >= 2.3): the flash-attention CPU kernel behind
+# scaled_dot_product_attention, which also returns the log-sum-exp.
+_FUSED_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)

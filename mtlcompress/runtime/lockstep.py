@@ -223,7 +223,7 @@ class LockstepRows:
             else:
                 examined, reference = x.index_select(0, index), reference.index_select(0, index)
             rms = kernels.token_rms(examined - reference)
-            keep = rms >= self._per_row(state, index, self._taus[name])
+            keep = _rows(self._by_task(state, index, rms) >= self._per_row(state, index, self._taus[name]), index)
             self._track_drift(state, name, index, keep, rms, examined, drifts)
             if index is None:
                 kept, keep_index = keep, keep.nonzero().squeeze(1)
@@ -360,8 +360,9 @@ class LockstepRows:
         eps = params.eps[0 if which == "norm1" else 1]
 
         def norm(index: Tensor | None, x: Tensor) -> tuple[Tensor]:
-            return (torch.addcmul(self._per_row(state, index, bias), F.layer_norm(x, x.shape[-1:], eps=eps),
-                                  self._per_row(state, index, weight)),)
+            normed = self._by_task(state, index, F.layer_norm(x, x.shape[-1:], eps=eps))
+            return (_rows(torch.addcmul(self._per_row(state, index, bias), normed,
+                                        self._per_row(state, index, weight)), index),)
         return norm
 
     def _residual_norm(self, state: RowState, gamma: Tensor | None, block: int,
@@ -371,16 +372,32 @@ class LockstepRows:
         norm = self._norms(state, block, which) if block < self.depth else None
 
         def residual_norm(index: Tensor | None, x: Tensor, h: Tensor) -> tuple[Tensor, ...]:
-            out = x + h if gamma is None else torch.addcmul(x, h, self._per_row(state, index, gamma))
+            if gamma is None:
+                out = x + h
+            else:
+                out = _rows(torch.addcmul(self._by_task(state, index, x), self._by_task(state, index, h),
+                                          self._per_row(state, index, gamma)), index)
             return (out, *norm(index, out)) if norm is not None else (out,)
         return residual_norm
 
     @staticmethod
     def _per_row(state: RowState, index: Tensor | None, values: Tensor) -> Tensor:
-        """Per-task ``values`` (``[T, ...]``) for each row in ``index`` (``None``: every row)."""
+        """Per-task ``values`` (``[T, ...]``) for each row in ``index``; for every row
+        (``None``), ``[T, 1, ...]`` to broadcast over :meth:`_by_task` views."""
         if index is None:
-            return values.repeat_interleave(state.rows_per_task, dim=0)
+            return values.unsqueeze(1)
         return values.index_select(0, index // state.rows_per_task)
+
+    @staticmethod
+    def _by_task(state: RowState, index: Tensor | None, rows: Tensor) -> Tensor:
+        """``rows`` as ``[T, rows per task, ...]`` if they are every row (``index`` is
+        None), to meet :meth:`_per_row` values; else unchanged. :func:`_rows` undoes it."""
+        return rows.view(-1, state.rows_per_task, *rows.shape[1:]) if index is None else rows
+
+
+def _rows(values: Tensor, index: Tensor | None) -> Tensor:
+    """Rows flat again after :meth:`LockstepRows._by_task` (a view)."""
+    return values.flatten(0, 1) if index is None else values
 
 
 def _heads(qkv: Tensor, tokens: int, attn: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
