@@ -123,15 +123,15 @@ def frame_kinds_note(row: dict[str, Any]) -> list[str]:
     """The shared stream's frames by kind, and what one keyframe period averages."""
     r = row["result"]
     kinds, period = r.get("video_frames", {}), r["config"]["keyframe_every"]
-    if not {"keyframe", "after_keyframe", "delta"} <= set(kinds) or period < 2:
+    if not {"keyframe", "delta"} <= set(kinds) or period < 2:
         return []
-    key, after, delta = (kinds[k]["median_s"] for k in ("keyframe", "after_keyframe", "delta"))
-    steady = (key + after + (period - 2) * delta) / period
+    key, delta = (kinds[k]["median_s"] for k in ("keyframe", "delta"))
+    steady = (key + (period - 1) * delta) / period
     t_models = r["video"]["independent"]["per_item_s"]
-    return [f"Shared stream, frame by frame (medians): keyframe {_ms(key)} ms, first frame after a keyframe "
-            f"{_ms(after)} ms (it examines every row once), other frames {_ms(delta)} ms. Over one keyframe period "
-            f"of {period} frames that averages {_ms(steady)} ms per frame, {_x(t_models / steady)} faster than the "
-            "T models (derived from these medians, not timed as a whole).", ""]
+    return [f"Shared stream, frame by frame (medians): keyframe {_ms(key)} ms (every task exactly), other frames "
+            f"{_ms(delta)} ms. Over one keyframe period of {period} frames that averages {_ms(steady)} ms per frame, "
+            f"{_x(t_models / steady)} faster than the T models (derived from these medians, not timed as a whole).",
+            ""]
 
 
 def rows_table(rows: list[dict[str, Any]]) -> list[str]:

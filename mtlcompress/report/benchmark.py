@@ -41,9 +41,8 @@ __all__ = ["IMAGE_VARIANTS", "VIDEO_VARIANTS", "FRAME_KINDS", "RATIOS", "benchma
 # Variant names (keys of the result's "images" / "video" sections).
 IMAGE_VARIANTS = ("independent", "base_only", "dense", "shared")
 VIDEO_VARIANTS = ("independent", "dense", "shared_per_frame", "shared_stream")
-# The shared stream's frames, timed one by one: keyframes, the first frame after one
-# (it examines every row once), and the other delta frames.
-FRAME_KINDS = ("keyframe", "after_keyframe", "delta")
+# The shared stream's frames, timed one by one: keyframes and the delta frames between.
+FRAME_KINDS = ("keyframe", "delta")
 # (numerator, denominator) pairs reported as ``"<num>/<den>"``: how many times faster
 # the denominator is.
 RATIOS = {
@@ -167,18 +166,19 @@ def _path_counts(layer_paths: dict[str, dict[str, str]]) -> dict[str, dict[str, 
 # ------------------------------------------------------------------------------------
 # FLOPs.
 # ------------------------------------------------------------------------------------
-def stream_flops(bundle: Bundle, task_density: dict[str, dict[str, float]],
-                 temporal_density: dict[str, dict[str, float]], keyframes: int, frames: int) -> dict[str, float]:
+def stream_flops(bundle: Bundle, temporal_density: dict[str, dict[str, float]], keyframes: int,
+                 frames: int) -> dict[str, float]:
     """Analytic FLOPs per frame of the shared stream, averaged over the sequence.
 
-    Keyframes cost the bundle's image FLOPs (at ``task_density``). A non-keyframe costs,
-    per task, ``linear * d_temporal`` on every layer with a temporal threshold (the
+    Keyframes run every task exactly: the T models' FLOPs. A non-keyframe costs, per
+    task, ``linear * d_temporal`` on every layer with a temporal threshold (the
     identity ``y^f = y^{f-1} + W dx``), dense linears elsewhere, plus attention, head
     and the patch embedding (the base's; a sub-task's own only if its embedding has a
-    delta). Same counting convention as :mod:`mtlcompress.report.flops`.
+    delta), these three counted in full: an upper bound, as the engine updates them
+    where tokens moved. Same counting convention as :mod:`mtlcompress.report.flops`.
     """
     config = bundle.backbone
-    keyframe = flops.flops_report(bundle, task_density)["totals"]["bundle"]["total"]
+    keyframe = sum(task["total"] for task in flops.independent_flops(bundle).values())
     other = 0.0
     for name, entry in bundle.tasks.items():
         dense = flops.dense_model_flops(config, entry.info.out_channels, entry.info.head_hidden)
@@ -283,15 +283,15 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         frame_kinds: dict[str, list[float]] = {kind: [] for kind in FRAME_KINDS}
 
         def stream() -> None:
-            keyframes_seen, previous_keyframe = 0, False
+            keyframes_seen = 0
             start = time.perf_counter()
             for result in shared_video.stream(frames, policy):
                 _sync(device)
                 now = time.perf_counter()
-                kind = "keyframe" if result.keyframe else "after_keyframe" if previous_keyframe else "delta"
+                kind = "keyframe" if result.keyframe else "delta"
                 frame_kinds[kind].append(now - start)
                 keyframes_seen += result.keyframe
-                previous_keyframe, start = result.keyframe, now
+                start = now
             last_keyframes.append(keyframes_seen)
 
         def reset_video() -> None:
@@ -333,8 +333,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         flop_summary["video"] = {
             "independent": totals["independent"]["total"],
             "bundle_per_frame": report["totals"]["bundle"]["total"],
-            "stream": stream_flops(bundle, video_density.get("task") or image_density["task"],
-                                   video_density.get("temporal", {}), keyframes, len(frames)),
+            "stream": stream_flops(bundle, video_density.get("temporal", {}), keyframes, len(frames)),
         }
     return {
         "environment": environment(device),

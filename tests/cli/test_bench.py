@@ -65,7 +65,7 @@ def test_json_on_synthetic_inputs(bundle_file):
     data = json.loads(result.stdout)
     assert set(data["images"]) == set(IMAGE_VARIANTS) and set(data["video"]) == set(VIDEO_VARIANTS)
     assert data["config"]["repeats"] == 2 and data["config"]["frames"] == 3
-    assert set(data["video_frames"]) == {"keyframe", "after_keyframe", "delta"}
+    assert set(data["video_frames"]) == {"keyframe", "delta"}
     assert data["environment"]["threads"] == 1
     assert data["inputs"].startswith("synthetic") and data["bundle"] == str(bundle_file)
     assert data["ratios"]["images"]["independent/shared"] == pytest.approx(

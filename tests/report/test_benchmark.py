@@ -82,10 +82,10 @@ def test_result_has_every_documented_key(result):
 
 
 def test_stream_frames_are_timed_by_kind(result):
-    # 3 frames, keyframe every 16: one keyframe, one frame after it, one other delta frame.
+    # 3 frames, keyframe every 16: one keyframe and two delta frames per timed stream.
     frames = result["video_frames"]
     assert set(frames) == set(FRAME_KINDS)
-    assert all(stats["repeats"] == 2 for stats in frames.values())
+    assert frames["keyframe"]["repeats"] == 2 and frames["delta"]["repeats"] == 4
     # Every timed frame lies inside a timed stream call.
     frame_total = sum(sum(frames[kind]["samples_s"]) for kind in FRAME_KINDS)
     assert 0 < frame_total <= sum(result["video"]["shared_stream"]["samples_s"])
@@ -123,6 +123,7 @@ def test_densities_and_flops_are_reported(result):
     assert flops["limit"] <= flops["bundle"] <= flops["independent"]
     assert flops["independent"] > flops["single_model"]
     stream = result["flops"]["video"]["stream"]
+    assert stream["keyframe"] == flops["independent"]  # keyframes run every task exactly
     assert stream["mean_per_frame"] == pytest.approx((stream["keyframe"] + 2 * stream["non_keyframe"]) / 3)
 
 
