@@ -6,7 +6,8 @@ row-wise, its 3x3 convolution reads a token's 3x3 neighbourhood, and the 1x1
 convolution and pixel shuffle turn each grid position into its own ``patch x patch``
 block of output pixels. So when some tokens change, only the grid positions within one
 step of them change: each is recomputed from its neighbourhood (the convolution as one
-linear map of the gathered 3x3 window) and written into last frame's output.
+linear map of the gathered 3x3 window) and written into last frame's output. When most
+positions changed, the whole head runs instead.
 """
 
 from __future__ import annotations
