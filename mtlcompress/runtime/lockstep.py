@@ -10,7 +10,9 @@ apply each row's own task's parameters, one thresholding and one drift update co
 all tasks, attention is updated on the ``T * B`` sequences at once (for the moved
 tokens only: :mod:`~mtlcompress.runtime.incremental_attention`). The linear layers
 run one GEMM per task on that task's changed rows, or one GEMM with the shared base
-weight for all of them plus each sub-task's sparse weight delta.
+weight for all of them plus each sub-task's sparse weight delta. A keyframe runs here
+too, every row of every task exactly (:meth:`LockstepRows.keyframe`), and leaves
+behind the state the next frame continues from.
 """
 
 from __future__ import annotations
