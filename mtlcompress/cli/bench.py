@@ -34,7 +34,8 @@ def bench(
                                         "is one period of the default keyframe policy.")] = 16,
     repeats: Annotated[int, typer.Option(min=1, help="Timed rounds (each runs every variant once).")] = 5,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed rounds first.")] = 1,
-    keyframe_every: Annotated[int, typer.Option(min=1, help="Video: a full frame every K frames.")] = 16,
+    keyframe_every: Annotated[int, typer.Option(min=1, help="Video: a keyframe (every task exactly) every K "
+                                                          "frames.")] = 16,
     max_drift: Annotated[float, typer.Option(help="Video: keyframe once the unpropagated error passes this.")] = 0.25,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,

@@ -30,7 +30,8 @@ def run(
     save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write raw float maps as <task>.npy.")] = False,
     video: Annotated[bool, typer.Option("--video", help="Stream folders as videos, reusing previous frames.")
                      ] = False,
-    keyframe_every: Annotated[int, typer.Option(min=1, help="Video: recompute a full frame every K frames.")] = 16,
+    keyframe_every: Annotated[int, typer.Option(min=1, help="Video: a keyframe every K frames (every task "
+                                                          "computed exactly, which resets the approximation).")] = 16,
     max_drift: Annotated[float, typer.Option(help="Video: force a keyframe once the unpropagated error "
                                                   "passes this relative size (> 0).")] = 0.25,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
