@@ -79,9 +79,10 @@ class HeadState:
         return self.output
 
 
-def supports_incremental_head(head: nn.Module) -> bool:
-    """Our ``DenseHead`` with its plain 3x3 (padding 1) and 1x1 convolutions."""
-    if type(head) is not DenseHead:
+def supports_incremental_head(norm: nn.Module, head: nn.Module) -> bool:
+    """A row-wise final ``norm`` (LayerNorm or none) and our ``DenseHead`` with its plain
+    3x3 (padding 1) and 1x1 convolutions."""
+    if type(head) is not DenseHead or not isinstance(norm, (nn.LayerNorm, nn.Identity)):
         return False
     conv, proj = head.conv, head.proj
     return (conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.stride == (1, 1)

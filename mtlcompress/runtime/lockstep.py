@@ -153,7 +153,7 @@ class LockstepRows:
             outputs = self._linear_rows(name, x, [state.rows_per_task] * len(self.tasks))
             state.refs[name] = (x.clone(), outputs)
             if self._thresholded[name]:
-                norm = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square()
+                norm = _squared_norms(x)
                 state.residual[name] = torch.stack([torch.zeros_like(norm), norm])
         return outputs
 
@@ -332,7 +332,7 @@ class LockstepRows:
         into ``||x - x_propagated|| / ||x||`` per task and layer."""
         squares = state.residual[name]
         error = torch.where(keep, 0.0, rms.square() * examined.shape[-1])
-        norm = torch.linalg.vector_norm(examined, dim=-1, dtype=torch.float32).square()
+        norm = _squared_norms(examined)
         if index is None:
             squares.copy_(torch.stack([error, norm]))
         else:
@@ -395,6 +395,11 @@ class LockstepRows:
         """``rows`` as ``[T, rows per task, ...]`` if they are every row (``index`` is
         None), to meet :meth:`_per_row` values; else unchanged. :func:`_rows` undoes it."""
         return rows.view(-1, state.rows_per_task, *rows.shape[1:]) if index is None else rows
+
+
+def _squared_norms(rows: Tensor) -> Tensor:
+    """Each row's squared L2 norm in fp32: the drift bound's denominator."""
+    return torch.linalg.vector_norm(rows, dim=-1, dtype=torch.float32).square()
 
 
 def _rows(values: Tensor, index: Tensor | None) -> Tensor:

@@ -220,8 +220,7 @@ class SharedEngine:
                      shares_embedding=not any(k.startswith(_EMBED_PREFIXES) for k in entry.delta),
                      initial_density=float(density) if valid else _DEFAULT_DENSITY,
                      incremental_embed=supports_incremental_embed(model.backbone),
-                     incremental_head=(supports_incremental_head(model.head)
-                                       and isinstance(model.backbone.norm, (nn.LayerNorm, nn.Identity))))
+                     incremental_head=supports_incremental_head(model.backbone.norm, model.head))
 
     @property
     def timings(self) -> KernelTimings | dict[tuple[int, int], KernelTimings]:

@@ -48,7 +48,7 @@ def test_only_plain_patch_embeddings_are_updated_incrementally():
 def test_head_updates_equal_the_full_head(moved):
     torch.manual_seed(0)
     head, norm = DenseHead(DIM, 3, PATCH, hidden=16).eval(), torch.nn.LayerNorm(DIM)
-    assert supports_incremental_head(head)
+    assert supports_incremental_head(norm, head)
     prefix = 1
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, prefix + GRID * GRID, DIM, generator=gen)
@@ -67,8 +67,10 @@ def test_head_updates_equal_the_full_head(moved):
             torch.testing.assert_close(state.update(x), full(x), atol=1e-5, rtol=1e-5)
 
 
-def test_only_our_plain_dense_head_is_updated_incrementally():
+def test_only_our_plain_dense_head_after_a_row_wise_norm_is_updated_incrementally():
     head = DenseHead(DIM, 3, PATCH)
     head.conv = torch.nn.Conv2d(DIM, head.hidden, kernel_size=5, padding=2)
-    assert not supports_incremental_head(head)
-    assert not supports_incremental_head(torch.nn.Linear(DIM, 3))
+    norm = torch.nn.LayerNorm(DIM)
+    assert not supports_incremental_head(norm, head)
+    assert not supports_incremental_head(norm, torch.nn.Linear(DIM, 3))
+    assert not supports_incremental_head(torch.nn.BatchNorm1d(DIM), DenseHead(DIM, 3, PATCH))  # not row-wise

@@ -83,6 +83,13 @@ def _frames(count: int = 7, batch: int = 1, noise: float = 0.01) -> list[torch.T
     return frames
 
 
+def _moved_patches(frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """``[B, grid, grid]``: the patches with any pixel that differs between two frames."""
+    patch = CONFIG.img_size // CONFIG.grid_size
+    differs = (frame - previous).abs().amax(dim=1)
+    return differs.unfold(1, patch, patch).unfold(2, patch, patch).amax(dim=(-1, -2)).ne(0)
+
+
 def _quantile_taus(deltas: dict[str, torch.Tensor], granularity: str, q: float) -> dict[str, float]:
     def size(d: torch.Tensor) -> torch.Tensor:
         return d.norm(dim=-1) / d.shape[-1] ** 0.5 if granularity == "token" else d.abs()
@@ -209,9 +216,7 @@ def test_static_camera_stream_skips_unchanged_rows_exactly(sources):
     bundle = _sparse_bundle(sources, "token")
     frames = _frames(6, batch=2, noise=0.0)
     policy = KeyframePolicy(keyframe_every=6, max_drift=1e9)
-    patch = CONFIG.img_size // CONFIG.grid_size
-    moved = [(a - b).abs().amax(dim=1).unfold(1, patch, patch).unfold(2, patch, patch).amax(dim=(-1, -2)).ne(0)
-             for a, b in zip(frames[1:], frames[:-1])]
+    moved = [_moved_patches(a, b) for a, b in zip(frames[1:], frames[:-1])]
     assert all(0 < float(m.float().mean()) < 0.5 for m in moved), "frames must move some patches, not most"
     dense_engine, shared_engine = DenseEngine(bundle), SharedEngine(bundle, timings=_timings("token"))
     dense = list(dense_engine.stream(frames, policy))
@@ -236,9 +241,8 @@ def test_keyframes_are_each_task_exactly_and_the_next_frame_only_moves_changed_r
         exact = {t: bundle.task_model(t)(frames[0]) for t in bundle.tasks}
     assert keyframe.keyframe and _max_diff(keyframe.outputs, exact) <= TOL
     assert not after.keyframe
-    patch = CONFIG.img_size // CONFIG.grid_size
-    moved = (frames[1] - frames[0]).abs().amax(dim=1).unfold(1, patch, patch).unfold(2, patch, patch).ne(0)
-    moved = float(moved.flatten(-2).any(dim=-1).float().mean()) * CONFIG.grid_size ** 2 / (CONFIG.grid_size ** 2 + 1)
+    moved = float(_moved_patches(frames[1], frames[0]).float().mean()) * CONFIG.grid_size ** 2 / (
+        CONFIG.grid_size ** 2 + 1)
     first = [engine.stats.mean()[f"{task}/temporal"]["blocks.0.attn.qkv"] for task in bundle.tasks]
     assert 0 < max(first) <= moved + 1e-6 and moved < 0.5  # the moved patches (and not the class token) at most
 
