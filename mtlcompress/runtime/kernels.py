@@ -126,12 +126,10 @@ def _sparse_times_dense_t(sparse: Tensor, dense: Tensor) -> Tensor:
         else dense.dtype not in _FULL_PRECISION and dense.device.type != "cpu"
     )
     if needs_fp32:
-        sparse = sparse.to(torch.float32)
-        dense = dense.to(torch.float32)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
-        result = torch.sparse.mm(sparse, dense)
-    return result.to(out_dtype)
+        return torch.sparse.mm(sparse.to(torch.float32), dense.to(torch.float32)).to(out_dtype)
+    # (No warning filter: torch's "CSR support is in beta" notice comes from making CSR
+    # tensors, not from multiplying them, and this runs per layer and frame.)
+    return torch.sparse.mm(sparse, dense)
 
 
 def sparse_delta_weight_matmul(x: Tensor, dw_sparse: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ behind the state the next frame continues from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 __all__ = ["LockstepRows", "RowState"]
 
 _LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+# The layers whose last output a frame reads back (the residual adds it to rows that did
+# not move here). The others' outputs live on in the block state (``heads``, ``act``).
+_OUTPUT_KEPT = ("attn.proj", "mlp.fc2")
 # Row-wise work on more than this share of the rows runs on whole tensors: gathering and
 # scattering most rows costs more than computing the few unchanged ones again (which
 # gives the values they already have).
@@ -58,13 +61,13 @@ class _BlockParams:
 class RowState:
     """The stacked temporal state of the lockstep tasks, every tensor flat over
     ``T * B * N`` rows (task-major). ``refs``: per linear layer, the last propagated
-    input and its output; ``blocks``: per block, the last frame's activations (``h1``,
+    input and (for the ``_OUTPUT_KEPT`` layers; else ``None``) its output; ``blocks``: per block, the last frame's activations (``h1``,
     ``attn``, ``x_mid``, ``h2``, ``act``, ``x_out``), the head-major ``q, k, v``
     (``heads``) and the attention sums (``attn_sums``); ``embed``: the tokens entering
     block 0; ``residual``: per thresholded layer, ``[2, rows]`` squared unpropagated
     error and squared input norm (drift without a full pass)."""
 
-    refs: dict[str, tuple[Tensor, Tensor]]
+    refs: dict[str, tuple[Tensor, Tensor | None]]
     blocks: list[dict[str, Tensor]]
     embed: Tensor
     residual: dict[str, Tensor]
@@ -116,42 +119,49 @@ class LockstepRows:
     # ----------------------------------------------------------------------------------
     # State.
     # ----------------------------------------------------------------------------------
-    def keyframe(self, embeds: Sequence[Tensor]) -> tuple[RowState, list[Tensor]]:
+    def keyframe(self, embeds: Sequence[Tensor], recycle: RowState | None = None) -> tuple[RowState, list[Tensor]]:
         """Every task in full and exactly (no thresholds) on its tokens entering block 0
         (``embeds``: ``[B, N, C]`` each): the state later frames continue from, and each
-        task's block output ``[B, N, C]``."""
+        task's block output ``[B, N, C]``. The new state is written into the tensors of
+        ``recycle``, a state nothing reads any more, where their shapes allow."""
         shape = embeds[0].shape
         x = torch.cat([e.reshape(-1, shape[-1]) for e in embeds])
         state = RowState(refs={}, blocks=[], embed=x, residual={}, rows_per_task=shape[0] * shape[1])
+        free = _Recycler(recycle)
         with self._timed("norm_act"):
             (h1,) = self._norms(state, 0, "norm1")(None, x)
         for i, params in enumerate(self._blocks):
             prefix = f"blocks.{i}."
-            saved = {"h1": h1}
-            qkv = self._keyframe_linear(state, prefix + "attn.qkv", h1)
+            saved = {"h1": free.keep(f"{i}/h1", h1)}
+            qkv = self._keyframe_linear(state, prefix + "attn.qkv", saved["h1"], free)
             with self._timed("attention"):
-                saved["heads"] = [t.contiguous() for t in _heads(qkv, shape[1], params.attn)]
-                attn, saved["attn_sums"] = incremental_attention.full_attention(*saved["heads"], params.attn.scale)
-                saved["attn"] = attn.view(qkv.shape[0], params.attn.attn_dim)
-            h = self._keyframe_linear(state, prefix + "attn.proj", saved["attn"])
+                saved["heads"] = [free.copy(f"{i}/heads/{j}", t) for j, t in enumerate(_heads(qkv, shape[1], params.attn))]
+                attn, sums = incremental_attention.full_attention(*saved["heads"], params.attn.scale)
+                saved["attn_sums"] = incremental_attention.AttentionSums(
+                    *(free.keep(f"{i}/attn_sums/{j}", t) for j, t in enumerate(_sum_tensors(sums))))
+                saved["attn"] = free.keep(f"{i}/attn", attn.view(qkv.shape[0], params.attn.attn_dim))
+            h = self._keyframe_linear(state, prefix + "attn.proj", saved["attn"], free)
             with self._timed("norm_act"):
-                saved["x_mid"], saved["h2"] = self._residual_norm(state, params.ls1, i, "norm2")(None, x, h)
-            hidden = self._keyframe_linear(state, prefix + "mlp.fc1", saved["h2"])
+                x_mid, h2 = self._residual_norm(state, params.ls1, i, "norm2")(None, x, h)
+                saved["x_mid"], saved["h2"] = free.keep(f"{i}/x_mid", x_mid), free.keep(f"{i}/h2", h2)
+            hidden = self._keyframe_linear(state, prefix + "mlp.fc1", saved["h2"], free)
             with self._timed("norm_act"):
-                saved["act"] = params.act(hidden)
-            h = self._keyframe_linear(state, prefix + "mlp.fc2", saved["act"])
+                saved["act"] = free.keep(f"{i}/act", params.act(hidden))
+            h = self._keyframe_linear(state, prefix + "mlp.fc2", saved["act"], free)
             with self._timed("norm_act"):
                 x, *rest = self._residual_norm(state, params.ls2, i + 1, "norm1")(None, saved["x_mid"], h)
-            saved["x_out"], h1 = x, (rest[0] if rest else None)
+            x = saved["x_out"] = free.keep(f"{i}/x_out", x)
+            h1 = rest[0] if rest else None
             state.blocks.append(saved)
         return state, list(x.view(len(self.tasks), *shape).unbind(0))
 
-    def _keyframe_linear(self, state: RowState, name: str, x: Tensor) -> Tensor:
+    def _keyframe_linear(self, state: RowState, name: str, x: Tensor, free: _Recycler) -> Tensor:
         """The layer on every row; ``x`` becomes its reference input (a copy: the
         activation itself moves on without it), with no unpropagated error yet."""
         with self._timed(name.rsplit(".", 1)[-1]):
             outputs = self._linear_rows(name, x, [state.rows_per_task] * len(self.tasks))
-            state.refs[name] = (x.clone(), outputs)
+            kept = free.keep(f"{name}/out", outputs) if name.endswith(_OUTPUT_KEPT) else None
+            state.refs[name] = (free.copy(f"{name}/in", x), kept)
             if self._thresholded[name]:
                 norm = _squared_norms(x)
                 state.residual[name] = torch.stack([torch.zeros_like(norm), norm])
@@ -246,7 +256,8 @@ class LockstepRows:
             ref_in.index_copy_(0, index, inputs)
             counts = torch.bincount(index // state.rows_per_task, minlength=len(self.tasks)).tolist()
             outputs = self._linear_rows(name, inputs, counts)
-            ref_out.index_copy_(0, index, outputs)
+            if ref_out is not None:
+                ref_out.index_copy_(0, index, outputs)
         return outputs
 
     def _linear_rows(self, name: str, inputs: Tensor, counts: list[int]) -> Tensor:
@@ -395,6 +406,51 @@ class LockstepRows:
         """``rows`` as ``[T, rows per task, ...]`` if they are every row (``index`` is
         None), to meet :meth:`_per_row` values; else unchanged. :func:`_rows` undoes it."""
         return rows.view(-1, state.rows_per_task, *rows.shape[1:]) if index is None else rows
+
+
+class _Recycler:
+    """The tensors of a state nothing reads any more, written over by a keyframe's new
+    state: allocating a state's worth of fresh memory costs a page fault per 4 KiB,
+    which here made up about a fifth of a keyframe. Keys name a tensor's place in the
+    state, so each buffer is reused for the same value of the next period."""
+
+    def __init__(self, state: RowState | None) -> None:
+        self._free = {} if state is None else dict(_named_tensors(state))
+
+    def keep(self, key: str, value: Tensor) -> Tensor:
+        """``value``, copied into the free tensor ``key`` if that has its shape and dtype."""
+        free = self._take(key, value)
+        return value if free is None else free.copy_(value)
+
+    def copy(self, key: str, value: Tensor) -> Tensor:
+        """A contiguous copy of ``value``, in the free tensor ``key`` where it fits."""
+        free = self._take(key, value)
+        return value.clone(memory_format=torch.contiguous_format) if free is None else free.copy_(value)
+
+    def _take(self, key: str, like: Tensor) -> Tensor | None:
+        free = self._free.pop(key, None)
+        if free is None or (free.shape, free.dtype, free.device) != (like.shape, like.dtype, like.device):
+            return None
+        return free
+
+
+def _named_tensors(state: RowState) -> Iterator[tuple[str, Tensor]]:
+    """A state's large tensors under the keys :meth:`LockstepRows.keyframe` gives them."""
+    for name, (ref_in, ref_out) in state.refs.items():
+        yield f"{name}/in", ref_in
+        if ref_out is not None:
+            yield f"{name}/out", ref_out
+    for i, saved in enumerate(state.blocks):
+        for key in ("h1", "attn", "x_mid", "h2", "act", "x_out"):
+            yield f"{i}/{key}", saved[key]
+        for j, part in enumerate(saved["heads"]):
+            yield f"{i}/heads/{j}", part
+        for j, part in enumerate(_sum_tensors(saved["attn_sums"])):
+            yield f"{i}/attn_sums/{j}", part
+
+
+def _sum_tensors(sums: incremental_attention.AttentionSums) -> tuple[Tensor, Tensor, Tensor]:
+    return sums.reference, sums.total, sums.weighted
 
 
 def _squared_norms(rows: Tensor) -> Tensor:

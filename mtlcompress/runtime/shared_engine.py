@@ -116,10 +116,12 @@ class _StreamState:
 @dataclass
 class _Stream:
     """A video stream's state: per task (references of element-granularity tasks,
-    embeddings and heads) and the token-granularity tasks' stacked rows."""
+    embeddings and heads) and the token-granularity tasks' stacked rows. ``spare``: rows
+    of an earlier keyframe period, for the next keyframe to write over."""
 
     tasks: dict[str, _StreamState]
     rows: RowState | None = None
+    spare: RowState | None = None
 
 
 class SharedEngine:
@@ -162,6 +164,7 @@ class SharedEngine:
         self._subs = [self._build_task(t) for t in order[1:]]
         token_tasks = [t for t in [self._base, *self._subs] if t.granularity == "token"]
         self._lockstep = LockstepRows(self, token_tasks, lambda kind: self._timed(_ALL, kind)) if token_tasks else None
+        self._spare_rows: RowState | None = None  # a finished stream's rows, for the next one's first keyframe
 
     # ----------------------------------------------------------------------------------
     # Public API.
@@ -172,22 +175,33 @@ class SharedEngine:
         return {t: outputs[t].clone() for t in self.tasks}
 
     def stream(self, frames: Iterable[torch.Tensor], policy: KeyframePolicy | None = None) -> Iterator[FrameResult]:
-        """Process video frames ``[B, 3, H, W]`` in order, reusing the previous frame."""
+        """Process video frames ``[B, 3, H, W]`` in order, reusing the previous frame.
+
+        A keyframe writes its state over the previous period's, and when the stream
+        ends the engine keeps that memory (what the stream held while it ran) for its
+        next stream's first keyframe: fresh memory costs page faults."""
         policy = policy or KeyframePolicy()
         stream: _Stream | None = None
         since_keyframe: int | None = None
         drift = 0.0
-        for index, frame in enumerate(frames):
-            frame = frame.to(self.device)
-            check_images(frame, self.bundle.backbone.img_size)
-            keyframe = policy.is_keyframe(since_keyframe, drift)
-            if keyframe:
-                stream = _Stream(tasks={task.name: _StreamState(refs={}) for task in [self._base, *self._subs]})
-                since_keyframe = 0
-            else:
-                since_keyframe += 1
-            outputs, drift = self._stream_frame(frame, stream, keyframe)
-            yield FrameResult(index, keyframe, {t: outputs[t].clone() for t in self.tasks}, drift)
+        try:
+            for index, frame in enumerate(frames):
+                frame = frame.to(self.device)
+                check_images(frame, self.bundle.backbone.img_size)
+                keyframe = policy.is_keyframe(since_keyframe, drift)
+                if keyframe:
+                    spare = stream.rows if stream is not None else self._spare_rows
+                    self._spare_rows = None
+                    stream = _Stream(tasks={task.name: _StreamState(refs={}) for task in [self._base, *self._subs]},
+                                     spare=spare)
+                    since_keyframe = 0
+                else:
+                    since_keyframe += 1
+                outputs, drift = self._stream_frame(frame, stream, keyframe)
+                yield FrameResult(index, keyframe, {t: outputs[t].clone() for t in self.tasks}, drift)
+        finally:
+            if stream is not None:
+                self._spare_rows = stream.rows or stream.spare
 
     def reset_profile(self) -> None:
         self.profile_seconds.clear()
@@ -355,7 +369,8 @@ class SharedEngine:
             kept: list[tuple[str, Tensor]] = []
             inputs = [embeds[task.name] for task in lockstep.tasks]
             if keyframe:
-                stream.rows, finals = lockstep.keyframe(inputs)
+                stream.rows, finals = lockstep.keyframe(inputs, recycle=stream.spare)
+                stream.spare = None
                 for name, paths in lockstep.paths().items():
                     self.layer_paths.setdefault(f"{name}/temporal", {}).update(paths)
             else:

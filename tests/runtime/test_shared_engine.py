@@ -247,6 +247,30 @@ def test_keyframes_are_each_task_exactly_and_the_next_frame_only_moves_changed_r
     assert 0 < max(first) <= moved + 1e-6 and moved < 0.5  # the moved patches (and not the class token) at most
 
 
+def test_keyframes_write_over_the_state_they_replace(sources):
+    """A keyframe reuses the memory of the rows it replaces (the stream's last period's,
+    or the engine's last stream's), with the results of a fresh engine; a batch of
+    another shape gets new memory."""
+    bundle = _sparse_bundle(sources, "token")
+    frames = _frames(6, batch=2)
+    policy = KeyframePolicy(keyframe_every=3, max_drift=1e9)
+    engine = SharedEngine(bundle, timings=_timings("token"))
+
+    def buffers() -> set[int]:  # (attention outputs are new tensors on every frame)
+        return {t.data_ptr() for key, t in lockstep._named_tensors(engine._spare_rows) if not key.endswith("/attn")}
+    first = list(engine.stream(frames, policy))
+    memory = buffers()
+    again = list(engine.stream(frames, policy))
+    assert buffers() == memory and sum(r.keyframe for r in again) == 2
+    single = [f[:1] for f in frames]
+    resized = list(engine.stream(single, policy))
+    assert not buffers() & memory
+    fresh = list(SharedEngine(bundle, timings=_timings("token")).stream(single, policy))
+    for got, ref in [*zip(again, first), *zip(resized, fresh)]:
+        assert got.drift == pytest.approx(ref.drift, rel=1e-4, abs=1e-6)
+        assert _max_diff(got.outputs, ref.outputs) <= TOL
+
+
 def test_layer_scale_blocks_stream_like_the_dense_engine(tmp_path):
     """LayerScale gammas differ per task (the random deltas touch them): the lockstep
     row path must scale each row with its own task's gamma."""
