@@ -47,6 +47,7 @@ __all__ = [
     "sparse_delta_weight_matmul",
     "dense_delta_weight_matmul",
     "delta_weight_matmul",
+    "add_delta_weight_matmul_",
     "token_sparse_linear",
     "stacked_token_linear",
     "element_sparse_linear",
@@ -169,6 +170,16 @@ def delta_weight_matmul(x: Tensor, dw: Tensor | None) -> Tensor | None:
     if dw.layout == torch.strided:
         return dense_delta_weight_matmul(x, dw)
     return sparse_delta_weight_matmul(x, dw)
+
+
+def add_delta_weight_matmul_(out: Tensor, x: Tensor, dw: Tensor) -> Tensor:
+    """``out += x @ dW^T`` in place, for rows ``x [M, in]`` and ``out [M, out]``, ``dW``
+    dense or sparse: the form per-row callers want, without a temporary for the product
+    in the dense case or a copy of the sparse kernel's transposed result."""
+    if dw.layout == torch.strided:
+        return out.addmm_(x, dw.t())
+    out.t().add_(_sparse_times_dense_t(dw, x.t()))
+    return out
 
 
 # --------------------------------------------------------------------------------------

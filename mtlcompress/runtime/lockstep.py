@@ -61,11 +61,12 @@ class _BlockParams:
 class RowState:
     """The stacked temporal state of the lockstep tasks, every tensor flat over
     ``T * B * N`` rows (task-major). ``refs``: per linear layer, the last propagated
-    input and (for the ``_OUTPUT_KEPT`` layers; else ``None``) its output; ``blocks``: per block, the last frame's activations (``h1``,
-    ``attn``, ``x_mid``, ``h2``, ``act``, ``x_out``), the head-major ``q, k, v``
-    (``heads``) and the attention sums (``attn_sums``); ``embed``: the tokens entering
-    block 0; ``residual``: per thresholded layer, ``[2, rows]`` squared unpropagated
-    error and squared input norm (drift without a full pass)."""
+    input and its output (``None`` for layers outside ``_OUTPUT_KEPT``); ``blocks``: per
+    block, the last frame's activations (``h1``, ``attn``, ``x_mid``, ``h2``, ``act``,
+    ``x_out``), the head-major ``q, k, v`` (``heads``) and the attention sums
+    (``attn_sums``); ``embed``: the tokens entering block 0; ``residual``: per
+    thresholded layer, ``[2, rows]`` squared unpropagated error and squared input norm
+    (drift without a full pass)."""
 
     refs: dict[str, tuple[Tensor, Tensor | None]]
     blocks: list[dict[str, Tensor]]
@@ -135,7 +136,8 @@ class LockstepRows:
             saved = {"h1": free.keep(f"{i}/h1", h1)}
             qkv = self._keyframe_linear(state, prefix + "attn.qkv", saved["h1"], free)
             with self._timed("attention"):
-                saved["heads"] = [free.copy(f"{i}/heads/{j}", t) for j, t in enumerate(_heads(qkv, shape[1], params.attn))]
+                heads = _heads(qkv, shape[1], params.attn)
+                saved["heads"] = [free.copy(f"{i}/heads/{j}", part) for j, part in enumerate(heads)]
                 attn, sums = incremental_attention.full_attention(*saved["heads"], params.attn.scale)
                 saved["attn_sums"] = incremental_attention.AttentionSums(
                     *(free.keep(f"{i}/attn_sums/{j}", t) for j, t in enumerate(_sum_tensors(sums))))
@@ -273,7 +275,8 @@ class LockstepRows:
                 layer = task.layers[name]
                 if rows.shape[0] and task is not self._engine._base:
                     if layer.dw is not None:
-                        out += self._engine._weight_delta(layer, rows)
+                        dw = self._engine._weight_delta_operand(layer, rows.shape[0])
+                        kernels.add_delta_weight_matmul_(out, rows, dw)
                     if layer.db is not None:
                         out += layer.db
             return outputs
@@ -355,42 +358,46 @@ class LockstepRows:
     # ----------------------------------------------------------------------------------
     def _update_rows(self, outs: tuple[Tensor, ...], rows: Tensor, fn: Callable[..., tuple[Tensor, ...]],
                      *inputs: Tensor) -> tuple[Tensor, ...]:
-        """``outs = fn(index, *inputs)`` recomputed, in place, on ``rows`` only."""
+        """``outs = fn(index, *inputs)`` recomputed, in place, on ``rows`` only (on
+        every row, ``fn`` writes into ``outs`` itself)."""
         with self._timed("norm_act"):
             index = rows.nonzero().squeeze(1)
             if index.numel() > _WHOLE_ABOVE * rows.numel():
-                for out, value in zip(outs, fn(None, *inputs)):
-                    out.copy_(value)
+                fn(None, *inputs, outs=outs)
                 return outs
             for out, value in zip(outs, fn(index, *(t.index_select(0, index) for t in inputs))):
                 out.index_copy_(0, index, value)
             return outs
 
-    def _norms(self, state: RowState, block: int, which: str) -> Callable[[Tensor | None, Tensor], tuple[Tensor]]:
-        """``norm1`` or ``norm2`` of ``block``, each row with its task's parameters."""
+    def _norms(self, state: RowState, block: int, which: str) -> Callable[..., tuple[Tensor]]:
+        """``norm1`` or ``norm2`` of ``block``, each row with its task's parameters
+        (into ``outs``, if given, on every row)."""
         params = self._blocks[block]
         weight, bias = params.norm1 if which == "norm1" else params.norm2
         eps = params.eps[0 if which == "norm1" else 1]
 
-        def norm(index: Tensor | None, x: Tensor) -> tuple[Tensor]:
+        def norm(index: Tensor | None, x: Tensor, outs: Sequence[Tensor] | None = None) -> tuple[Tensor]:
             normed = self._by_task(state, index, F.layer_norm(x, x.shape[-1:], eps=eps))
-            return (_rows(torch.addcmul(self._per_row(state, index, bias), normed,
-                                        self._per_row(state, index, weight)), index),)
+            return (_rows(torch.addcmul(self._per_row(state, index, bias), normed, self._per_row(state, index, weight),
+                                        out=_into(state, outs, 0)), index),)
         return norm
 
     def _residual_norm(self, state: RowState, gamma: Tensor | None, block: int,
-                       which: str) -> Callable[[Tensor | None, Tensor, Tensor], tuple[Tensor, ...]]:
+                       which: str) -> Callable[..., tuple[Tensor, ...]]:
         """``x + gamma * h`` (the residual add), then, if ``block`` exists, its norm
-        ``which`` of that sum."""
+        ``which`` of that sum (into ``outs``, if given, on every row)."""
         norm = self._norms(state, block, which) if block < self.depth else None
 
-        def residual_norm(index: Tensor | None, x: Tensor, h: Tensor) -> tuple[Tensor, ...]:
+        def residual_norm(index: Tensor | None, x: Tensor, h: Tensor,
+                          outs: Sequence[Tensor] | None = None) -> tuple[Tensor, ...]:
             if gamma is None:
-                out = x + h
+                out = torch.add(x, h, out=None if outs is None else outs[0])
             else:
                 out = _rows(torch.addcmul(self._by_task(state, index, x), self._by_task(state, index, h),
-                                          self._per_row(state, index, gamma)), index)
-            return (out, *norm(index, out)) if norm is not None else (out,)
+                                          self._per_row(state, index, gamma), out=_into(state, outs, 0)), index)
+            if norm is None:
+                return (out,)
+            return (out, *norm(index, out, None if outs is None else outs[1:]))
         return residual_norm
 
     @staticmethod
@@ -456,6 +463,12 @@ def _sum_tensors(sums: incremental_attention.AttentionSums) -> tuple[Tensor, Ten
 def _squared_norms(rows: Tensor) -> Tensor:
     """Each row's squared L2 norm in fp32: the drift bound's denominator."""
     return torch.linalg.vector_norm(rows, dim=-1, dtype=torch.float32).square()
+
+
+def _into(state: RowState, outs: Sequence[Tensor] | None, position: int) -> Tensor | None:
+    """``outs[position]`` (every row) as the ``[T, rows per task, C]`` view row-wise
+    results are computed in, for ``out=``; ``None`` without ``outs``."""
+    return None if outs is None else outs[position].view(-1, state.rows_per_task, outs[position].shape[-1])
 
 
 def _rows(values: Tensor, index: Tensor | None) -> Tensor:

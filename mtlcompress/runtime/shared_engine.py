@@ -330,11 +330,14 @@ class SharedEngine:
 
     def _weight_delta(self, layer: _Layer, x0: Tensor) -> Tensor:
         """``x_0 dW^T`` on the kernel the cost model prices lower."""
-        rows = x0.numel() // max(1, x0.shape[-1])
+        return kernels.delta_weight_matmul(x0, self._weight_delta_operand(layer, x0.numel() // max(1, x0.shape[-1])))
+
+    def _weight_delta_operand(self, layer: _Layer, rows: int) -> Tensor:
+        """``dW`` sparse or dense, whichever the cost model prices lower for ``rows`` rows."""
         path = choose_weight_path(self._timings_for(layer.weight.shape[1], layer.weight.shape[0]),
                                   tokens=max(1, rows), in_features=layer.weight.shape[1],
                                   out_features=layer.weight.shape[0], weight_density=layer.weight_density)
-        return kernels.delta_weight_matmul(x0, layer.dw_sparse if path == "sparse" else layer.dw)
+        return layer.dw_sparse if path == "sparse" else layer.dw
 
     # ----------------------------------------------------------------------------------
     # Temporal domain: every task against its own previous (propagated) frame.

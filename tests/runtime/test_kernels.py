@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mtlcompress.runtime.kernels import (
+    add_delta_weight_matmul_,
     delta_linear,
     delta_weight_matmul,
     dense_delta_weight_matmul,
@@ -143,6 +144,23 @@ def test_sparse_delta_weight_matmul_non_contiguous_input(device):
     assert delta_weight_matmul(x, None) is None
     with pytest.raises(TypeError):
         sparse_delta_weight_matmul(x, dw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), PRECISIONS, ids=PRECISION_IDS)
+@pytest.mark.parametrize("layout", ["dense", "csr", "coo"])
+def test_add_delta_weight_matmul_accumulates_into_its_rows_only(device, dtype, atol, rtol, layout):
+    gen = _gen(6)
+    dw = _weight(gen, device, dtype) * _token_mask((OUT, IN), 0.1, gen, device)
+    operand = {"dense": dw, "csr": dw.to_sparse_csr(), "coo": dw.to_sparse()}[layout]
+    x = _randn(5, IN, gen=gen, device=device, dtype=dtype)
+    stacked = _randn(9, OUT, gen=gen, device=device, dtype=dtype)  # out: one task's rows of a stacked output
+    expected = stacked.clone()
+    expected[2:7] += _reference_linear(x, dw).to(dtype)
+    out = stacked[2:7]
+    assert add_delta_weight_matmul_(out, x, operand) is out
+    _assert_close(stacked, expected, atol, rtol)
+    assert torch.equal(stacked[:2], expected[:2]) and torch.equal(stacked[7:], expected[7:])
 
 
 # --------------------------------------------------------------------------------------
