@@ -26,8 +26,7 @@ class DenseHead(nn.Module):
         batch, num_tokens, dim = patch_tokens.shape
         grid = patch_tokens.transpose(1, 2).reshape(batch, dim, grid_size, grid_size)
         features = F.gelu(self.conv(grid))
-        # F.pixel_shuffle, as one strided copy: 2.5x faster on CPU (1.6 against 0.6 ms
-        # for 21 channels at 224 px, 2 threads).
+        # F.pixel_shuffle, as one strided copy: about 2.5x faster on CPU at our sizes.
         size = self.patch_size
         blocks = self.proj(features).view(batch, self.out_channels, size, size, grid_size, grid_size)
         return blocks.permute(0, 1, 4, 2, 5, 3).reshape(batch, self.out_channels, grid_size * size, grid_size * size)
