@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-run every benchmark and rewrite every section of docs/benchmarks.md.
-# About an hour on a 2-core CPU (57 min last time: demo 18, runtime matrix with ViT-B ~30, the rest ~10);
+# About 45-60 minutes on a 2-core CPU (45 min last time: demo 16, runtime matrix with ViT-B ~20, the rest ~9);
 # run nothing else at the same time: torch threads oversubscribe and every timing suffers.
 # The GPU section of docs/benchmarks.md is not touched (it needs a GPU machine).
 set -euo pipefail
