@@ -468,7 +468,7 @@ def _squared_norms(rows: Tensor) -> Tensor:
 def _into(state: RowState, outs: Sequence[Tensor] | None, position: int) -> Tensor | None:
     """``outs[position]`` (every row) as the ``[T, rows per task, C]`` view row-wise
     results are computed in, for ``out=``; ``None`` without ``outs``."""
-    return None if outs is None else outs[position].view(-1, state.rows_per_task, outs[position].shape[-1])
+    return None if outs is None else LockstepRows._by_task(state, None, outs[position])
 
 
 def _rows(values: Tensor, index: Tensor | None) -> Tensor:

@@ -201,7 +201,7 @@ class SharedEngine:
                 yield FrameResult(index, keyframe, {t: outputs[t].clone() for t in self.tasks}, drift)
         finally:
             if stream is not None:
-                self._spare_rows = stream.rows or stream.spare
+                self._spare_rows = stream.rows if stream.rows is not None else stream.spare
 
     def reset_profile(self) -> None:
         self.profile_seconds.clear()
