@@ -42,6 +42,8 @@ _OUTPUT_KEPT = ("attn.proj", "mlp.fc2")
 # scattering most rows costs more than computing the few unchanged ones again (which
 # gives the values they already have).
 _WHOLE_ABOVE = 0.5
+# Stacking choices kept per layer and row counts (dropped all at once beyond this many).
+_MAX_STACKING_CHOICES = 4096
 
 
 @dataclass
@@ -92,6 +94,7 @@ class LockstepRows:
         blocks = [task.backbone.blocks for task in self.tasks]
         self.depth = len(blocks[0])
         self._blocks = [self._block_params([b[i] for b in blocks]) for i in range(self.depth)]
+        self._stacking: dict[tuple, bool] = {}  # (layer, *row counts) -> choose_stacking's answer
         self._taus: dict[str, Tensor] = {}
         self._thresholded: dict[str, list[int]] = {}  # layer -> tasks with a temporal threshold there
         for i in range(self.depth):
@@ -130,11 +133,11 @@ class LockstepRows:
         state = RowState(refs={}, blocks=[], embed=x, residual={}, rows_per_task=shape[0] * shape[1])
         free = _Recycler(recycle)
         with self._timed("norm_act"):
-            (h1,) = self._norms(state, 0, "norm1")(None, x)
+            (h1,) = self._norms(state, 0, "norm1")(None, x, outs=(free.empty("0/h1", x.shape, x),))
         for i, params in enumerate(self._blocks):
             prefix = f"blocks.{i}."
-            saved = {"h1": free.keep(f"{i}/h1", h1)}
-            qkv = self._keyframe_linear(state, prefix + "attn.qkv", saved["h1"], free)
+            saved = {"h1": h1}
+            qkv = self._keyframe_linear(state, prefix + "attn.qkv", h1, free)
             with self._timed("attention"):
                 heads = _heads(qkv, shape[1], params.attn)
                 saved["heads"] = [free.copy(f"{i}/heads/{j}", part) for j, part in enumerate(heads)]
@@ -144,29 +147,39 @@ class LockstepRows:
                 saved["attn"] = free.keep(f"{i}/attn", attn.view(qkv.shape[0], params.attn.attn_dim))
             h = self._keyframe_linear(state, prefix + "attn.proj", saved["attn"], free)
             with self._timed("norm_act"):
-                x_mid, h2 = self._residual_norm(state, params.ls1, i, "norm2")(None, x, h)
-                saved["x_mid"], saved["h2"] = free.keep(f"{i}/x_mid", x_mid), free.keep(f"{i}/h2", h2)
-            hidden = self._keyframe_linear(state, prefix + "mlp.fc1", saved["h2"], free)
-            with self._timed("norm_act"):
-                saved["act"] = free.keep(f"{i}/act", params.act(hidden))
+                saved["x_mid"], saved["h2"] = self._residual_norm(state, params.ls1, i, "norm2")(
+                    None, x, h, outs=(free.empty(f"{i}/x_mid", x.shape, x), free.empty(f"{i}/h2", x.shape, x)))
+            saved["act"] = self._keyframe_linear(state, prefix + "mlp.fc1", saved["h2"], free, act=params.act)
             h = self._keyframe_linear(state, prefix + "mlp.fc2", saved["act"], free)
+            outs = [free.empty(f"{i}/x_out", x.shape, x)]
+            if i + 1 < self.depth:
+                outs.append(free.empty(f"{i + 1}/h1", x.shape, x))
             with self._timed("norm_act"):
-                x, *rest = self._residual_norm(state, params.ls2, i + 1, "norm1")(None, saved["x_mid"], h)
-            x = saved["x_out"] = free.keep(f"{i}/x_out", x)
+                x, *rest = self._residual_norm(state, params.ls2, i + 1, "norm1")(None, saved["x_mid"], h, outs=outs)
+            saved["x_out"] = x
             h1 = rest[0] if rest else None
             state.blocks.append(saved)
         return state, list(x.view(len(self.tasks), *shape).unbind(0))
 
-    def _keyframe_linear(self, state: RowState, name: str, x: Tensor, free: _Recycler) -> Tensor:
-        """The layer on every row; ``x`` becomes its reference input (a copy: the
-        activation itself moves on without it), with no unpropagated error yet."""
+    def _keyframe_linear(self, state: RowState, name: str, x: Tensor, free: _Recycler,
+                         act: nn.Module | None = None) -> Tensor:
+        """The layer on every row (then ``act``, if given, for fc1: written in place
+        into the block's ``act`` buffer); ``x`` becomes its reference input (a copy:
+        the activation itself moves on without it), with no unpropagated error yet.
+        Outputs the state keeps are computed straight into their recycled buffers."""
         with self._timed(name.rsplit(".", 1)[-1]):
-            outputs = self._linear_rows(name, x, [state.rows_per_task] * len(self.tasks))
-            kept = free.keep(f"{name}/out", outputs) if name.endswith(_OUTPUT_KEPT) else None
-            state.refs[name] = (free.copy(f"{name}/in", x), kept)
+            kept = name.endswith(_OUTPUT_KEPT)
+            key = f"{name.split('.')[1]}/act" if act is not None else f"{name}/out" if kept else None
+            width = self._engine._base.layers[name].weight.shape[0]
+            out = None if key is None else free.empty(key, (x.shape[0], width), x)
+            outputs = self._linear_rows(name, x, [state.rows_per_task] * len(self.tasks), out=out)
+            state.refs[name] = (free.copy(f"{name}/in", x), outputs if kept else None)
             if self._thresholded[name]:
                 norm = _squared_norms(x)
                 state.residual[name] = torch.stack([torch.zeros_like(norm), norm])
+        if act is not None:
+            with self._timed("norm_act"):
+                outputs = _act_in_place(act, outputs)
         return outputs
 
     # ----------------------------------------------------------------------------------
@@ -262,36 +275,43 @@ class LockstepRows:
                 ref_out.index_copy_(0, index, outputs)
         return outputs
 
-    def _linear_rows(self, name: str, inputs: Tensor, counts: list[int]) -> Tensor:
+    def _linear_rows(self, name: str, inputs: Tensor, counts: list[int], out: Tensor | None = None) -> Tensor:
         """The layer on task-major ``inputs``, ``counts[t]`` rows of task ``t``: one GEMM
         per task, or, where the cost model prices it lower
         (:func:`~mtlcompress.runtime.cost_model.choose_stacking`), one GEMM with the
         base task's ``W_0`` for all of them plus ``dW_t x + db_t`` per sub-task: the
-        shared weight is read from memory once instead of once per task."""
+        shared weight is read from memory once instead of once per task. Into ``out``
+        if given."""
         if self._stacks(name, counts):
             base = self._engine._base.layers[name]
-            outputs = F.linear(inputs, base.weight, base.bias)
-            for task, rows, out in zip(self.tasks, inputs.split(counts), outputs.split(counts)):
+            outputs = _linear_into(inputs, base.weight, base.bias, out)
+            for task, rows, task_out in zip(self.tasks, inputs.split(counts), outputs.split(counts)):
                 layer = task.layers[name]
                 if rows.shape[0] and task is not self._engine._base:
                     if layer.dw is not None:
                         dw = self._engine._weight_delta_operand(layer, rows.shape[0])
-                        kernels.add_delta_weight_matmul_(out, rows, dw)
+                        kernels.add_delta_weight_matmul_(task_out, rows, dw)
                     if layer.db is not None:
-                        out += layer.db
+                        task_out += layer.db
             return outputs
         weight = self.tasks[0].layers[name].weight
-        outputs = inputs.new_empty(inputs.shape[0], weight.shape[0])
-        for task, rows, out in zip(self.tasks, inputs.split(counts), outputs.split(counts)):
+        outputs = inputs.new_empty(inputs.shape[0], weight.shape[0]) if out is None else out
+        for task, rows, task_out in zip(self.tasks, inputs.split(counts), outputs.split(counts)):
             if rows.shape[0]:
                 layer = task.layers[name]
-                if layer.bias is None:
-                    torch.mm(rows, layer.weight.t(), out=out)
-                else:
-                    torch.addmm(layer.bias, rows, layer.weight.t(), out=out)
+                _linear_into(rows, layer.weight, layer.bias, task_out)
         return outputs
 
     def _stacks(self, name: str, counts: list[int]) -> bool:
+        key = (name, *counts)
+        stacks = self._stacking.get(key)
+        if stacks is None:
+            if len(self._stacking) >= _MAX_STACKING_CHOICES:
+                self._stacking.clear()
+            stacks = self._stacking[key] = self._price_stacking(name, counts)
+        return stacks
+
+    def _price_stacking(self, name: str, counts: list[int]) -> bool:
         if sum(1 for c in counts if c) < 2:
             return False
         weight = self.tasks[0].layers[name].weight
@@ -434,9 +454,16 @@ class _Recycler:
         free = self._take(key, value)
         return value.clone(memory_format=torch.contiguous_format) if free is None else free.copy_(value)
 
-    def _take(self, key: str, like: Tensor) -> Tensor | None:
+    def empty(self, key: str, shape: Sequence[int], like: Tensor) -> Tensor:
+        """A tensor of ``shape`` (``like``'s dtype and device) to compute into: the free
+        tensor ``key`` where it fits."""
+        free = self._take(key, like, shape)
+        return like.new_empty(shape) if free is None else free
+
+    def _take(self, key: str, like: Tensor, shape: Sequence[int] | None = None) -> Tensor | None:
         free = self._free.pop(key, None)
-        if free is None or (free.shape, free.dtype, free.device) != (like.shape, like.dtype, like.device):
+        wanted = (torch.Size(like.shape if shape is None else shape), like.dtype, like.device)
+        if free is None or (free.shape, free.dtype, free.device) != wanted:
             return None
         return free
 
@@ -458,6 +485,23 @@ def _named_tensors(state: RowState) -> Iterator[tuple[str, Tensor]]:
 
 def _sum_tensors(sums: incremental_attention.AttentionSums) -> tuple[Tensor, Tensor, Tensor]:
     return sums.reference, sums.total, sums.weighted
+
+
+def _linear_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)`` for rows ``x [M, in]``, into ``out`` if given."""
+    if out is None:
+        return F.linear(x, weight, bias)
+    if bias is None:
+        return torch.mm(x, weight.t(), out=out)
+    return torch.addmm(bias, x, weight.t(), out=out)
+
+
+def _act_in_place(act: nn.Module, x: Tensor) -> Tensor:
+    """``act(x)``, written over ``x`` where the activation has an in-place form (GELU,
+    timm's ViT default); other activations return a new tensor."""
+    if type(act) is nn.GELU:
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
 
 
 def _squared_norms(rows: Tensor) -> Tensor:

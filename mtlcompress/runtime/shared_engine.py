@@ -36,7 +36,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -83,6 +83,9 @@ class _Layer:
     weight_density: float
     task_tau: float | None
     temporal_tau: float | None
+    # The ``dW`` operand the cost model picks, by row count: filled on use, as video
+    # frames ask again for the same few row counts in every layer and frame.
+    operand_by_rows: dict[int, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -334,10 +337,13 @@ class SharedEngine:
 
     def _weight_delta_operand(self, layer: _Layer, rows: int) -> Tensor:
         """``dW`` sparse or dense, whichever the cost model prices lower for ``rows`` rows."""
-        path = choose_weight_path(self._timings_for(layer.weight.shape[1], layer.weight.shape[0]),
-                                  tokens=max(1, rows), in_features=layer.weight.shape[1],
-                                  out_features=layer.weight.shape[0], weight_density=layer.weight_density)
-        return layer.dw_sparse if path == "sparse" else layer.dw
+        operand = layer.operand_by_rows.get(rows)
+        if operand is None:
+            path = choose_weight_path(self._timings_for(layer.weight.shape[1], layer.weight.shape[0]),
+                                      tokens=max(1, rows), in_features=layer.weight.shape[1],
+                                      out_features=layer.weight.shape[0], weight_density=layer.weight_density)
+            operand = layer.operand_by_rows[rows] = layer.dw_sparse if path == "sparse" else layer.dw
+        return operand
 
     # ----------------------------------------------------------------------------------
     # Temporal domain: every task against its own previous (propagated) frame.
@@ -555,9 +561,16 @@ def _relative_drift(drifts: list[Tensor]) -> float:
 
 
 def _to_csr(dense: Tensor) -> Tensor:
+    """``dense`` as CSR with int32 indices: the CPU kernel (MKL) takes int32, and would
+    convert torch's default int64 indices on every product (about 13 us per call for
+    ViT-S layers on our 2-core machine, over a hundred calls per video frame)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
-        return dense.to_sparse_csr()
+        csr = dense.to_sparse_csr()
+        if csr.values().numel() >= 2**31:
+            return csr
+        return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape,
+                                       check_invariants=True)
 
 
 def _check_supported(backbone: nn.Module) -> None:

@@ -157,6 +157,17 @@ def test_predict_matches_dense_engine(sources, granularity, path):
         assert 0.05 < sum(layers.values()) / len(layers) < 0.8
 
 
+def test_sparse_weight_deltas_are_int32_csr_of_the_dense_delta(sources):
+    """The CPU sparse kernel takes int32 indices (int64 ones are converted per call)."""
+    engine = SharedEngine(_sparse_bundle(sources, "token"), timings=_timings("token"))
+    layers = [layer for task in engine._subs for layer in task.layers.values() if layer.dw is not None]
+    assert layers
+    for layer in layers:
+        csr = layer.dw_sparse
+        assert csr.layout == torch.sparse_csr and csr.crow_indices().dtype == csr.col_indices().dtype == torch.int32
+        assert torch.equal(csr.to_dense(), layer.dw)
+
+
 def test_task_subset_without_base(sources):
     bundle = _sparse_bundle(sources, "token", temporal=False)
     images = torch.rand(1, 3, CONFIG.img_size, CONFIG.img_size)
