@@ -94,6 +94,11 @@ class LockstepRows:
         blocks = [task.backbone.blocks for task in self.tasks]
         self.depth = len(blocks[0])
         self._blocks = [self._block_params([b[i] for b in blocks]) for i in range(self.depth)]
+        # Each row's own task's norm parameters are applied after F.layer_norm; it gets a
+        # unit scale and zero shift instead of none, which selects a kernel twice as fast
+        # on CPU (same bits; torch 2.14, our 2-core machine: 83 against 173 us on 788 rows).
+        weight = self._blocks[0].norm1[0][0]
+        self._unit_affine = (torch.ones_like(weight), torch.zeros_like(weight))
         self._stacking: dict[tuple, bool] = {}  # (layer, *row counts) -> choose_stacking's answer
         self._taus: dict[str, Tensor] = {}
         self._thresholded: dict[str, list[int]] = {}  # layer -> tasks with a temporal threshold there
@@ -397,7 +402,7 @@ class LockstepRows:
         eps = params.eps[0 if which == "norm1" else 1]
 
         def norm(index: Tensor | None, x: Tensor, outs: Sequence[Tensor] | None = None) -> tuple[Tensor]:
-            normed = self._by_task(state, index, F.layer_norm(x, x.shape[-1:], eps=eps))
+            normed = self._by_task(state, index, F.layer_norm(x, x.shape[-1:], *self._unit_affine, eps=eps))
             return (_rows(torch.addcmul(self._per_row(state, index, bias), normed, self._per_row(state, index, weight),
                                         out=_into(state, outs, 0)), index),)
         return norm
