@@ -40,7 +40,7 @@ def measure(repeats: int) -> list[dict[str, object]]:
         x = torch.randn(1, TOKENS, inputs, generator=generator)
         weight = torch.randn(outputs, inputs, generator=generator)
         delta = weight * (torch.rand(outputs, inputs, generator=generator) < WEIGHT_DENSITY)
-        delta_csr = delta.to_sparse_csr()
+        delta_csr = kernels.to_csr(delta)
         mask = torch.zeros(1, TOKENS, dtype=torch.bool)
         mask[0, torch.randperm(TOKENS, generator=generator)[:round(ROW_DENSITY * TOKENS)]] = True
         dx = x * (torch.rand(x.shape, generator=generator) < ROW_DENSITY)

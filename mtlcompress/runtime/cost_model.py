@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 TIMINGS_FORMAT = "mtlcompress.kernel_timings"
-TIMINGS_VERSION = 2  # 2: sparse_weight is fitted over row counts as well as densities
+TIMINGS_VERSION = 3  # 2: sparse_weight fitted over row counts too; 3: timed on int32-index CSR (kernels.to_csr)
 CACHE_DIR_ENV = "MTLCOMPRESS_CACHE_DIR"
 
 _MAX_REPEATS = 50
@@ -308,7 +308,7 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
         points = [(density, tokens) for density in _WEIGHT_DENSITIES] + [(0.02, r) for r in _WEIGHT_ROWS if r < tokens]
         for density, count in points:
             mask = _random_mask((out_features, in_features), density, gen).to(device)
-            dw = torch.where(mask, weight, torch.zeros((), dtype=dtype, device=device)).to_sparse_csr()
+            dw = kernels.to_csr(torch.where(mask, weight, torch.zeros((), dtype=dtype, device=device)))
             units.append(int(mask.sum()) * count)
             secs.append(_measure(lambda w=dw, c=count: kernels.sparse_delta_weight_matmul(x[:c], w), device, repeats))
         sparse_weight = _fit_line(units, secs)

@@ -30,7 +30,7 @@ from mtlcompress.runtime import incremental_attention, kernels
 from mtlcompress.runtime.cost_model import choose_stacking
 
 if TYPE_CHECKING:
-    from mtlcompress.runtime.shared_engine import SharedEngine, _StreamState, _Task
+    from mtlcompress.runtime.shared_engine import SharedEngine, _Task
 
 __all__ = ["LockstepRows", "RowState"]
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -227,7 +226,7 @@ class SharedEngine:
             db = None if db is None or not bool(db.ne(0).any()) else db.to(self.device)
             layers[layer] = _Layer(
                 weight=linear.weight, bias=linear.bias, dw=dw,
-                dw_sparse=None if dw is None else _to_csr(dw), db=db,
+                dw_sparse=None if dw is None else kernels.to_csr(dw), db=db,
                 weight_density=0.0 if dw is None else float(dw.ne(0).float().mean()),
                 task_tau=activation.task_thresholds.get(layer) if name != self.bundle.base_task else None,
                 temporal_tau=activation.temporal_thresholds.get(layer))
@@ -558,19 +557,6 @@ def _relative_drift(drifts: list[Tensor]) -> float:
         sums = torch.stack(squares).sum(dim=-1).sqrt()
         parts.append((sums[:, 0] / sums[:, 1].clamp_min(1e-12)).flatten())
     return float(torch.cat(parts).max()) if parts else 0.0
-
-
-def _to_csr(dense: Tensor) -> Tensor:
-    """``dense`` as CSR with int32 indices: the CPU kernel (MKL) takes int32, and would
-    convert torch's default int64 indices on every product (about 13 us per call for
-    ViT-S layers on our 2-core machine, over a hundred calls per video frame)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
-        csr = dense.to_sparse_csr()
-        if csr.values().numel() >= 2**31:
-            return csr
-        return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape,
-                                       check_invariants=True)
 
 
 def _check_supported(backbone: nn.Module) -> None:
