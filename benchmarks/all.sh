@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-run every benchmark and rewrite every section of docs/benchmarks.md.
-# About 45-60 minutes on a 2-core CPU (45 min last time: demo 16, runtime matrix with ViT-B ~20, the rest ~9);
+# About 45-60 minutes on a 2-core CPU (46 min last time, the demo 15 of them);
 # run nothing else at the same time: torch threads oversubscribe and every timing suffers.
 # The GPU section of docs/benchmarks.md is not touched (it needs a GPU machine).
 set -euo pipefail
