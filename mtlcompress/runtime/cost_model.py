@@ -3,8 +3,9 @@
 Whether the delta identity ``y_t = y_0 + dW_t x_0 + W_t dx + db_t`` is faster than just
 running the layer depends on the machine: at ViT sequence lengths (~200 tokens) the
 fixed overhead of gather/scatter or sparse kernels can eat the saved FLOPs. So every
-path gets a two-number linear model, ``seconds = overhead_s + per_unit_s * units``,
-fitted once per machine by :func:`calibrate` and cached as versioned JSON.
+path gets a two-number linear model, ``seconds = overhead_s + per_unit_s * units``
+(the CSR weight-delta product a third, per row), fitted once per machine by
+:func:`calibrate` on cold caches and cached as versioned JSON.
 
 Paths priced for ``W_t dx`` (the activation side), see :func:`choose_path`:
 
@@ -18,7 +19,8 @@ Paths priced for ``W_t dx`` (the activation side), see :func:`choose_path`:
 
 The ``dW_t x_0`` term (needed by the token and element paths only) is priced by
 :func:`choose_weight_path`: ``"none"`` (no delta), ``"sparse"`` (CSR, units
-``nnz(dW) * rows``) or ``"dense"`` (a dense GEMM, priced with the dense model).
+``nnz(dW) * rows``, plus a cost per row) or ``"dense"`` (a dense GEMM, priced with the
+dense model).
 
 Video frames of several tasks run in lockstep (:mod:`~mtlcompress.runtime.lockstep`)
 give each linear layer a few changed rows per task; :func:`choose_stacking` prices one
@@ -42,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import nnls
 
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.runtime import kernels
@@ -64,11 +67,18 @@ __all__ = [
 ]
 
 TIMINGS_FORMAT = "mtlcompress.kernel_timings"
-TIMINGS_VERSION = 3  # 2: sparse_weight fitted over row counts too; 3: timed on int32-index CSR (kernels.to_csr)
+# 2: sparse_weight fitted over row counts too; 3: timed on int32-index CSR (kernels.to_csr);
+# 4: timed with cold caches
+TIMINGS_VERSION = 4
 CACHE_DIR_ENV = "MTLCOMPRESS_CACHE_DIR"
 
 _MAX_REPEATS = 50
 _WARMUP = 2
+# Every timed call finds its operands out of cache, as a layer's weights are in a real
+# pass: a frame reads every task's weights once, far more bytes than a CPU cache holds.
+# Timed warm, a GEMM over a few rows (one read of a dense weight) looked cheaper than the
+# CSR weight-delta product that reads ~25x fewer bytes, and lost 10% of a video frame.
+_EVICT_BYTES = 64 * 2**20
 # Synthetic densities timed per path; a few points per line are enough for two numbers.
 _DENSE_ROW_FRACTIONS = (0.25, 0.5, 1.0)
 _TOKEN_DENSITIES = (0.05, 0.15, 0.3, 0.5)
@@ -79,13 +89,16 @@ _WEIGHT_ROWS = (4, 32)  # few-row calls (video frames), timed at 2 % density bes
 
 @dataclass(frozen=True)
 class LinearCost:
-    """``seconds = overhead_s + per_unit_s * units`` for one kernel path."""
+    """``seconds = overhead_s + per_unit_s * units + per_row_s * rows`` for one kernel
+    path. Only the CSR weight-delta product has a cost per row: it handles each row of
+    its dense operand at a cost that does not shrink with the weight's non-zeros."""
 
     overhead_s: float
     per_unit_s: float
+    per_row_s: float = 0.0
 
-    def __call__(self, units: float) -> float:
-        return self.overhead_s + self.per_unit_s * units
+    def __call__(self, units: float, rows: float = 0.0) -> float:
+        return self.overhead_s + self.per_unit_s * units + self.per_row_s * rows
 
 
 @dataclass
@@ -115,7 +128,8 @@ class KernelTimings:
                 f"(expected {TIMINGS_VERSION}); delete the file to recalibrate"
             )
         try:
-            paths = {name: LinearCost(float(data[name]["overhead_s"]), float(data[name]["per_unit_s"]))
+            paths = {name: LinearCost(float(data[name]["overhead_s"]), float(data[name]["per_unit_s"]),
+                                      float(data[name]["per_row_s"]))
                      for name in ("dense", "token", "element", "sparse_weight")}
             return cls(
                 **paths,
@@ -138,7 +152,7 @@ def _weight_costs(timings: KernelTimings, *, tokens: int, in_features: int, out_
         return {"none": 0.0}
     nnz = weight_density * in_features * out_features
     return {
-        "sparse": timings.sparse_weight(nnz * tokens),
+        "sparse": timings.sparse_weight(nnz * tokens, rows=tokens),
         "dense": timings.dense(tokens * in_features * out_features),
     }
 
@@ -215,14 +229,16 @@ def choose_path(timings: KernelTimings, *, tokens: int, in_features: int, out_fe
 # --------------------------------------------------------------------------------------
 # Calibration.
 # --------------------------------------------------------------------------------------
-def _measure(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of ``fn`` after warm-up, with CUDA synchronisation around each call."""
+def _measure(fn: Callable[[], object], device: torch.device, repeats: int, evict: torch.Tensor) -> float:
+    """Median seconds of ``fn`` after warm-up, each timed call after ``evict`` (a buffer
+    larger than the caches) was read and written, with CUDA synchronisation around it."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(_WARMUP):
         fn()
-    sync()
     samples = []
     for _ in range(repeats):
+        evict.add_(1)  # read and write: plain writes may bypass the cache
+        sync()
         start = time.perf_counter()
         fn()
         sync()
@@ -230,17 +246,21 @@ def _measure(fn: Callable[[], object], device: torch.device, repeats: int) -> fl
     return statistics.median(samples)
 
 
-def _fit_line(units: list[float], seconds: list[float]) -> LinearCost:
-    """Least-squares line, constrained to a non-negative overhead and a positive slope."""
+def _fit_line(units: list[float], seconds: list[float], rows: list[float] | None = None) -> LinearCost:
+    """Least squares in relative error (a call of 20 us priced 10 us off matters as much
+    as one of 2 ms priced 1 ms off: choices compare calls of like size), every term
+    non-negative and the cost per unit positive; a cost per row only if ``rows`` given."""
     x = np.asarray(units, dtype=np.float64)
     y = np.asarray(seconds, dtype=np.float64)
-    design = np.stack([np.ones_like(x), x], axis=1)
-    (overhead, slope), *_ = np.linalg.lstsq(design, y, rcond=None)
-    if overhead < 0:  # noise made the intercept negative: fit through the origin
-        overhead, slope = 0.0, float(x @ y / max(x @ x, 1e-300))
+    columns = [np.ones_like(x), x] + ([np.asarray(rows, dtype=np.float64)] if rows is not None else [])
+    design = np.stack(columns, axis=1) / np.maximum(y, 1e-12)[:, None]
+    column_scale = np.maximum(np.abs(design).max(axis=0), 1e-300)  # units run to 1e8: keep nnls well conditioned
+    coefficients = nnls(design / column_scale, np.ones_like(y))[0] / column_scale
+    overhead, slope = float(coefficients[0]), float(coefficients[1])
+    per_row = float(coefficients[2]) if rows is not None else 0.0
     if not slope > 0:  # flat or decreasing within noise: all overhead, tiny slope
-        overhead, slope = float(y.mean()), float(y.mean() / max(x.max(), 1.0) * 1e-3)
-    return LinearCost(float(overhead), float(slope))
+        overhead, slope, per_row = float(y.mean()), float(y.mean() / max(x.max(), 1.0) * 1e-3), 0.0
+    return LinearCost(overhead, slope, per_row)
 
 
 def _device_name(device: torch.device) -> str:
@@ -270,8 +290,9 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
     """Time every path on synthetic data and fit one cost line per path.
 
     Defaults are ViT-S/16 fc1 at batch 1. ``repeats`` is capped at 50; with the
-    defaults this takes well under a few seconds on a CPU. Uses its own random
-    generator, so the global RNG state is untouched.
+    defaults this takes a few seconds on a CPU. Every call is timed with cold caches
+    (see ``_EVICT_BYTES``). Uses its own random generator, so the global RNG state is
+    untouched.
     """
     device = torch.device(device)
     repeats = max(1, min(int(repeats), _MAX_REPEATS))
@@ -283,17 +304,21 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
     weight = make(out_features, in_features)
     x = make(tokens, in_features)
     macs = in_features * out_features
+    evict = torch.zeros(_EVICT_BYTES // 4, dtype=torch.float32, device=device)
+
+    def measure(fn: Callable[[], object]) -> float:
+        return _measure(fn, device, repeats, evict)
 
     with torch.inference_mode():
         rows = sorted({max(1, round(f * tokens)) for f in _DENSE_ROW_FRACTIONS})
         dense = _fit_line([r * macs for r in rows],
-                          [_measure(lambda r=r: F.linear(x[:r], weight), device, repeats) for r in rows])
+                          [measure(lambda r=r: F.linear(x[:r], weight)) for r in rows])
 
         units, secs = [], []
         for density in _TOKEN_DENSITIES:
             mask = _random_mask((tokens,), density, gen).to(device)
             units.append(int(mask.sum()) * macs)
-            secs.append(_measure(lambda m=mask: kernels.token_sparse_linear(x, weight, m), device, repeats))
+            secs.append(measure(lambda m=mask: kernels.token_sparse_linear(x, weight, m)))
         token = _fit_line(units, secs)
 
         units, secs = [], []
@@ -301,7 +326,7 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
             mask = _random_mask((tokens, in_features), density, gen).to(device)
             dx = torch.where(mask, x, torch.zeros((), dtype=dtype, device=device))
             units.append(int(mask.sum()) * out_features)
-            secs.append(_measure(lambda d=dx: kernels.element_sparse_linear(d, weight), device, repeats))
+            secs.append(measure(lambda d=dx: kernels.element_sparse_linear(d, weight)))
         element = _fit_line(units, secs)
 
         units, secs = [], []
@@ -310,8 +335,8 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
             mask = _random_mask((out_features, in_features), density, gen).to(device)
             dw = kernels.to_csr(torch.where(mask, weight, torch.zeros((), dtype=dtype, device=device)))
             units.append(int(mask.sum()) * count)
-            secs.append(_measure(lambda w=dw, c=count: kernels.sparse_delta_weight_matmul(x[:c], w), device, repeats))
-        sparse_weight = _fit_line(units, secs)
+            secs.append(measure(lambda w=dw, c=count: kernels.sparse_delta_weight_matmul(x[:c], w)))
+        sparse_weight = _fit_line(units, secs, rows=[count for _, count in points])
 
     return KernelTimings(
         dense=dense, token=token, element=element, sparse_weight=sparse_weight,

@@ -46,6 +46,16 @@ def _timings(**overrides: LinearCost) -> KernelTimings:
 
 def test_linear_cost_is_overhead_plus_slope():
     assert LinearCost(2.0, 0.5)(10) == pytest.approx(7.0)
+    assert LinearCost(2.0, 0.5, per_row_s=0.25)(10, rows=4) == pytest.approx(8.0)
+
+
+def test_sparse_weight_cost_per_row_can_make_dense_win_at_many_rows():
+    """The CSR product's cost per row of its operand tips full-row calls to the dense
+    GEMM while few-row calls (video frames) stay sparse."""
+    t = _timings(sparse_weight=LinearCost(30e-6, 3e-11, per_row_s=10e-6), dense=LinearCost(100e-6, 1e-11))
+    shape = dict(in_features=384, out_features=1536, weight_density=0.02)
+    assert choose_weight_path(t, tokens=4, **shape) == "sparse"
+    assert choose_weight_path(t, tokens=197, **shape) == "dense"
 
 
 def test_token_path_wins_with_nothing_changed_and_dense_wins_with_everything_changed():
@@ -124,8 +134,28 @@ def test_fit_line_recovers_a_line_and_stays_positive_under_noise():
     assert flat.overhead_s > 0 and flat.per_unit_s > 0
 
 
+def test_fit_line_recovers_a_cost_per_row():
+    points = [(0.01, 197), (0.02, 197), (0.05, 197), (0.02, 4), (0.02, 32)]  # calibrate's (density, rows)
+    units = [d * 384 * 1536 * r for d, r in points]
+    rows = [r for _, r in points]
+    seconds = [5e-5 + 3e-11 * u + 2e-6 * r for u, r in zip(units, rows)]
+    fit = cost_model._fit_line(units, seconds, rows=rows)
+    assert fit.overhead_s == pytest.approx(5e-5, rel=1e-6)
+    assert fit.per_unit_s == pytest.approx(3e-11, rel=1e-6)
+    assert fit.per_row_s == pytest.approx(2e-6, rel=1e-6)
+    assert cost_model._fit_line(units, seconds).per_row_s == 0.0
+
+
+def test_every_timed_calibration_call_follows_a_cache_eviction():
+    evict = torch.zeros(16)
+    calls = []
+    cost_model._measure(lambda: calls.append(float(evict[0])), torch.device("cpu"), repeats=3, evict=evict)
+    # Warm-up calls first (no eviction), then one eviction before each timed call.
+    assert calls == [0.0] * cost_model._WARMUP + [1.0, 2.0, 3.0]
+
+
 def test_json_round_trip(tmp_path):
-    t = _timings()
+    t = _timings(sparse_weight=LinearCost(30e-6, 3e-11, per_row_s=1e-6))
     path = save_timings(t, tmp_path / "sub" / "timings.json")
     data = json.loads(path.read_text())
     assert data["format"] == "mtlcompress.kernel_timings" and data["version"] == TIMINGS_VERSION
