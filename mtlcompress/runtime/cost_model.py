@@ -84,7 +84,7 @@ _DENSE_ROW_FRACTIONS = (0.25, 0.5, 1.0)
 _TOKEN_DENSITIES = (0.05, 0.15, 0.3, 0.5)
 _ELEMENT_DENSITIES = (0.01, 0.05, 0.1)
 _WEIGHT_DENSITIES = (0.01, 0.02, 0.05)
-_WEIGHT_ROWS = (4, 32)  # few-row calls (video frames), timed at 2 % density besides all rows
+_FEW_ROWS = (4, 32)  # few-row calls (video frames), timed besides fractions of all rows (2 % density for dW)
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
         return _measure(fn, device, repeats, evict)
 
     with torch.inference_mode():
-        rows = sorted({max(1, round(f * tokens)) for f in _DENSE_ROW_FRACTIONS})
+        rows = sorted({max(1, round(f * tokens)) for f in _DENSE_ROW_FRACTIONS} | {r for r in _FEW_ROWS if r < tokens})
         dense = _fit_line([r * macs for r in rows],
                           [measure(lambda r=r: F.linear(x[:r], weight)) for r in rows])
 
@@ -330,7 +330,7 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
         element = _fit_line(units, secs)
 
         units, secs = [], []
-        points = [(density, tokens) for density in _WEIGHT_DENSITIES] + [(0.02, r) for r in _WEIGHT_ROWS if r < tokens]
+        points = [(density, tokens) for density in _WEIGHT_DENSITIES] + [(0.02, r) for r in _FEW_ROWS if r < tokens]
         for density, count in points:
             mask = _random_mask((out_features, in_features), density, gen).to(device)
             dw = kernels.to_csr(torch.where(mask, weight, torch.zeros((), dtype=dtype, device=device)))
