@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-run every benchmark and rewrite every section of docs/benchmarks.md.
-# About 45-60 minutes on a 2-core CPU (46 min last time, the demo 15 of them);
+# About 45-60 minutes on a 2-core CPU (50 min last time, the demo 17 of them);
 # run nothing else at the same time: torch threads oversubscribe and every timing suffers.
 # The GPU section of docs/benchmarks.md is not touched (it needs a GPU machine).
 set -euo pipefail

@@ -68,7 +68,7 @@ __all__ = [
 
 TIMINGS_FORMAT = "mtlcompress.kernel_timings"
 # 2: sparse_weight fitted over row counts too; 3: timed on int32-index CSR (kernels.to_csr);
-# 4: timed with cold caches
+# 4: timed with cold caches, fitted in relative error, a cost per row for the CSR product
 TIMINGS_VERSION = 4
 CACHE_DIR_ENV = "MTLCOMPRESS_CACHE_DIR"
 
@@ -77,7 +77,7 @@ _WARMUP = 2
 # Every timed call finds its operands out of cache, as a layer's weights are in a real
 # pass: a frame reads every task's weights once, far more bytes than a CPU cache holds.
 # Timed warm, a GEMM over a few rows (one read of a dense weight) looked cheaper than the
-# CSR weight-delta product that reads ~25x fewer bytes, and lost 10% of a video frame.
+# CSR weight-delta product that reads ~25x fewer bytes; picking it slowed video frames ~10%.
 _EVICT_BYTES = 64 * 2**20
 # Synthetic densities timed per path; a few points per line are enough for two numbers.
 _DENSE_ROW_FRACTIONS = (0.25, 0.5, 1.0)
