@@ -36,6 +36,7 @@ from make_bundles import DEFAULT_CACHE, RANDOM_WEIGHTS_NOTE, BundleSpec, all_spe
 
 from mtlcompress.bundle.bundle import Bundle  # noqa: E402
 from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images  # noqa: E402
+from mtlcompress.runtime.allocator import keep_freed_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "runtime-benchmarks"
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `mtlcompress run` and `bench` do
     settings = dict(QUICK if args.quick else FULL)
     if args.repeats:
         settings["repeats"] = args.repeats

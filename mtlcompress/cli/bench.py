@@ -13,6 +13,7 @@ from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images
+from mtlcompress.runtime.allocator import keep_freed_memory
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.media import find_inputs, read_images
 
@@ -53,6 +54,7 @@ def bench(
         raise MtlCompressError("--max-drift must be > 0")
     if threads:
         torch.set_num_threads(threads)
+    keep_freed_memory()
     loaded = Bundle.load(bundle)
     size = loaded.backbone.img_size
     images, clip, source = _inputs(inputs, size, batch, frames)

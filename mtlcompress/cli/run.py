@@ -11,6 +11,7 @@ from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.runtime.allocator import keep_freed_memory
 from mtlcompress.runtime.engines import ENGINES
 from mtlcompress.runtime.media import run_on_media
 
@@ -44,6 +45,7 @@ def run(
         raise MtlCompressError(f"unknown engine '{engine}'; choose from {', '.join(ENGINES)}")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise MtlCompressError(f"unknown device '{device}'; use cpu or cuda")
+    keep_freed_memory()
     loaded = Bundle.load(bundle)
     selected = [t.strip() for t in tasks.split(",") if t.strip()] or None
     summary = run_on_media(loaded, inputs, out, tasks=selected, engine=engine, video=video,
