@@ -186,7 +186,7 @@ def choose_stacking(timings: KernelTimings, *, rows: list[int], in_features: int
 
 def estimate_path_costs(timings: KernelTimings, *, tokens: int, in_features: int, out_features: int,
                         token_density: float, weight_density: float,
-                        element_density: float | None = None) -> dict[str, float]:
+                        element_density: float | None = None, stacked: bool = False) -> dict[str, float]:
     """Predicted seconds per path for one layer call, ``dW_t x_0`` included where needed.
 
     Args:
@@ -195,24 +195,35 @@ def estimate_path_costs(timings: KernelTimings, *, tokens: int, in_features: int
         weight_density: fraction of non-zero entries in ``dW_t`` (0 for shared weights).
         element_density: fraction of non-zero entries of dx; ``None`` assumes every
             changed token is fully dense (= ``token_density``).
+        stacked: the changed rows join a GEMM with the shared base weight that runs
+            anyway, and the ``dW_t`` product takes them besides ``x_0``
+            (:mod:`~mtlcompress.runtime.task_domain`): they cost the token path's rate
+            per unit (gather, GEMM rows, scatter) but not its fixed cost per call.
     """
     for name, value in (("token_density", token_density), ("weight_density", weight_density),
                         ("element_density", element_density)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
-    weight = min(_weight_costs(timings, tokens=tokens, in_features=in_features, out_features=out_features,
-                               weight_density=weight_density).values())
+
+    def weight(rows: int) -> float:
+        return min(_weight_costs(timings, tokens=rows, in_features=in_features, out_features=out_features,
+                                 weight_density=weight_density).values())
+
+    macs = in_features * out_features
     changed_rows = math.ceil(token_density * tokens)
     nnz = (token_density if element_density is None else element_density) * tokens * in_features
+    token = (timings.token.per_unit_s * changed_rows * macs + weight(tokens + changed_rows) if stacked
+             else timings.token(changed_rows * macs) + weight(tokens))
     return {
-        "dense": timings.dense(tokens * in_features * out_features),
-        "token": timings.token(changed_rows * in_features * out_features) + weight,
-        "element": timings.element(nnz * out_features) + weight,
+        "dense": timings.dense(tokens * macs),
+        "token": token,
+        "element": timings.element(nnz * out_features) + weight(tokens),
     }
 
 
 def choose_path(timings: KernelTimings, *, tokens: int, in_features: int, out_features: int,
-                token_density: float, weight_density: float, element_density: float | None = None) -> str:
+                token_density: float, weight_density: float, element_density: float | None = None,
+                stacked: bool = False) -> str:
     """The fastest way to run a sub-task's linear layer: ``"dense"``, ``"token"`` or ``"element"``.
 
     ``"dense"`` means run the layer plainly on ``x_t`` (no delta identity at all); the
@@ -222,7 +233,7 @@ def choose_path(timings: KernelTimings, *, tokens: int, in_features: int, out_fe
     """
     costs = estimate_path_costs(timings, tokens=tokens, in_features=in_features, out_features=out_features,
                                 token_density=token_density, weight_density=weight_density,
-                                element_density=element_density)
+                                element_density=element_density, stacked=stacked)
     return min(costs, key=costs.__getitem__)
 
 

@@ -4,28 +4,30 @@ differs from the base task (images) or from its previous frame (video).
 It implements exactly the semantics of :class:`~mtlcompress.runtime.dense_engine.DenseEngine`
 (read its docstring) but makes the savings real. The backbone runs block by block with
 explicit calls to the timm modules' parts; every shared linear layer ``y = W x + b``
-of a sub-task ``t`` is computed from the base task's cached input/output as
+of a sub-task ``t`` is computed from the base task's input/output as
 
     y_t = y_0 + dW_t x_0 + W_t dx + db_t,    dx = threshold(x_t - x_0)
 
 on one of three paths chosen per layer by the calibrated cost model
 (:mod:`~mtlcompress.runtime.cost_model`) from the layer's last measured density:
 
-* ``"token"``: changed token rows run one GEMM on ``x_0 + dx``; the unchanged rows get
-  ``y_0 + dW_t x_0 + db_t`` with a sparse CSR ``dW_t`` (skipped when the delta is 0);
+* ``"token"``: the changed token rows join the base task's GEMM with the shared
+  ``W_0``, the unchanged rows get ``y_0 + dW_t x_0 + db_t``, and one sparse CSR product
+  of all sub-tasks' stacked ``dW_t`` covers both (:mod:`~mtlcompress.runtime.task_domain`);
 * ``"element"``: ``y_0 + W_t dx`` with element-sparse ``dx`` plus the ``dW_t x_0`` term;
 * ``"dense"``: the plain layer on ``x_0 + dx`` (nothing sparse enough to pay off).
 
 Layers without a threshold run plainly (``"exact"``). Non-linear parts (LayerNorm,
 softmax attention, GELU, residuals, heads) run densely on the reconstructed
-activations, as timm would. On video, a keyframe runs every task exactly; later frames
-use the same identity in time, ``y^f = y^{f-1} + W dx`` with ``dx`` measured against
-the last *propagated* input. At token granularity every frame runs row by row, all
-such tasks in lockstep (:mod:`~mtlcompress.runtime.lockstep`): norms, GELU, residuals
-and linear layers touch only the token rows that changed since the last frame, and
-attention, the one part that mixes rows, is updated for the moved tokens only
-(:mod:`~mtlcompress.runtime.incremental_attention`). Patch embeddings and heads are
-updated where their inputs changed (:mod:`~mtlcompress.runtime.incremental_embed`,
+activations, as timm would; on images every task's blocks run in lockstep, stacked,
+each part once for all tasks. On video, a keyframe runs every task exactly; later
+frames use the same identity in time, ``y^f = y^{f-1} + W dx`` with ``dx`` measured
+against the last *propagated* input. At token granularity every frame runs row by row,
+all such tasks in lockstep (:mod:`~mtlcompress.runtime.lockstep`): norms, GELU,
+residuals and linear layers touch only the token rows that changed since the last
+frame, and attention, the one part that mixes rows, is updated for the moved tokens
+only (:mod:`~mtlcompress.runtime.incremental_attention`). Patch embeddings and heads
+are updated where their inputs changed (:mod:`~mtlcompress.runtime.incremental_embed`,
 :mod:`~mtlcompress.runtime.incremental_head`).
 """
 
@@ -56,6 +58,7 @@ from mtlcompress.runtime.incremental_embed import PatchEmbedState, embed_tokens,
 from mtlcompress.runtime.incremental_head import HeadState, supports_incremental_head
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.lockstep import LockstepRows, RowState
+from mtlcompress.runtime.task_domain import TaskDomainRows, attention_core
 
 __all__ = ["SharedEngine", "PROFILE_KINDS"]
 
@@ -166,6 +169,7 @@ class SharedEngine:
         self._subs = [self._build_task(t) for t in order[1:]]
         token_tasks = [t for t in [self._base, *self._subs] if t.granularity == "token"]
         self._lockstep = LockstepRows(self, token_tasks, lambda kind: self._timed(_ALL, kind)) if token_tasks else None
+        self._task_rows = TaskDomainRows(self, lambda kind: self._timed(_ALL, kind))
         self._spare_rows: RowState | None = None  # a finished stream's rows, for the next one's first keyframe
 
     # ----------------------------------------------------------------------------------
@@ -263,76 +267,14 @@ class SharedEngine:
     def _task_domain(self, images: Tensor) -> dict[str, Tensor]:
         check_images(images, self.bundle.backbone.img_size)
         pixels = normalize_images(images)
-        depth = self.bundle.backbone.depth
         measured: list[tuple[str, str, Tensor, Tensor]] = []
         x0 = self._embed(self._base, pixels, _BASE)
-        xs = [x0 if task.shares_embedding else self._embed(task, pixels, _SUB) for task in self._subs]
-        for i in range(depth):
-            cache: dict[str, tuple[Tensor, Tensor]] = {}
-            x0 = self._block(self._base, i, x0, lambda n, x: self._base_linear(cache, n, x), _BASE)
-            for j, task in enumerate(self._subs):
-                xs[j] = self._block(task, i, xs[j], lambda n, x, task=task:
-                                    self._sub_linear(task, cache, measured, n, x), _SUB)
-        outputs = {task.name: self._head(task, x, _SUB) for task, x in zip(self._subs, xs)}
-        if self._base.name in self.tasks:
-            outputs[self._base.name] = self._head(self._base, x0, _BASE)
+        embeds = [x0, *(x0 if task.shares_embedding else self._embed(task, pixels, _SUB) for task in self._subs)]
+        finals = self._task_rows.run(embeds, measured)
+        outputs = {task.name: self._head(task, x, _BASE if task is self._base else _SUB)
+                   for task, x in zip(self._task_rows.tasks, finals) if task.name in self.tasks}
         self._record(measured, temporal=False)
         return outputs
-
-    def _base_linear(self, cache: dict, name: str, x: Tensor) -> Tensor:
-        layer = self._base.layers[name]
-        with self._timed(_BASE, _KIND[layer_kind(name)]):
-            y = F.linear(x, layer.weight, layer.bias)
-        cache[name] = (x, y)
-        return y
-
-    def _sub_linear(self, task: _Task, cache: dict, measured: list, name: str, x: Tensor) -> Tensor:
-        layer = task.layers[name]
-        with self._timed(_SUB, _KIND[layer_kind(name)]):
-            if layer.task_tau is None:
-                self.layer_paths.setdefault(task.name, {})[name] = "exact"
-                return F.linear(x, layer.weight, layer.bias)
-            x0, y0 = cache[name]
-            dx = x - x0
-            if task.granularity == "token":  # the fast path needs the mask only
-                kept, mask = None, kernels.token_rms(dx) >= layer.task_tau
-            else:
-                kept, mask = kernels.threshold_delta(dx, layer.task_tau, task.granularity)
-            rows = mask if task.granularity == "token" else mask.any(dim=-1)
-            measured.append((task.name, name, mask, rows))
-            path = self._choose(task, name, layer, rows.numel(), x.shape[-1], y0.shape[-1], temporal=False)
-            element = task.granularity == "element"
-            if kept is None and path != "token":
-                kept, _ = kernels.threshold_delta(dx, layer.task_tau, task.granularity)
-            if path == "dense":
-                return F.linear(x0 + kept, layer.weight, layer.bias)
-            if path == "token":  # whole changed rows equal x_t itself, partly changed ones do not
-                return self._token_delta(layer, x0 + kept if element else x, x0, y0, rows)
-            return self._add_weight_delta(y0 + kernels.element_sparse_linear(kept, layer.weight), layer, x0)
-
-    def _token_delta(self, layer: _Layer, x: Tensor, x0: Tensor, y0: Tensor, rows: Tensor) -> Tensor:
-        """Changed rows: one GEMM on ``x`` (= ``x_0 + dx`` there); unchanged rows: ``y_0 + dW x_0 + db``."""
-        flat = rows.reshape(-1)
-        x0_rows = x0.reshape(-1, x0.shape[-1])
-        y = (y0 + layer.db) if layer.db is not None else y0.clone()
-        y_rows = y.view(-1, y.shape[-1])
-        if layer.dw is not None:
-            unchanged = (~flat).nonzero().squeeze(1)
-            update = self._weight_delta(layer, x0_rows.index_select(0, unchanged))
-            y_rows.index_add_(0, unchanged, update.contiguous())  # CSR results come transposed
-        changed = flat.nonzero().squeeze(1)
-        inputs = x.reshape(-1, x.shape[-1]).index_select(0, changed)
-        y_rows.index_copy_(0, changed, F.linear(inputs, layer.weight, layer.bias))
-        return y
-
-    def _add_weight_delta(self, y: Tensor, layer: _Layer, x0: Tensor) -> Tensor:
-        if layer.dw is not None:
-            y = y + self._weight_delta(layer, x0)
-        return y + layer.db if layer.db is not None else y
-
-    def _weight_delta(self, layer: _Layer, x0: Tensor) -> Tensor:
-        """``x_0 dW^T`` on the kernel the cost model prices lower."""
-        return kernels.delta_weight_matmul(x0, self._weight_delta_operand(layer, x0.numel() // max(1, x0.shape[-1])))
 
     def _weight_delta_operand(self, layer: _Layer, rows: int) -> Tensor:
         """``dW`` sparse or dense, whichever the cost model prices lower for ``rows`` rows."""
@@ -446,7 +388,7 @@ class SharedEngine:
             h1 = block.norm1(x)
         qkv = linear(prefix + "attn.qkv", h1)
         with self._timed(role, "attention"):
-            attn = self._attention(block.attn, qkv)
+            attn = attention_core(block.attn, qkv)
         h = linear(prefix + "attn.proj", attn)
         with self._timed(role, "norm_act"):
             x_mid = x + block.ls1(h)
@@ -458,17 +400,6 @@ class SharedEngine:
         with self._timed(role, "norm_act"):
             x_out = x_mid + block.ls2(h)
         return x_out
-
-    @staticmethod
-    def _attention(attn: Attention, qkv: Tensor) -> Tensor:
-        """timm ``Attention`` between its two linear layers: ``[B, N, 3C]`` -> ``[B, N, C]``."""
-        batch, tokens, _ = qkv.shape
-        q, k, v = qkv.reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if attn.fused_attn:
-            h = F.scaled_dot_product_attention(q, k, v)
-        else:
-            h = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        return h.transpose(1, 2).reshape(batch, tokens, attn.attn_dim)
 
     def _head(self, task: _Task, x: Tensor, role: str, state: _StreamState | None = None) -> Tensor:
         """Final norm and head; with a stream ``state``, kept there (at a keyframe) or
@@ -492,7 +423,8 @@ class SharedEngine:
         path = choose_path(self._timings_for(in_features, out_features), tokens=tokens, in_features=in_features,
                            out_features=out_features,
                            token_density=density, weight_density=0.0 if layer is None else layer.weight_density,
-                           element_density=self._density.get((key, name + "#element")))
+                           element_density=self._density.get((key, name + "#element")),
+                           stacked=not temporal)  # the task domain stacks changed rows (task_domain.py)
         self.layer_paths.setdefault(key, {})[name] = path
         return path
 

@@ -26,11 +26,11 @@ SUB_TASKS = {"depth": 1, "normals": 3, "edges": 1}
 CHEAP, DEAR = LinearCost(0.0, 1e-15), LinearCost(1.0, 1.0)
 
 
-def _timings(path: str) -> KernelTimings:
-    """Timings that make ``path`` always win (with the CSR kernel for ``dW x_0``)."""
+def _timings(path: str, sparse_weight: LinearCost = CHEAP) -> KernelTimings:
+    """Timings that make ``path`` always win (with the CSR kernel for ``dW x_0``, unless
+    ``sparse_weight`` makes it dear)."""
     costs = {name: (CHEAP if name == path else DEAR) for name in ("dense", "token", "element")}
-    costs["sparse_weight"] = CHEAP
-    return KernelTimings(**costs, device="cpu", dtype="float32", device_name="test")
+    return KernelTimings(**costs, sparse_weight=sparse_weight, device="cpu", dtype="float32", device_name="test")
 
 
 def _checkpoints(tmp_path, config=CONFIG) -> tuple:
@@ -155,6 +155,49 @@ def test_predict_matches_dense_engine(sources, granularity, path):
         assert layers.keys() == shared_kept[task].keys()
         assert all(abs(layers[k] - shared_kept[task][k]) < 1e-6 for k in layers)
         assert 0.05 < sum(layers.values()) / len(layers) < 0.8
+
+
+def _force_paths(monkeypatch, chosen: dict[str, str]) -> None:
+    """Make every sub-task take ``chosen[task]`` on every thresholded layer (the cost
+    model is still asked, so ``layer_paths`` and densities are kept as usual)."""
+    choose = SharedEngine._choose
+
+    def forced(self, task, name, *args, **kwargs):
+        choose(self, task, name, *args, **kwargs)
+        self.layer_paths[task.name][name] = chosen[task.name]
+        return chosen[task.name]
+    monkeypatch.setattr(SharedEngine, "_choose", forced)
+
+
+@pytest.mark.parametrize("granularity", ["token", "element"])
+@pytest.mark.parametrize("paths", [("token", "dense", "element"), ("dense", "token", "token"),
+                                   ("element", "token", "dense")])
+def test_sub_tasks_on_different_paths_in_one_layer(sources, granularity, paths, monkeypatch):
+    """Each sub-task picks its own path per layer. The stacked GEMM and the stacked
+    ``dW`` product must hand each token-path task its own rows and its own delta's
+    columns, whatever the tasks before it chose."""
+    bundle = _sparse_bundle(sources, granularity, temporal=False)
+    chosen = dict(zip(SUB_TASKS, paths))
+    _force_paths(monkeypatch, chosen)
+    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size, generator=torch.Generator().manual_seed(6))
+    shared = SharedEngine(bundle, timings=_timings("token"))
+    assert _max_diff(shared.predict(images), DenseEngine(bundle).predict(images)) <= TOL
+    for task, path in chosen.items():
+        assert {p for name, p in shared.layer_paths[task].items() if name != EXACT_LAYER} == {path}
+
+
+@pytest.mark.parametrize("path", ["token", "element"])
+def test_weight_deltas_priced_dense_stay_out_of_the_stacked_product(sources, path, monkeypatch):
+    """Where a dense ``dW`` GEMM is priced lower than the CSR product, no delta joins the
+    stacked product and each sub-task adds its own ``dW x``; the results stay the
+    reference's."""
+    bundle = _sparse_bundle(sources, "token", temporal=False)
+    _force_paths(monkeypatch, dict.fromkeys(SUB_TASKS, path))
+    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size, generator=torch.Generator().manual_seed(7))
+    # Per multiply-add, the CSR product dearer than the (already dear) dense GEMM.
+    shared = SharedEngine(bundle, timings=_timings("token", sparse_weight=LinearCost(1.0, 1e6)))
+    assert _max_diff(shared.predict(images), DenseEngine(bundle).predict(images)) <= TOL
+    assert shared._task_rows._linears and all(layer.stacked is None for layer in shared._task_rows._linears.values())
 
 
 def test_sparse_weight_deltas_are_int32_csr_of_the_dense_delta(sources):
@@ -309,9 +352,10 @@ def test_profile_breaks_time_down_by_layer_kind_and_role(sources):
     bundle = _sparse_bundle(sources, "token", temporal=False)
     engine = SharedEngine(bundle, timings=_timings("token"), profile=True)
     engine.predict(torch.rand(1, 3, CONFIG.img_size, CONFIG.img_size))
-    kinds = {"embed", "qkv", "attention", "proj", "fc1", "fc2", "norm_act", "head"}
-    assert set(engine.profile_seconds["base"]) == kinds
-    assert set(engine.profile_seconds["sub-tasks"]) == kinds  # depth has its own patch embedding
+    # The blocks run for every task at once; embeddings and heads per task.
+    assert set(engine.profile_seconds["all tasks"]) == {"qkv", "attention", "proj", "fc1", "fc2", "norm_act"}
+    assert set(engine.profile_seconds["base"]) == {"embed", "head"}
+    assert set(engine.profile_seconds["sub-tasks"]) == {"embed", "head"}  # depth has its own patch embedding
     assert all(v > 0 for role in engine.profile_seconds.values() for v in role.values())
     assert not SharedEngine(bundle, timings=_timings("token")).profile_seconds
 
