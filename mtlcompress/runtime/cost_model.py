@@ -68,8 +68,9 @@ __all__ = [
 
 TIMINGS_FORMAT = "mtlcompress.kernel_timings"
 # 2: sparse_weight fitted over row counts too; 3: timed on int32-index CSR (kernels.to_csr);
-# 4: timed with cold caches, fitted in relative error, a cost per row for the CSR product
-TIMINGS_VERSION = 4
+# 4: timed with cold caches, fitted in relative error, a cost per row for the CSR product;
+# 5: the CSR product writes over an empty result (kernels.sparse_dense_matmul), no zero fill
+TIMINGS_VERSION = 5
 CACHE_DIR_ENV = "MTLCOMPRESS_CACHE_DIR"
 
 _MAX_REPEATS = 50

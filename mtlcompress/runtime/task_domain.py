@@ -46,9 +46,10 @@ __all__ = ["TaskDomainRows", "attention_core"]
 
 @dataclass
 class _SharedLinear:
-    """One shared linear layer of every task. ``stacked``: the ``dW`` of the sub-tasks
-    at positions ``members`` (those with a threshold and a delta the cost model prices
-    as sparse), stacked along the output dimension in CSR; ``None`` if there are none."""
+    """One shared linear layer of every task. ``stacked``: ``[dW_t | db_t]`` of the
+    sub-tasks at positions ``members`` (those with a threshold and a delta, whose ``dW``
+    the cost model prices as sparse), stacked along the output dimension in CSR;
+    ``None`` if there are none."""
 
     base: _Layer
     subs: list[_Layer]
@@ -122,17 +123,20 @@ class TaskDomainRows:
             x0 = x[0]
             plans = self._plans(name, layer, x, measured)
             token = [plan for plan in plans if plan.path == "token"]
-            # Changed rows first, then the base rows, so that the GEMM's base outputs end
-            # where the other tasks' outputs begin: one buffer holds the stacked result.
-            rows = torch.cat([*(plan.inputs for plan in token), x0]) if token else x0
-            changed = rows.shape[0] - x0.shape[0]
+            members = [plan for plan in plans if plan.path in ("token", "element") and plan.task - 1 in layer.members]
+            # Every sub-task's changed rows, then the base rows, transposed: the sparse
+            # kernel's operand as it is (the GEMM reads it transposed at no cost), with a
+            # row of ones for the bias deltas beside the stacked weight deltas. Changed rows
+            # first, so that the GEMM's base outputs end where the other tasks' begin.
+            stacked = _stacked_transposed([*(plan.inputs for plan in token), x0], ones=bool(members))
+            rows = stacked[:x0.shape[-1]]
+            changed = rows.shape[1] - x0.shape[0]
             width = layer.base.weight.shape[0]
             buffer = x.new_empty(changed + x.shape[0] * x0.shape[0], width)
-            linear_into(rows, layer.base.weight, layer.base.bias, buffer[:rows.shape[0]])
+            linear_into(rows.t(), layer.base.weight, layer.base.bias, buffer[:rows.shape[1]])
             y = buffer[changed:].view(x.shape[0], x0.shape[0], width)
-            delta_products = None  # [rows, members * out]: every member's dW on every stacked row
-            if any(plan.task - 1 in layer.members for plan in plans if plan.path in ("token", "element")):
-                delta_products = kernels.sparse_delta_weight_matmul(rows, layer.stacked)
+            # [members * out, rows]: every member's dW x + db on every stacked row.
+            products = kernels.sparse_dense_matmul(layer.stacked, stacked) if members else None
             offset = 0
             for plan in plans:
                 sub = layer.subs[plan.task - 1]
@@ -140,39 +144,34 @@ class TaskDomainRows:
                 if plan.path in ("dense", "exact"):
                     linear_into(plan.inputs, sub.weight, sub.bias, out)
                     continue
-                block = self._member_block(layer, plan.task, width)
-                self._unchanged_rows(sub, out, y[0], x0, None if block is None else delta_products[changed:, block])
+                block = self._member_block(layer, plan.task, width) if products is not None else None
+                if block is not None:  # y_0 + dW_t x_0 + db_t
+                    torch.add(products[block, changed:].t(), y[0], out=out)
+                else:
+                    self._add_own_delta(sub, out.copy_(y[0]), x0)
                 if plan.path == "element":
                     out += kernels.element_sparse_linear(plan.kept, sub.weight)
                     continue
                 count = plan.index.numel()
                 outputs = buffer[offset:offset + count]  # W_0 x + b_0 on this task's changed rows
                 if block is not None:
-                    outputs += delta_products[offset:offset + count, block]
-                elif sub.dw is not None:
-                    kernels.add_delta_weight_matmul_(outputs, plan.inputs,
-                                                     self._engine._weight_delta_operand(sub, count))
-                if sub.db is not None:
-                    outputs += sub.db
+                    outputs += products[block, offset:offset + count].t()
+                else:
+                    self._add_own_delta(sub, outputs, plan.inputs)
                 out.index_copy_(0, plan.index, outputs)
                 offset += count
             return y
 
-    def _unchanged_rows(self, sub: _Layer, out: Tensor, y0: Tensor, x0: Tensor, delta_product: Tensor | None) -> None:
-        """``out = y_0 + dW_t x_0 + db_t`` on every row (``delta_product``: ``dW_t x_0``
-        from the stacked product, if the sub-task is in it)."""
-        if delta_product is not None:
-            torch.add(delta_product, y0, out=out)
-        else:
-            out.copy_(y0)
-            if sub.dw is not None:
-                kernels.add_delta_weight_matmul_(out, x0, self._engine._weight_delta_operand(sub, x0.shape[0]))
+    def _add_own_delta(self, sub: _Layer, out: Tensor, x: Tensor) -> None:
+        """``out += dW_t x + db_t`` for a sub-task outside the stacked product."""
+        if sub.dw is not None:
+            kernels.add_delta_weight_matmul_(out, x, self._engine._weight_delta_operand(sub, x.shape[0]))
         if sub.db is not None:
             out += sub.db
 
     @staticmethod
     def _member_block(layer: _SharedLinear, task: int, width: int) -> slice | None:
-        """The columns of the stacked product that hold sub-task ``task``'s ``dW x``."""
+        """The rows of the stacked product that hold sub-task ``task``'s ``dW x + db``."""
         if task - 1 not in layer.members:
             return None
         start = layer.members.index(task - 1) * width
@@ -221,15 +220,35 @@ class TaskDomainRows:
         if layer is None:
             engine = self._engine
             subs = [task.layers[name] for task in engine._subs]
-            base = engine._base.layers[name]
-            members = [j for j, sub in enumerate(subs)
-                       if sub.dw is not None and sub.task_tau is not None and choose_weight_path(
+            members = [j for j, sub in enumerate(subs) if sub.task_tau is not None and (sub.dw is not None or sub.db is not None)
+                       and (sub.dw is None or choose_weight_path(
                            engine._timings_for(sub.weight.shape[1], sub.weight.shape[0]), tokens=rows,
                            in_features=sub.weight.shape[1], out_features=sub.weight.shape[0],
-                           weight_density=sub.weight_density) == "sparse"]
-            stacked = kernels.to_csr(torch.cat([subs[j].dw for j in members])) if members else None
-            layer = self._linears[name] = _SharedLinear(base=base, subs=subs, stacked=stacked, members=members)
+                           weight_density=sub.weight_density) == "sparse")]
+            stacked = kernels.to_csr(torch.cat([_delta_with_bias(subs[j]) for j in members])) if members else None
+            layer = self._linears[name] = _SharedLinear(base=engine._base.layers[name], subs=subs, stacked=stacked,
+                                                        members=members)
         return layer
+
+
+def _delta_with_bias(sub: _Layer) -> Tensor:
+    """``[dW_t | db_t]``, ``[out, in + 1]`` (zeros for a missing part): multiplied by a row
+    ``[x, 1]`` it gives ``dW_t x + db_t``."""
+    weight = sub.weight
+    dw = torch.zeros_like(weight) if sub.dw is None else sub.dw
+    db = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if sub.db is None else sub.db
+    return torch.cat([dw, db.unsqueeze(1)], dim=1)
+
+
+def _stacked_transposed(parts: Sequence[Tensor], ones: bool) -> Tensor:
+    """The rows of ``parts`` (``[rows, C]`` each) stacked and transposed, ``[C, rows]``
+    contiguous, with a last row of ones (``[C + 1, rows]``) if ``ones``."""
+    width = parts[0].shape[-1]
+    out = parts[0].new_empty(width + int(ones), sum(part.shape[0] for part in parts))
+    torch.cat([part.t() for part in parts], dim=1, out=out[:width])
+    if ones:
+        out[width].fill_(1)
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -188,16 +188,17 @@ def test_sub_tasks_on_different_paths_in_one_layer(sources, granularity, paths, 
 
 @pytest.mark.parametrize("path", ["token", "element"])
 def test_weight_deltas_priced_dense_stay_out_of_the_stacked_product(sources, path, monkeypatch):
-    """Where a dense ``dW`` GEMM is priced lower than the CSR product, no delta joins the
-    stacked product and each sub-task adds its own ``dW x``; the results stay the
-    reference's."""
+    """Where a dense ``dW`` GEMM is priced lower than the CSR product, no weight delta
+    joins the stacked product and each sub-task adds its own ``dW x``; the results stay
+    the reference's."""
     bundle = _sparse_bundle(sources, "token", temporal=False)
     _force_paths(monkeypatch, dict.fromkeys(SUB_TASKS, path))
     images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size, generator=torch.Generator().manual_seed(7))
     # Per multiply-add, the CSR product dearer than the (already dear) dense GEMM.
     shared = SharedEngine(bundle, timings=_timings("token", sparse_weight=LinearCost(1.0, 1e6)))
     assert _max_diff(shared.predict(images), DenseEngine(bundle).predict(images)) <= TOL
-    assert shared._task_rows._linears and all(layer.stacked is None for layer in shared._task_rows._linears.values())
+    layers = shared._task_rows._linears.values()
+    assert layers and all(layer.subs[j].dw is None for layer in layers for j in layer.members)  # bias deltas only
 
 
 def test_sparse_weight_deltas_are_int32_csr_of_the_dense_delta(sources):
