@@ -11,12 +11,13 @@ threshold. On the token rows where it did,
 and on the rows that changed, ``y_t = W_0 x + b_0 + dW_t x + db_t``. So per layer the
 engine runs one GEMM with the base weight ``W_0`` over the base rows *and* every
 sub-task's changed rows (the shared weight is read once, not once per task), and one
-sparse product of all sub-tasks' ``dW_t``, stacked into one CSR matrix, with those same
-rows: the base rows give ``dW_t x_0`` for every sub-task at once. (The changed rows'
-products with the other sub-tasks' deltas are not needed; one call still costs less
-than a call per task, on our 2-core CPU.) Where the cost model prices a sub-task's
-layer lower as a plain layer, it runs plainly on its input (``"dense"``); ``"element"``
-adds ``W_t dx`` from the element-sparse delta instead of recomputing rows.
+sparse product of all sub-tasks' ``[dW_t | db_t]``, stacked into one CSR matrix, with
+those same rows and a 1 appended: the base rows give ``dW_t x_0 + db_t`` for every
+sub-task at once. (The changed rows' products with the other sub-tasks' deltas are not
+needed; one call still costs less than a call per task, on our 2-core CPU.) Where the
+cost model prices a sub-task's layer lower as a plain layer, it runs plainly on its
+input (``"dense"``); ``"element"`` adds ``W_t dx`` from the element-sparse delta
+instead of recomputing rows.
 
 Everything between the linear layers runs once for all tasks: the norms with each
 row's own task's parameters, one attention call over the ``T x B`` sequences, GELU and
@@ -128,12 +129,15 @@ class TaskDomainRows:
             # kernel's operand as it is (the GEMM reads it transposed at no cost), with a
             # row of ones for the bias deltas beside the stacked weight deltas. Changed rows
             # first, so that the GEMM's base outputs end where the other tasks' begin.
-            stacked = _stacked_transposed([*(plan.inputs for plan in token), x0], ones=bool(members))
-            rows = stacked[:x0.shape[-1]]
-            changed = rows.shape[1] - x0.shape[0]
+            stacked = None
+            rows = x0
+            if token or members:
+                stacked = _stacked_transposed([*(plan.inputs for plan in token), x0], ones=bool(members))
+                rows = stacked[:x0.shape[-1]].t()
+            changed = rows.shape[0] - x0.shape[0]
             width = layer.base.weight.shape[0]
             buffer = x.new_empty(changed + x.shape[0] * x0.shape[0], width)
-            linear_into(rows.t(), layer.base.weight, layer.base.bias, buffer[:rows.shape[1]])
+            linear_into(rows, layer.base.weight, layer.base.bias, buffer[:rows.shape[0]])
             y = buffer[changed:].view(x.shape[0], x0.shape[0], width)
             # [members * out, rows]: every member's dW x + db on every stacked row.
             products = kernels.sparse_dense_matmul(layer.stacked, stacked) if members else None

@@ -15,6 +15,7 @@ from mtlcompress.runtime.kernels import (
     dense_delta_weight_matmul,
     element_sparse_linear,
     sparse_delta_weight_matmul,
+    sparse_dense_matmul,
     stacked_token_linear,
     threshold_delta,
     token_mask_of,
@@ -144,6 +145,28 @@ def test_sparse_delta_weight_matmul_non_contiguous_input(device):
     assert delta_weight_matmul(x, None) is None
     with pytest.raises(TypeError):
         sparse_delta_weight_matmul(x, dw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), PRECISIONS, ids=PRECISION_IDS)
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+@pytest.mark.parametrize("order", ["row-major", "column-major"])
+def test_sparse_dense_matmul_matches_dense(device, dtype, atol, rtol, layout, order):
+    """The product is written over an empty result (no zero fill first): whatever that
+    memory held must not leak into it, for either layout of the dense operand."""
+    gen = _gen(12)
+    dw = _weight(gen, device, dtype) * _token_mask((OUT, IN), 0.1, gen, device)
+    dw[3] = 0  # an empty sparse row must come out as zeros
+    sparse = dw.to_sparse_csr() if layout == "csr" else dw.to_sparse()
+    dense = _randn(IN, 9, gen=gen, device=device, dtype=dtype)
+    if order == "column-major":
+        dense = dense.t().contiguous().t()
+    garbage = torch.full((OUT, 9), float("nan"), dtype=dtype, device=device)
+    del garbage  # (freed memory of the result's size: the allocator is likely to hand it out again)
+    out = sparse_dense_matmul(sparse, dense)
+    assert out.shape == (OUT, 9) and out.dtype == dtype and out.is_contiguous()
+    _assert_close(out, _reference_linear(dense.t(), dw).t(), atol, rtol)
+    assert torch.equal(out[3], torch.zeros_like(out[3]))
 
 
 @pytest.mark.parametrize("device", DEVICES)
