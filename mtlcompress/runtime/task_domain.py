@@ -124,15 +124,15 @@ class TaskDomainRows:
             x0 = x[0]
             plans = self._plans(name, layer, x, measured)
             token = [plan for plan in plans if plan.path == "token"]
-            members = [plan for plan in plans if plan.path in ("token", "element") and plan.task - 1 in layer.members]
+            product_needed = any(plan.path in ("token", "element") and plan.task - 1 in layer.members for plan in plans)
             # Every sub-task's changed rows, then the base rows, transposed: the sparse
             # kernel's operand as it is (the GEMM reads it transposed at no cost), with a
             # row of ones for the bias deltas beside the stacked weight deltas. Changed rows
             # first, so that the GEMM's base outputs end where the other tasks' begin.
             stacked = None
             rows = x0
-            if token or members:
-                stacked = _stacked_transposed([*(plan.inputs for plan in token), x0], ones=bool(members))
+            if token or product_needed:
+                stacked = _stacked_transposed([*(plan.inputs for plan in token), x0], ones=product_needed)
                 rows = stacked[:x0.shape[-1]].t()
             changed = rows.shape[0] - x0.shape[0]
             width = layer.base.weight.shape[0]
@@ -140,7 +140,7 @@ class TaskDomainRows:
             linear_into(rows, layer.base.weight, layer.base.bias, buffer[:rows.shape[0]])
             y = buffer[changed:].view(x.shape[0], x0.shape[0], width)
             # [members * out, rows]: every member's dW x + db on every stacked row.
-            products = kernels.sparse_dense_matmul(layer.stacked, stacked) if members else None
+            products = kernels.sparse_dense_matmul(layer.stacked, stacked) if product_needed else None
             offset = 0
             for plan in plans:
                 sub = layer.subs[plan.task - 1]
@@ -222,17 +222,22 @@ class TaskDomainRows:
         depends on the cost model, whose timings load on first need)."""
         layer = self._linears.get(name)
         if layer is None:
-            engine = self._engine
-            subs = [task.layers[name] for task in engine._subs]
-            members = [j for j, sub in enumerate(subs) if sub.task_tau is not None and (sub.dw is not None or sub.db is not None)
-                       and (sub.dw is None or choose_weight_path(
-                           engine._timings_for(sub.weight.shape[1], sub.weight.shape[0]), tokens=rows,
-                           in_features=sub.weight.shape[1], out_features=sub.weight.shape[0],
-                           weight_density=sub.weight_density) == "sparse")]
+            subs = [task.layers[name] for task in self._engine._subs]
+            members = [j for j, sub in enumerate(subs) if self._joins_product(sub, rows)]
             stacked = kernels.to_csr(torch.cat([_delta_with_bias(subs[j]) for j in members])) if members else None
-            layer = self._linears[name] = _SharedLinear(base=engine._base.layers[name], subs=subs, stacked=stacked,
-                                                        members=members)
+            layer = self._linears[name] = _SharedLinear(base=self._engine._base.layers[name], subs=subs,
+                                                        stacked=stacked, members=members)
         return layer
+
+    def _joins_product(self, sub: _Layer, rows: int) -> bool:
+        """Whether a sub-task's layer joins the stacked sparse product: it is thresholded,
+        has a delta, and its ``dW`` (if any) is priced lower sparse than dense."""
+        if sub.task_tau is None or (sub.dw is None and sub.db is None):
+            return False
+        in_features, out_features = sub.weight.shape[1], sub.weight.shape[0]
+        return sub.dw is None or choose_weight_path(
+            self._engine._timings_for(in_features, out_features), tokens=rows, in_features=in_features,
+            out_features=out_features, weight_density=sub.weight_density) == "sparse"
 
 
 def _delta_with_bias(sub: _Layer) -> Tensor:
