@@ -23,15 +23,6 @@ from mtlcompress.runtime.dense_engine import DenseEngine
 MICRO = PRESETS["micro"]
 TASKS = {"semseg": 4, "depth": 1, "normals": 3}
 
-try:
-    from mtlcompress.bundle.format import load_bundle  # noqa: F401
-    HAVE_FORMAT = True
-except ImportError:
-    HAVE_FORMAT = False
-
-pytestmark = pytest.mark.skipif(not HAVE_FORMAT, reason="Bundle.load needs mtlcompress.bundle.format (not there yet)")
-
-
 @pytest.fixture(autouse=True)
 def _one_thread_and_fixed_timings(monkeypatch, tmp_path):
     """Micro models run best on one thread; fixed kernel timings skip the calibration."""
