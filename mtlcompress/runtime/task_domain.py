@@ -148,7 +148,7 @@ class TaskDomainRows:
                 if plan.path in ("dense", "exact"):
                     linear_into(plan.inputs, sub.weight, sub.bias, out)
                     continue
-                block = self._member_block(layer, plan.task, width) if products is not None else None
+                block = self._member_block(layer, plan.task, width)  # (members on these paths: products exist)
                 if block is not None:  # y_0 + dW_t x_0 + db_t
                     torch.add(products[block, changed:].t(), y[0], out=out)
                 else:
