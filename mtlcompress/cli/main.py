@@ -18,7 +18,7 @@ from mtlcompress.cli import inspect as inspect_cli
 from mtlcompress.cli import run as run_cli
 from mtlcompress.cli import sparsify as sparsify_cli
 from mtlcompress.cli import train as train_cli
-from mtlcompress.cli._output import err_console
+from mtlcompress.cli._output import err_console, print_json
 from mtlcompress.errors import MtlCompressError
 
 app = typer.Typer(
@@ -52,30 +52,51 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    # Read before parsing: a usage error must come out as JSON too.
+    as_json = "--json" in args
     try:
-        app(standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except MtlCompressError as exc:
         if os.environ.get("MTLCOMPRESS_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_USER_ERROR)
+        _fail(exc.code, str(exc), EXIT_USER_ERROR, as_json)
     except KeyboardInterrupt:
-        err_console.print("interrupted; re-run the same command to resume")
-        sys.exit(130)
+        _fail("interrupted", "interrupted; re-run the same command to resume", EXIT_INTERRUPTED, as_json)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if _is_usage_error(exc):
+            if as_json:
+                _fail("usage", exc.format_message(), exc.exit_code, True)
             exc.show()
             sys.exit(exc.exit_code)
+        if as_json:  # a bug: scripts still get one object, people get the traceback on stderr
+            print_json({"error": type(exc).__name__, "code": "internal", "message": str(exc)})
         raise
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's usage errors, whichever click raised them.
+
+    Typer >= 0.2x vendors its own copy of click, whose exceptions are not
+    ``click.ClickException``; both kinds carry ``show()`` and an int ``exit_code``.
+    """
+    return callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def _fail(code: str, message: str, exit_code: int, as_json: bool) -> None:
+    if as_json:
+        print_json({"error": True, "code": code, "message": message})
+    else:
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(exit_code)
 
 
 if __name__ == "__main__":
