@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mtlcompress.data import _raycast
-from mtlcompress.data.datasets import SCENES_FORMAT, SCENES_VERSION
+from mtlcompress.data.manifest import SCENES_FORMAT, SCENES_VERSION
 from mtlcompress.errors import DataError
 from mtlcompress.io.atomic import write_json_atomic
 
