@@ -31,6 +31,9 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 # (``mtlcompress run --max-pixels``), to read bigger images on purpose.
 MAX_PIXELS = 50_000_000
 
+_RAISE_HINT = ("if it is genuine, raise the limit (mtlcompress run --max-pixels, or "
+               "mtlcompress.io.images.MAX_PIXELS)")
+
 # Pillow opens 16-bit greyscale PNGs in these modes; their values run to 65535, not 255.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -48,15 +51,16 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = None) -> Iterat
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below decides
             img = Image.open(path)
-    except Image.DecompressionBombError as exc:  # not an OSError: Pillow's own, larger limit
-        raise ImageTooLargeError(f"{path}: refused by Pillow's decompression-bomb guard ({exc})") from None
+    except Image.DecompressionBombError:  # not an OSError; Pillow refuses over 2x MAX_IMAGE_PIXELS itself
+        bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        fix = _RAISE_HINT if limit < bomb else "that is Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)"
+        raise ImageTooLargeError(f"{path}: image declares more than {bomb} pixels, over the limit of "
+                                 f"{min(limit, bomb)} pixels; {fix}") from None
     with img:
         width, height = img.size
         if width * height > limit:
-            raise ImageTooLargeError(
-                f"{path}: image is {width}x{height} ({width * height} pixels), over the limit of {limit} "
-                "pixels; if it is genuine, raise the limit (mtlcompress run --max-pixels, or "
-                "mtlcompress.io.images.MAX_PIXELS)")
+            raise ImageTooLargeError(f"{path}: image is {width}x{height} ({width * height} pixels), over the "
+                                     f"limit of {limit} pixels; {_RAISE_HINT}")
         yield img
 
 
