@@ -39,14 +39,16 @@ def _declare_size(path: Path, width: int, height: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_an_npy_label_declaring_a_huge_array_is_refused_before_loading(tmp_path):
+@pytest.mark.parametrize("shape", [(10**7, 10**7), (10**13, 1, 1)])  # 800 TB and 80 TB, files of 128 bytes
+def test_an_npy_label_declaring_a_huge_array_is_refused_before_loading(tmp_path, shape):
     root = _depth_scenes(tmp_path / "d")
-    header = {"descr": "<f8", "fortran_order": False, "shape": (10**7, 10**7)}  # 800 TB, file of 128 bytes
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
     with open(root / "depth" / "b.npy", "wb") as file:
         np.lib.format.write_array_header_1_0(file, header)
     dataset = open_dataset(root)
     assert dataset[0]["depth"].shape == (1, H, W)
-    with pytest.raises(DataError, match=r"b.npy holds a 10000000x10000000 float64 array, far more than its "
+    declared = "x".join(map(str, shape))
+    with pytest.raises(DataError, match=rf"b.npy holds a {declared} float64 array, far more than its "
                                         r"12x8 image needs") as caught:
         dataset[1]
     assert "\n" not in str(caught.value)
