@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.tasks import colormaps, labels, losses, metrics
+from mtlcompress.tasks import binary_metrics, colormaps, labels, losses, metrics
 
 LABEL_SUFFIXES = (".png", ".npy")
 
@@ -133,12 +133,12 @@ register_task(TaskSpec(
 register_task(TaskSpec(
     name="edges", description="object boundaries (odsF with 1-px tolerance)",
     categorical=False, channels=1, loss=losses.edge_loss,
-    metric=lambda _: metrics.EdgeFMeasure(), loss_weight=50.0,
+    metric=lambda _: binary_metrics.EdgeFMeasure(), loss_weight=50.0,
     label_suffix=".png", read_label=labels.binary_mask, decode=torch.sigmoid, colormap=colormaps.grey,
 ))
 register_task(TaskSpec(
     name="saliency", description="salient foreground objects (maxF)",
     categorical=False, channels=1, loss=losses.saliency_loss,
-    metric=lambda _: metrics.SaliencyMaxF(), loss_weight=5.0,
+    metric=lambda _: binary_metrics.SaliencyMaxF(), loss_weight=5.0,
     label_suffix=".png", read_label=labels.binary_mask, decode=torch.sigmoid, colormap=colormaps.grey,
 ))
