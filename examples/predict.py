@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import mtlcompress
-from mtlcompress.data.datasets import list_video_clips, open_clip, open_dataset
+from mtlcompress.data.layouts import list_video_clips, open_clip, open_dataset
 from mtlcompress.tasks.registry import get_task
 
 bundle_path, data = Path(sys.argv[1]), Path(sys.argv[2])

@@ -22,7 +22,7 @@ from typing import Any
 from mtlcompress._progress import progress_bar
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.bundle.format import export_bundle
-from mtlcompress.data.datasets import open_dataset
+from mtlcompress.data.layouts import open_dataset
 from mtlcompress.data.synth import generate_scenes
 from mtlcompress.io.atomic import write_json_atomic, write_text_atomic
 from mtlcompress.models.checkpoint import load_checkpoint

@@ -12,10 +12,10 @@ from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.io.images import find_inputs, read_images
 from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images
 from mtlcompress.runtime.allocator import keep_freed_memory
 from mtlcompress.runtime.keyframes import KeyframePolicy
-from mtlcompress.runtime.media import find_inputs, read_images
 
 SYNTHETIC_SEED = 0
 

@@ -11,9 +11,10 @@ from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.io.images import MAX_PIXELS
+from mtlcompress.report.media import run_on_media
 from mtlcompress.runtime.allocator import keep_freed_memory
 from mtlcompress.runtime.engines import ENGINES
-from mtlcompress.runtime.media import run_on_media
 
 
 def register(app: typer.Typer) -> None:
@@ -37,6 +38,9 @@ def run(
                                                   "passes this relative size (> 0).")] = 0.25,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse input images with more pixels than this "
+                                                        "(width x height), read from the header first.")
+                          ] = MAX_PIXELS,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -50,7 +54,7 @@ def run(
     selected = [t.strip() for t in tasks.split(",") if t.strip()] or None
     summary = run_on_media(loaded, inputs, out, tasks=selected, engine=engine, video=video,
                            keyframe_every=keyframe_every, max_drift=max_drift, batch_size=batch_size,
-                           device=device, save_raw=save_raw)
+                           device=device, save_raw=save_raw, max_pixels=max_pixels)
     summary["bundle"] = str(bundle)
     if not as_json:
         for warning in summary["warnings"]:

@@ -9,7 +9,7 @@ import typer
 
 from mtlcompress.cli._options import DataOpt, JsonOpt, OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt
 from mtlcompress.cli._output import emit, info, make_table
-from mtlcompress.data.datasets import open_dataset
+from mtlcompress.data.layouts import open_dataset
 from mtlcompress.models.checkpoint import load_checkpoint
 from mtlcompress.tasks.registry import get_task, task_names
 from mtlcompress.training.evaluate import evaluate_model

@@ -30,17 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtlcompress.data.datasets import (
-    IGNORE_INDEX,
-    DenseDataset,
-    existing_dir,
-    read_depth_npy,
-    read_index_png,
-    read_normals_npy,
-    read_npy,
-    read_split,
-    select_tasks,
-)
+from mtlcompress.data.base import IGNORE_INDEX, DenseDataset, existing_dir, select_tasks
+from mtlcompress.data.readers import read_depth_npy, read_index_png, read_normals_npy, read_npy, read_split
 from mtlcompress.errors import DataError
 
 NYU40_CLASS_NAMES: tuple[str, ...] = (
@@ -89,10 +80,10 @@ class NyudDataset(DenseDataset):
         if task == "semseg":
             return decode_nyu40(read_index_png(path), path)
         if task == "depth":
-            return read_depth_npy(path)
+            return read_depth_npy(path, shape)
         if task == "normals":
-            return read_normals_npy(path)
-        edges = np.asarray(read_npy(path), dtype=np.float32)
+            return read_normals_npy(path, shape)
+        edges = np.asarray(read_npy(path, shape), dtype=np.float32)
         if edges.ndim == 3 and edges.shape[2] == 1:
             edges = edges[:, :, 0]
         if edges.ndim != 2:

@@ -52,18 +52,11 @@ import numpy as np
 import scipy.io
 from scipy import ndimage
 
-from mtlcompress.data.datasets import (
-    DENSE_TASKS,
-    IGNORE_INDEX,
-    DenseDataset,
-    existing_dir,
-    read_index_png,
-    read_rgb,
-    read_split,
-    select_tasks,
-    unit_normals,
-)
+from mtlcompress.data.base import IGNORE_INDEX, DenseDataset, existing_dir, select_tasks
+from mtlcompress.data.readers import read_index_png, read_rgb, read_split
 from mtlcompress.errors import DataError
+from mtlcompress.tasks.labels import unit_normals
+from mtlcompress.tasks.registry import task_names
 
 VOC_CLASS_NAMES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -108,7 +101,7 @@ class PascalContextDataset(DenseDataset):
     def __init__(self, root: str | os.PathLike, split: str = "train",
                  tasks: Sequence[str] | None = None, size: int | None = None) -> None:
         root = existing_dir(root)
-        available = tuple(t for t in DENSE_TASKS if _task_source_present(root, t))
+        available = tuple(t for t in task_names() if _task_source_present(root, t))
         class_names = {}
         if "semseg" in available:
             class_names["semseg"] = list(VOC_CLASS_NAMES)

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from mtlcompress.data import _raycast
-from mtlcompress.data.datasets import SCENES_FORMAT, SCENES_VERSION
+from mtlcompress.data.manifest import SCENES_FORMAT, SCENES_VERSION
+from mtlcompress.data.sample_writer import SampleWriter
 from mtlcompress.errors import DataError
 from mtlcompress.io.atomic import write_json_atomic
 
@@ -306,16 +304,6 @@ def render_scene(scene: Scene, size: int) -> dict[str, np.ndarray]:
     }
 
 
-def _write_sample(root: Path, stem: str, sample: dict[str, np.ndarray]) -> None:
-    """Write one rendered sample into the per-task folders of ``root``."""
-    Image.fromarray(sample["image"]).save(root / "images" / f"{stem}.png", format="PNG")
-    Image.fromarray(sample["semseg"]).save(root / "semseg" / f"{stem}.png", format="PNG")
-    np.save(root / "depth" / f"{stem}.npy", sample["depth"])
-    np.save(root / "normals" / f"{stem}.npy", sample["normals"])
-    for task in ("edges", "saliency"):
-        Image.fromarray(sample[task] * np.uint8(255)).save(root / task / f"{stem}.png", format="PNG")
-
-
 def _make_folders(root: Path) -> None:
     for name in ("images", *TASKS, "splits"):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -323,40 +311,6 @@ def _make_folders(root: Path) -> None:
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-
-
-class _SampleWriter:
-    """Writes samples on one background thread so slow file creation overlaps rendering.
-
-    Results are collected in submission order, so ``progress`` counts files that are
-    really on disk and a failed write is re-raised in the caller's thread.
-    """
-
-    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._pending: deque[Future] = deque()
-        self._total, self._done, self._progress = total, 0, progress
-
-    def submit(self, root: Path, stem: str, sample: dict[str, np.ndarray]) -> None:
-        self._pending.append(self._pool.submit(_write_sample, root, stem, sample))
-        while len(self._pending) > 8:
-            self._finish_one()
-
-    def _finish_one(self) -> None:
-        self._pending.popleft().result()
-        self._done += 1
-        if self._progress is not None:
-            self._progress(self._done, self._total)
-
-    def __enter__(self) -> _SampleWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        try:
-            while self._pending and exc_type is None:
-                self._finish_one()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def generate_scenes(
@@ -391,7 +345,7 @@ def generate_scenes(
     stems = [f"{i:06d}" for i in range(images)]
     n_val = min(int(round(images * val_fraction)), max(images - 1, 0))
     clips = [{"name": f"clip_{j:03d}", "frames": frames} for j in range(videos)]
-    with _SampleWriter(images + videos * frames, progress) as writer:
+    with SampleWriter(images + videos * frames, progress) as writer:
         for i, stem in enumerate(stems):
             rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, i)))
             writer.submit(root, stem, render_scene(random_scene(rng), size))

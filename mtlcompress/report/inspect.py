@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from mtlcompress import __version__
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.bundle.format import FORMAT_NAME, SUPPORTED_VERSIONS
-from mtlcompress.data.datasets import list_video_clips, open_clip, open_dataset
+from mtlcompress.data.layouts import list_video_clips, open_clip, open_dataset
 from mtlcompress.errors import BundleError, DataError
 from mtlcompress.io.container import read_container_header
 from mtlcompress.models.taps import shared_linear_names

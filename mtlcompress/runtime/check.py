@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mtlcompress.bundle.bundle import Bundle
-from mtlcompress.data.datasets import list_video_clips, open_clip, open_dataset
+from mtlcompress.data.layouts import list_video_clips, open_clip, open_dataset
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.tasks.registry import get_task
 

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from mtlcompress.bundle.bundle import backbone_signature
-from mtlcompress.data.datasets import DenseDataset, open_dataset
+from mtlcompress.data.base import DenseDataset
+from mtlcompress.data.layouts import open_dataset
 from mtlcompress.errors import CheckpointError, MtlCompressError
 from mtlcompress.models.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint
 from mtlcompress.models.single_task import SingleTaskModel

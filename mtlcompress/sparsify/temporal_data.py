@@ -8,7 +8,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mtlcompress.data.datasets import DenseDataset, list_video_clips, open_clip
+from mtlcompress.data.base import DenseDataset
+from mtlcompress.data.layouts import list_video_clips, open_clip
 from mtlcompress.errors import DataError
 
 

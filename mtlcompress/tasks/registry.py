@@ -1,20 +1,25 @@
-"""The task registry: one place that says, per dense task, its channels, loss, metric
-and how raw head outputs become predictions.
+"""The task registry: one place that says, per dense task, its channels, loss, metric,
+label reader, how raw head outputs become predictions, and how those are drawn.
 
-Everything else (models, training, bundles, reports) looks tasks up here by name, so
-adding a task means adding one ``register_task`` call.
+Everything else (data loaders, models, training, bundles, reports) looks tasks up here
+by name and never branches on it, so adding a task means adding one ``register_task``
+call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.tasks import losses, metrics
+from mtlcompress.tasks import binary_metrics, colormaps, labels, losses, metrics
+
+LABEL_SUFFIXES = (".png", ".npy")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,14 @@ class TaskSpec:
         loss: ``loss(raw_output, target) -> scalar``.
         metric: ``metric(num_classes) -> accumulator`` from ``tasks.metrics``.
         loss_weight: the weight multi-task codebases give this loss when summing tasks.
+        label_suffix: how the label file is stored in the scenes layout
+            (``ROOT/<name>/<stem><suffix>``): ``.png`` read as its stored integers,
+            ``.npy`` as a numpy array.
+        read_label: ``read_label(raw_array, path) -> label`` ([H,W] or [H,W,C]); checks
+            the values and raises ``DataError`` naming ``path``.
+        decode: ``decode(raw_output) -> prediction`` (class ids, metres, unit vectors,
+            probabilities): what metrics and users consume.
+        colormap: ``colormap(prediction [C,H,W] or ids [H,W]) -> uint8 [H,W,3] or [H,W]``.
     """
 
     name: str
@@ -38,6 +51,10 @@ class TaskSpec:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     metric: Callable[[int], object]
     loss_weight: float
+    label_suffix: str
+    read_label: Callable[[np.ndarray, Path], np.ndarray]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    colormap: Callable[[np.ndarray], np.ndarray]
 
     def out_channels(self, num_classes: int | None = None) -> int:
         if self.channels is not None:
@@ -48,13 +65,7 @@ class TaskSpec:
 
     def predict(self, raw: torch.Tensor) -> torch.Tensor:
         """Turn raw head outputs into the predictions metrics and users consume."""
-        if self.categorical:
-            return raw.argmax(dim=1)
-        if self.name == "depth":
-            return raw.clamp_min(0.0)
-        if self.name == "normals":
-            return F.normalize(raw, dim=1)
-        return torch.sigmoid(raw)
+        return self.decode(raw)
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -63,6 +74,8 @@ _REGISTRY: dict[str, TaskSpec] = {}
 def register_task(spec: TaskSpec) -> TaskSpec:
     if spec.name in _REGISTRY:
         raise ValueError(f"task '{spec.name}' is registered twice")
+    if spec.label_suffix not in LABEL_SUFFIXES:
+        raise ValueError(f"task '{spec.name}': label_suffix must be one of {', '.join(LABEL_SUFFIXES)}")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -80,33 +93,52 @@ def task_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+# -- the built-in tasks ------------------------------------------------------------------
+def _class_ids(raw: torch.Tensor) -> torch.Tensor:
+    return raw.argmax(dim=1)
+
+
+def _non_negative(raw: torch.Tensor) -> torch.Tensor:
+    return raw.clamp_min(0.0)
+
+
+def _unit_vectors(raw: torch.Tensor) -> torch.Tensor:
+    return F.normalize(raw, dim=1)
+
+
 register_task(TaskSpec(
     name="semseg", description="semantic segmentation (class per pixel, mIoU)",
     categorical=True, channels=None, loss=losses.segmentation_loss,
     metric=lambda num_classes: metrics.MeanIoU(num_classes), loss_weight=1.0,
+    label_suffix=".png", read_label=labels.class_ids, decode=_class_ids, colormap=colormaps.class_colours,
 ))
 register_task(TaskSpec(
     name="parts", description="human parts segmentation (mIoU)",
     categorical=True, channels=None, loss=losses.segmentation_loss,
     metric=lambda num_classes: metrics.MeanIoU(num_classes), loss_weight=2.0,
+    label_suffix=".png", read_label=labels.class_ids, decode=_class_ids, colormap=colormaps.class_colours,
 ))
 register_task(TaskSpec(
     name="depth", description="metric depth in metres (RMSE)",
     categorical=False, channels=1, loss=losses.depth_loss,
     metric=lambda _: metrics.DepthErrors(), loss_weight=1.0,
+    label_suffix=".npy", read_label=labels.depth_metres, decode=_non_negative, colormap=colormaps.viridis_own_range,
 ))
 register_task(TaskSpec(
     name="normals", description="surface normals, unit vectors (mean angular error)",
     categorical=False, channels=3, loss=losses.normals_loss,
     metric=lambda _: metrics.NormalsAngularError(), loss_weight=10.0,
+    label_suffix=".npy", read_label=labels.normal_vectors, decode=_unit_vectors, colormap=colormaps.normals_rgb,
 ))
 register_task(TaskSpec(
     name="edges", description="object boundaries (odsF with 1-px tolerance)",
     categorical=False, channels=1, loss=losses.edge_loss,
-    metric=lambda _: metrics.EdgeFMeasure(), loss_weight=50.0,
+    metric=lambda _: binary_metrics.EdgeFMeasure(), loss_weight=50.0,
+    label_suffix=".png", read_label=labels.binary_mask, decode=torch.sigmoid, colormap=colormaps.grey,
 ))
 register_task(TaskSpec(
     name="saliency", description="salient foreground objects (maxF)",
     categorical=False, channels=1, loss=losses.saliency_loss,
-    metric=lambda _: metrics.SaliencyMaxF(), loss_weight=5.0,
+    metric=lambda _: binary_metrics.SaliencyMaxF(), loss_weight=5.0,
+    label_suffix=".png", read_label=labels.binary_mask, decode=torch.sigmoid, colormap=colormaps.grey,
 ))

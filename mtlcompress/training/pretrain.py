@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mtlcompress.data.datasets import open_dataset
+from mtlcompress.data.layouts import open_dataset
 from mtlcompress.models.backbone import BackboneConfig, resolve_backbone
 from mtlcompress.models.multi_head import MultiHeadModel
 from mtlcompress.models.weights import save_backbone_init

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mtlcompress.data.datasets import open_dataset
+from mtlcompress.data.layouts import open_dataset
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.models.backbone import resolve_backbone
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint

@@ -137,6 +137,7 @@ def test_dense_engine_and_table_output(bundle_file, tmp_path):
     (["ok.png", "--tasks", "parts"], "not in the bundle"),
     (["ok.png", "--engine", "fast"], "unknown engine"),
     (["ok.png", "--max-drift", "0"], "max_drift"),
+    (["ok.png", "--max-pixels", "1023"], "ok.png: image is 32x32 (1024 pixels), over the limit of 1023 pixels"),
 ])
 def test_user_errors_are_one_line(bundle_file, tmp_path, monkeypatch, capsys, args, message):
     (tmp_path / "broken.png").write_bytes(b"garbage")

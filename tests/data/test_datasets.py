@@ -10,13 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mtlcompress.data.datasets import (
-    ScenesDataset,
-    detect_layout,
-    list_video_clips,
-    open_clip,
-    open_dataset,
-)
+from mtlcompress.data.layouts import detect_layout, list_video_clips, open_clip, open_dataset
+from mtlcompress.data.scenes import ScenesDataset
 from mtlcompress.errors import DataError
 
 H, W = 12, 16

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mtlcompress.data.datasets import detect_layout, open_dataset
+from mtlcompress.data.layouts import detect_layout, open_dataset
 from mtlcompress.data.nyud import NyudDataset
 from mtlcompress.errors import DataError
 

@@ -11,7 +11,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from mtlcompress.data.datasets import detect_layout, open_dataset
+from mtlcompress.data.layouts import detect_layout, open_dataset
 from mtlcompress.data.pascal_context import PascalContextDataset, label_map_edges, thin
 from mtlcompress.errors import DataError
 

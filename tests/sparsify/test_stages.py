@@ -71,7 +71,7 @@ def test_finetune_never_changes_the_support(quick_demo, tmp_path):
 
 
 def _mean_token_delta(student_path, base_path, data):
-    from mtlcompress.data.datasets import open_dataset
+    from mtlcompress.data.layouts import open_dataset
 
     student, info = load_checkpoint(student_path)
     base, _ = load_checkpoint(base_path)

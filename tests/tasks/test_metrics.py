@@ -11,14 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mtlcompress.errors import DataError
-from mtlcompress.tasks.metrics import (
-    DepthErrors,
-    EdgeFMeasure,
-    MeanIoU,
-    NormalsAngularError,
-    SaliencyMaxF,
-    StreamingMetric,
-)
+from mtlcompress.tasks.binary_metrics import EdgeFMeasure, SaliencyMaxF
+from mtlcompress.tasks.metrics import DepthErrors, MeanIoU, NormalsAngularError, StreamingMetric
 
 # --- mean IoU -------------------------------------------------------------------------
 
