@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtlcompress._progress import progress_bar
+from mtlcompress.progress import progress_bar
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.bundle.format import export_bundle
 from mtlcompress.data.datasets import open_dataset

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from mtlcompress import __version__
+from mtlcompress.version import __version__
 from mtlcompress.bundle import layouts
 from mtlcompress.bundle.bundle import GRANULARITIES, ActivationSparsity, Bundle, BundleTask, backbone_signature
 from mtlcompress.errors import BundleError, MtlCompressError

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mtlcompress import __version__
+from mtlcompress.version import __version__
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.bundle.format import FORMAT_NAME, SUPPORTED_VERSIONS
 from mtlcompress.data.datasets import list_video_clips, open_clip, open_dataset
