@@ -19,12 +19,15 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / ROOT_PACKAGE
 
 # Lowest first. A module may import from its own package or from a lower layer.
 # The root ``mtlcompress/__init__.py`` is the lazy public facade: above everything.
+# ``errors``, ``version`` and ``progress`` sit under ``io`` and ``tasks``, which use them.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "version", "progress", "io", "tasks"}),
+    frozenset({"errors", "version", "progress"}),
+    frozenset({"io", "tasks"}),
     frozenset({"data", "models"}),
     frozenset({"training", "bundle"}),
     frozenset({"sparsify", "runtime"}),
-    frozenset({"report", "demo"}),
+    frozenset({"report"}),
+    frozenset({"demo"}),  # the whole pipeline, its report included (``report.check``)
     frozenset({"cli"}),
 )
 

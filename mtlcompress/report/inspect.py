@@ -27,6 +27,7 @@ from mtlcompress.errors import BundleError, DataError
 from mtlcompress.io.container import read_container_header
 from mtlcompress.models.taps import shared_linear_names
 from mtlcompress.report import flops
+from mtlcompress.runtime.engines import make_engine
 from mtlcompress.tasks.registry import get_task
 
 SCHEMA_VERSION = 1
@@ -40,7 +41,7 @@ def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | o
 
     Args:
         bundle: the loaded bundle.
-        manifest_or_path: its manifest (``Bundle.save``'s return value) or the bundle
+        manifest_or_path: its manifest (``save_bundle``'s return value) or the bundle
             file, whose manifest is read and whose size is reported.
         data: a dataset folder; with it activation densities, kernel paths and
             accuracy are measured through the shared engine.
@@ -244,7 +245,7 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
     subset = Subset(dataset, range(min(max_images, len(dataset))))
     if len(subset) == 0:
         raise DataError(f"{data}: no images to inspect in the '{split}' split")
-    engine = bundle.engine("shared")
+    engine = make_engine(bundle, "shared")
     metrics = {t: get_task(t).metric(bundle.task(t).info.num_classes) for t in labelled}
     for batch in DataLoader(subset, batch_size=batch_size):
         outputs = engine.predict(batch["image"])

@@ -10,13 +10,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mtlcompress.bundle.bundle import ActivationSparsity, Bundle, BundleTask
+from mtlcompress.bundle.bundle import Bundle, BundleTask
+from mtlcompress.bundle.format import save_bundle
+from mtlcompress.models.activation_sparsity import ActivationSparsity
 from mtlcompress.cli.main import app
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model
 from mtlcompress.models.taps import shared_linear_names
 from mtlcompress.report.benchmark import IMAGE_VARIANTS, VIDEO_VARIANTS
-from mtlcompress.runtime.cost_model import CACHE_DIR_ENV, KernelTimings, LinearCost, default_cache_path, save_timings
+from mtlcompress.runtime.calibration import CACHE_DIR_ENV, default_cache_path, save_timings
+from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
 
 MICRO = PRESETS["micro"]
 TIMINGS = KernelTimings(dense=LinearCost(1e-3, 1e-9), token=LinearCost(0.0, 1e-12), element=LinearCost(1.0, 1.0),
@@ -54,7 +57,7 @@ def _fixed_timings(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def bundle_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "micro.safetensors"
-    micro_bundle().save(path)
+    save_bundle(micro_bundle(), path)
     return path
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlcompress.bundle.bundle import ActivationSparsity, Bundle, BundleTask
+from mtlcompress.bundle.bundle import Bundle, BundleTask
+from mtlcompress.models.activation_sparsity import ActivationSparsity
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model
 from mtlcompress.models.taps import shared_linear_names
