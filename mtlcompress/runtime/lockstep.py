@@ -27,7 +27,15 @@ from torch import Tensor
 from mtlcompress.runtime import incremental_attention, kernels
 from mtlcompress.runtime.cost_model import choose_stacking
 from mtlcompress.runtime.layer_plan import EngineTask, LayerPlanner
-from mtlcompress.runtime.row_state import RowState, StateRecycler, attention_sum_tensors
+from mtlcompress.runtime.row_state import (
+    RowState,
+    StateRecycler,
+    attention_sum_tensors,
+    by_task,
+    flat_rows,
+    per_row,
+    rows_out,
+)
 from mtlcompress.runtime.stacked_blocks import act_in_place, linear_into, stack_blocks, unit_layer_norm
 
 
@@ -203,7 +211,7 @@ class LockstepRows:
             else:
                 examined, reference = x.index_select(0, index), reference.index_select(0, index)
             rms = kernels.token_rms(examined - reference)
-            keep = _rows(self._by_task(state, index, rms) >= self._per_row(state, index, self._taus[name]), index)
+            keep = flat_rows(by_task(state, index, rms) >= per_row(state, index, self._taus[name]), index)
             self._track_drift(state, name, index, keep, rms, examined, drifts)
             if index is None:
                 kept, keep_index = keep, keep.nonzero().squeeze(1)
@@ -350,9 +358,9 @@ class LockstepRows:
         weight, bias = (params.norm1, params.norm2)[position]
 
         def norm(index: Tensor | None, x: Tensor, outs: Sequence[Tensor] | None = None) -> tuple[Tensor]:
-            normed = self._by_task(state, index, unit_layer_norm(params, x, position))
-            return (_rows(torch.addcmul(self._per_row(state, index, bias), normed, self._per_row(state, index, weight),
-                                        out=_into(state, outs, 0)), index),)
+            normed = by_task(state, index, unit_layer_norm(params, x, position))
+            return (flat_rows(torch.addcmul(per_row(state, index, bias), normed, per_row(state, index, weight),
+                                             out=rows_out(state, outs, 0)), index),)
         return norm
 
     def _residual_norm(self, state: RowState, gamma: Tensor | None, block: int,
@@ -366,42 +374,17 @@ class LockstepRows:
             if gamma is None:
                 out = torch.add(x, h, out=None if outs is None else outs[0])
             else:
-                out = _rows(torch.addcmul(self._by_task(state, index, x), self._by_task(state, index, h),
-                                          self._per_row(state, index, gamma), out=_into(state, outs, 0)), index)
+                out = flat_rows(torch.addcmul(by_task(state, index, x), by_task(state, index, h),
+                                              per_row(state, index, gamma), out=rows_out(state, outs, 0)), index)
             if norm is None:
                 return (out,)
             return (out, *norm(index, out, None if outs is None else outs[1:]))
         return residual_norm
 
-    @staticmethod
-    def _per_row(state: RowState, index: Tensor | None, values: Tensor) -> Tensor:
-        """Per-task ``values`` (``[T, ...]``) for each row in ``index``; for every row
-        (``None``), ``[T, 1, ...]`` to broadcast over :meth:`_by_task` views."""
-        if index is None:
-            return values.unsqueeze(1)
-        return values.index_select(0, index // state.rows_per_task)
-
-    @staticmethod
-    def _by_task(state: RowState, index: Tensor | None, rows: Tensor) -> Tensor:
-        """``rows`` as ``[T, rows per task, ...]`` if they are every row (``index`` is
-        None), to meet :meth:`_per_row` values; else unchanged. :func:`_rows` undoes it."""
-        return rows.view(-1, state.rows_per_task, *rows.shape[1:]) if index is None else rows
-
 
 def _squared_norms(rows: Tensor) -> Tensor:
     """Each row's squared L2 norm in fp32: the drift bound's denominator."""
     return torch.linalg.vector_norm(rows, dim=-1, dtype=torch.float32).square()
-
-
-def _into(state: RowState, outs: Sequence[Tensor] | None, position: int) -> Tensor | None:
-    """``outs[position]`` (every row) as the ``[T, rows per task, C]`` view row-wise
-    results are computed in, for ``out=``; ``None`` without ``outs``."""
-    return None if outs is None else LockstepRows._by_task(state, None, outs[position])
-
-
-def _rows(values: Tensor, index: Tensor | None) -> Tensor:
-    """Rows flat again after :meth:`LockstepRows._by_task` (a view)."""
-    return values.flatten(0, 1) if index is None else values
 
 
 def _heads(qkv: Tensor, tokens: int, attn: nn.Module) -> tuple[Tensor, Tensor, Tensor]:

@@ -81,3 +81,29 @@ def named_tensors(state: RowState) -> Iterator[tuple[str, Tensor]]:
 
 def attention_sum_tensors(sums: incremental_attention.AttentionSums) -> tuple[Tensor, Tensor, Tensor]:
     return sums.reference, sums.total, sums.weighted
+
+
+# Views of the stacked rows: all tasks' rows at once, each with its own task's values.
+def per_row(state: RowState, index: Tensor | None, values: Tensor) -> Tensor:
+    """Per-task ``values`` (``[T, ...]``) for each row in ``index``; for every row
+    (``None``), ``[T, 1, ...]`` to broadcast over :func:`by_task` views."""
+    if index is None:
+        return values.unsqueeze(1)
+    return values.index_select(0, index // state.rows_per_task)
+
+
+def by_task(state: RowState, index: Tensor | None, rows: Tensor) -> Tensor:
+    """``rows`` as ``[T, rows per task, ...]`` if they are every row (``index`` is
+    None), to meet :func:`per_row` values; else unchanged. :func:`flat_rows` undoes it."""
+    return rows.view(-1, state.rows_per_task, *rows.shape[1:]) if index is None else rows
+
+
+def rows_out(state: RowState, outs: Sequence[Tensor] | None, position: int) -> Tensor | None:
+    """``outs[position]`` (every row) as the ``[T, rows per task, C]`` view row-wise
+    results are computed in, for ``out=``; ``None`` without ``outs``."""
+    return None if outs is None else by_task(state, None, outs[position])
+
+
+def flat_rows(values: Tensor, index: Tensor | None) -> Tensor:
+    """Rows flat again after :func:`by_task` (a view)."""
+    return values.flatten(0, 1) if index is None else values
