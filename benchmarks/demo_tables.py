@@ -18,7 +18,7 @@ import torch
 
 from _markdown import replace_section, table
 
-from mtlcompress.runtime.cost_model import cpu_model
+from mtlcompress.runtime.calibration import cpu_model
 
 
 def main() -> None:

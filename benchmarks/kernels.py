@@ -24,7 +24,7 @@ from _markdown import replace_section, table
 
 from mtlcompress.report.benchmark import interleaved_samples
 from mtlcompress.runtime import kernels
-from mtlcompress.runtime.cost_model import cpu_model
+from mtlcompress.runtime.calibration import cpu_model
 
 TOKENS = 197
 SHAPES = {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}  # (in, out)

@@ -40,7 +40,9 @@ from typing import Any
 
 import torch
 
-from mtlcompress.bundle.bundle import ActivationSparsity, Bundle, BundleTask
+from mtlcompress.bundle.bundle import Bundle, BundleTask
+from mtlcompress.bundle.format import load_bundle, save_bundle
+from mtlcompress.models.activation_sparsity import ActivationSparsity
 from mtlcompress.data.synth import CLASS_NAMES
 from mtlcompress.models.backbone import resolve_backbone
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
@@ -293,7 +295,7 @@ def _reused_temporal(bundle: Bundle, spec: BundleSpec, cache: Path, log: Any) ->
                 spec.arch, spec.weight_density, spec.temporal_density, spec.seed):
             continue
         thresholds = meta.get("temporal_thresholds") or {
-            t: e.activation.temporal_thresholds for t, e in Bundle.load(paths(other, cache)[0]).tasks.items()}
+            t: e.activation.temporal_thresholds for t, e in load_bundle(paths(other, cache)[0]).tasks.items()}
         if set(thresholds) != set(bundle.tasks):
             continue
         for task, values in thresholds.items():
@@ -322,7 +324,7 @@ def make_bundle(spec: BundleSpec, cache: Path = DEFAULT_CACHE, log: Any = print)
                                                                                  spec.temporal_density, log)
     for task in bundle.sub_tasks:  # the shared engine's first path guess
         bundle.tasks[task].provenance["sparsity"]["activation_density"] = task_domain["density"][task]
-    bundle.save(bundle_path)
+    save_bundle(bundle, bundle_path)
     meta = {
         "spec": spec.__dict__,
         "note": RANDOM_WEIGHTS_NOTE,

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _markdown  # noqa: E402
 from make_bundles import DEFAULT_CACHE, RANDOM_WEIGHTS_NOTE, BundleSpec, all_specs, make_bundle  # noqa: E402
 
-from mtlcompress.bundle.bundle import Bundle  # noqa: E402
+from mtlcompress.bundle.format import load_bundle  # noqa: E402
 from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images  # noqa: E402
 from mtlcompress.runtime.allocator import keep_freed_memory  # noqa: E402
 
@@ -221,7 +221,7 @@ def render(doc: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------
 def run_row(spec: BundleSpec, cache: Path, settings: dict[str, int], log: Any) -> dict[str, Any]:
     path, meta = make_bundle(spec, cache, log=log)
-    bundle = Bundle.load(path)
+    bundle = load_bundle(path)
     size = bundle.backbone.img_size
     images = synthetic_images(1, size, seed=INPUT_SEED)
     frames = static_clip(settings["frames"], size, seed=INPUT_SEED) if settings["frames"] else None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from _markdown import replace_section
 
-from mtlcompress.bundle.bundle import Bundle
+import mtlcompress
 from mtlcompress.data.synth import random_clip, render_scene
 from mtlcompress.runtime.keyframes import KeyframePolicy
 
@@ -53,8 +53,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="rewrite the section in docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    bundle = Bundle.load(args.bundle)
-    engine = bundle.engine(args.engine)
+    model = mtlcompress.load(args.bundle, engine=args.engine)
+    bundle, engine = model.bundle, model.engine
     samples, keyframes = [], 0
     start = time.perf_counter()
     for result in engine.stream(frames(args.frames, bundle.backbone.img_size),

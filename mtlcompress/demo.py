@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtlcompress._progress import progress_bar
-from mtlcompress.bundle.bundle import Bundle
-from mtlcompress.bundle.format import export_bundle
+from mtlcompress.progress import progress_bar
+from mtlcompress.bundle.format import export_bundle, load_bundle
 from mtlcompress.data.layouts import open_dataset
 from mtlcompress.data.synth import generate_scenes
 from mtlcompress.io.atomic import write_json_atomic, write_text_atomic
 from mtlcompress.models.checkpoint import load_checkpoint
-from mtlcompress.runtime.check import compare_engines
+from mtlcompress.report.check import compare_engines
 from mtlcompress.sparsify.pipeline import run_plan
 from mtlcompress.sparsify.plan import load_plan
 from mtlcompress.tasks.registry import get_task
@@ -111,7 +110,7 @@ def run_demo(
             if "run" in stages:
                 start = time.perf_counter()
                 log("running the bundle: shared vs dense engine on held-out images and a video clip")
-                report["run"] = compare_engines(Bundle.load(bundle_path), data)
+                report["run"] = compare_engines(load_bundle(bundle_path), data)
                 timings["run"] = time.perf_counter() - start
     report["seconds"] = timings
     write_json_atomic(out / "demo-report.json", report)

@@ -1,15 +1,15 @@
 """The multi-task bundle in memory: one base backbone, a sparse weight delta per
 sub-task, every task head, and each task's activation-sparsity settings.
 
-``Bundle.from_checkpoints`` builds one from single-task checkpoints (sparsified or
-not); ``mtlcompress.bundle.format`` writes and reads it; the runtime executes it.
+Plain data: what is in the file. ``Bundle.from_checkpoints`` builds one from
+single-task checkpoints (sparsified or not); ``bundle.format`` writes and reads it
+(``save_bundle`` / ``load_bundle``); ``runtime.runner`` executes it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,42 +17,10 @@ from typing import Any
 import torch
 
 from mtlcompress.errors import BundleError, MtlCompressError
-from mtlcompress.models.backbone import BackboneConfig
+from mtlcompress.models.activation_sparsity import ActivationSparsity
+from mtlcompress.models.backbone import BackboneConfig, backbone_signature
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, load_checkpoint
 from mtlcompress.models.single_task import SingleTaskModel
-
-GRANULARITIES = ("element", "token")
-
-
-@dataclass
-class ActivationSparsity:
-    """Per-layer thresholds on activation deltas (layer names from ``models.taps``).
-
-    ``task_thresholds`` apply to ``x_t - x_base``; ``temporal_thresholds`` to
-    ``x^f - x^{f-1}`` on video. A layer without a threshold is computed exactly.
-    """
-
-    granularity: str = "token"
-    task_thresholds: dict[str, float] = field(default_factory=dict)
-    temporal_thresholds: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> ActivationSparsity:
-        if not data:
-            return cls()
-        if not isinstance(data, dict) or data.get("granularity", "token") not in GRANULARITIES:
-            raise MtlCompressError(f"activation sparsity must name a granularity in {GRANULARITIES}")
-        def thresholds(key: str) -> dict[str, float]:
-            values = data.get(key) or {}
-            if not isinstance(values, dict) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values.values()):
-                raise MtlCompressError(f"activation '{key}' must map layer names to non-negative numbers")
-            return {str(k): float(v) for k, v in values.items()}
-        return cls(granularity=data.get("granularity", "token"), task_thresholds=thresholds("task_thresholds"),
-                   temporal_thresholds=thresholds("temporal_thresholds"))
 
 
 @dataclass
@@ -72,6 +40,8 @@ class BundleTask:
 
 @dataclass
 class Bundle:
+    """One base backbone, each sub-task's weight delta, every head (see the module doc)."""
+
     backbone: BackboneConfig
     base_task: str
     base_weights: dict[str, torch.Tensor]
@@ -106,37 +76,6 @@ class Bundle:
         total = sum(w.numel() for w in self.base_weights.values())
         return sum(int((d != 0).sum()) for d in delta.values()) / total
 
-    def save(self, path: str | os.PathLike) -> dict[str, Any]:
-        """Write the bundle atomically; returns the manifest (see ``bundle.format``)."""
-        from mtlcompress.bundle.format import save_bundle
-
-        return save_bundle(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Bundle:
-        """Read and fully verify a bundle file; any problem raises ``BundleError``."""
-        from mtlcompress.bundle.format import load_bundle
-
-        return load_bundle(path)
-
-    def engine(self, kind: str = "shared", tasks: Sequence[str] | None = None, device: str | torch.device = "cpu"):
-        """An executor: ``"shared"`` (real shared computation) or ``"dense"`` (the reference)."""
-        from mtlcompress.runtime.engines import make_engine
-
-        return make_engine(self, kind, tasks=tasks, device=device)
-
-    def predict(self, images: torch.Tensor, tasks: Sequence[str] | None = None, engine: str = "shared",
-                device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """Raw outputs ``{task: [B, C, H, W]}`` for images ``[B, 3, H, W]`` in [0, 1]."""
-        return self.engine(engine, tasks, device).predict(images)
-
-    def stream(self, frames: Iterable[torch.Tensor], tasks: Sequence[str] | None = None, engine: str = "shared",
-               device: str | torch.device = "cpu", **policy: Any) -> Iterator[Any]:
-        """Per-frame results for video frames in order; ``policy`` is ``KeyframePolicy``'s fields."""
-        from mtlcompress.runtime.keyframes import KeyframePolicy
-
-        return self.engine(engine, tasks, device).stream(frames, KeyframePolicy(**policy))
-
     @classmethod
     def from_checkpoints(cls, base: str | os.PathLike, tasks: Sequence[str | os.PathLike]) -> Bundle:
         """Combine a base checkpoint and sub-task checkpoints (any delta density)."""
@@ -169,7 +108,3 @@ class Bundle:
             )
         return cls(backbone=base_info.backbone, base_task=base_info.task, base_weights=base_weights, tasks=entries)
 
-
-def backbone_signature(config: BackboneConfig) -> tuple:
-    """Everything that fixes tensor shapes and the computation (the name does not)."""
-    return dataclasses.astuple(dataclasses.replace(config, arch=""))

@@ -20,8 +20,6 @@ problem. A loaded bundle is bit-identical to the one saved.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,46 +28,22 @@ from typing import Any, Callable
 
 import torch
 
-from mtlcompress import __version__
 from mtlcompress.bundle import layouts
-from mtlcompress.bundle.bundle import GRANULARITIES, ActivationSparsity, Bundle, BundleTask, backbone_signature
+from mtlcompress.bundle.bundle import Bundle, BundleTask
+from mtlcompress.bundle.checksums import manifest_sha256, payload_sha256
+from mtlcompress.bundle.manifest import FORMAT_VERSION, SchemaError, validate_manifest
 from mtlcompress.errors import BundleError, MtlCompressError
 from mtlcompress.io.container import check_tensor_names, read_container_header, read_container_tensors, write_container
-from mtlcompress.models.backbone import BackboneConfig
+from mtlcompress.models.activation_sparsity import ActivationSparsity
+from mtlcompress.models.backbone import BackboneConfig, backbone_signature
 from mtlcompress.models.checkpoint import FORMAT_NAME as CHECKPOINT_FORMAT_NAME
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model
-from mtlcompress.tasks.registry import get_task
+from mtlcompress.version import __version__
 
 FORMAT_NAME = "mtlcompress.bundle"
-FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
 _CORRUPT = "the file is damaged or was edited; re-export it with `mtlcompress export`"
-
-
-# ------------------------------------------------------------------- checksums
-
-
-def payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over every tensor in sorted-name order: name, dtype, shape, raw bytes.
-
-    Each field is length-framed so no two different payloads hash the same input.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().contiguous().cpu()
-        raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        head = json.dumps([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), len(raw)])
-        digest.update(len(head).to_bytes(8, "little") + head.encode())
-        digest.update(raw)
-    return digest.hexdigest()
-
-
-def manifest_sha256(manifest: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of the manifest without its ``manifest_sha256`` key."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
 
 # ------------------------------------------------------------------------ save
 
@@ -130,161 +104,6 @@ def _density(deltas: Mapping[str, Mapping[str, Any]], total: int) -> float:
     return sum(entry["nnz"] for entry in deltas.values()) / total if total else 0.0
 
 
-# ---------------------------------------------------------------------- schema
-# A checker gets a value and its dotted location, and raises _SchemaError.
-
-
-class _SchemaError(Exception):
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"manifest field '{where}' {problem}")
-
-
-_Check = Callable[[Any, str], None]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _count(value: Any, where: str) -> None:
-    if not _is_int(value) or value < 0:
-        raise _SchemaError(where, f"must be a non-negative integer, got {value!r:.40}")
-
-
-def _positive(value: Any, where: str) -> None:
-    if not _is_int(value) or value <= 0:
-        raise _SchemaError(where, f"must be a positive integer, got {value!r:.40}")
-
-
-def _number(value: Any, where: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise _SchemaError(where, f"must be a number, got {value!r:.40}")
-
-
-def _text(value: Any, where: str) -> None:
-    if not isinstance(value, str):
-        raise _SchemaError(where, f"must be a string, got {value!r:.40}")
-
-
-def _sha256(value: Any, where: str) -> None:
-    if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
-        raise _SchemaError(where, "must be 64 lowercase hex digits")
-
-
-def _json_object(value: Any, where: str) -> None:
-    if not isinstance(value, dict):
-        raise _SchemaError(where, f"must be a JSON object, got {type(value).__name__}")
-
-
-def _task_name(value: Any, where: str) -> None:
-    _text(value, where)
-    try:
-        get_task(value)
-    except MtlCompressError as exc:
-        raise _SchemaError(where, f"names {exc}") from None
-
-
-def _one_of(choices: tuple[str, ...]) -> _Check:
-    def check(value: Any, where: str) -> None:
-        if value not in choices:
-            raise _SchemaError(where, f"must be one of {', '.join(choices)}, got {value!r:.40}")
-    return check
-
-
-def _optional(check: _Check) -> _Check:
-    def optional(value: Any, where: str) -> None:
-        if value is not None:
-            check(value, where)
-    return optional
-
-
-def _list_of(check: _Check, unique: bool = False) -> _Check:
-    def check_list(value: Any, where: str) -> None:
-        if not isinstance(value, list):
-            raise _SchemaError(where, f"must be a list, got {type(value).__name__}")
-        for i, item in enumerate(value):
-            check(item, f"{where}[{i}]")
-        if unique and len(set(map(str, value))) != len(value):
-            raise _SchemaError(where, "has duplicate entries")
-    return check_list
-
-
-def _dict_of(check: _Check) -> _Check:
-    def check_dict(value: Any, where: str) -> None:
-        _json_object(value, where)
-        for key, item in value.items():
-            check(item, f"{where}.{key}")
-    return check_dict
-
-
-def _record(fields: dict[str, _Check], optional: tuple[str, ...] = ()) -> _Check:
-    """An object with exactly these keys (those in ``optional`` may be absent)."""
-    def check_record(value: Any, where: str) -> None:
-        _json_object(value, where)
-        missing = sorted(set(fields) - set(value) - set(optional))
-        unknown = sorted(set(value) - set(fields))
-        if missing:
-            raise _SchemaError(where, f"is missing the key '{missing[0]}'")
-        if unknown:
-            raise _SchemaError(where, f"has the unknown key '{unknown[0]:.40}'")
-        for key, check in fields.items():
-            if key in value:
-                check(value[key], f"{where}.{key}" if where else key)
-    return check_record
-
-
-_DELTA_ENTRY = _record({"layout": _one_of(layouts.LAYOUTS), "shape": _list_of(_count),
-                        "dtype": _one_of(tuple(layouts.DTYPE_NAMES)), "nnz": _count, "bytes": _count})
-_TASK_ENTRY = _record({
-    "checkpoint": _record({
-        "task": _task_name, "backbone": _json_object,
-        "head": _record({"out_channels": _positive, "hidden": _positive}),
-        "num_classes": _optional(_positive), "class_names": _list_of(_text), "training": _json_object,
-        "metrics": _json_object, "sparsity": _json_object, "mtlcompress_version": _text,
-    }, optional=("mtlcompress_version",)),
-    "activation": _record({"granularity": _one_of(GRANULARITIES), "task_thresholds": _dict_of(_number),
-                           "temporal_thresholds": _dict_of(_number)}),
-    "provenance": _json_object,
-    "delta_density": _number,
-    "delta": _dict_of(_DELTA_ENTRY),
-})
-_MANIFEST = _record({
-    "format_version": _positive, "mtlcompress_version": _text, "backbone": _json_object,
-    "base_task": _task_name, "task_order": _list_of(_task_name, unique=True),
-    "tasks": _dict_of(_TASK_ENTRY), "payload_sha256": _sha256, "manifest_sha256": _sha256,
-})
-
-
-def _validate_manifest(manifest: Any) -> None:
-    """Raise ``_SchemaError`` unless ``manifest`` has the version-1 structure and
-    its fields agree with each other (tensors are checked later, against the model)."""
-    _MANIFEST(manifest, "")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise _SchemaError("format_version", f"is {manifest['format_version']}, the container says {FORMAT_VERSION}")
-    order, tasks = manifest["task_order"], manifest["tasks"]
-    if set(order) != set(tasks):
-        raise _SchemaError("task_order", f"lists {sorted(order)} but 'tasks' has {sorted(tasks)}")
-    if manifest["base_task"] not in tasks:
-        raise _SchemaError("base_task", f"'{manifest['base_task']}' is not among the tasks ({', '.join(order)})")
-    for task, entry in tasks.items():
-        if entry["checkpoint"]["task"] != task:
-            raise _SchemaError(f"tasks.{task}.checkpoint.task", f"is '{entry['checkpoint']['task']}'")
-        if task == manifest["base_task"] and entry["delta"]:
-            raise _SchemaError(f"tasks.{task}.delta", "must be empty for the base task")
-        for name, delta in entry["delta"].items():
-            where = f"tasks.{task}.delta.{name}"
-            if delta["nnz"] == 0:
-                raise _SchemaError(f"{where}.nnz", "is 0 (all-zero deltas are never stored)")
-            numel = 1
-            for dim in delta["shape"]:
-                numel *= dim
-            if delta["nnz"] > numel:
-                raise _SchemaError(f"{where}.nnz", f"is {delta['nnz']}, more than the {numel} entries of the tensor")
-            dtype = layouts.str_to_dtype(delta["dtype"])
-            if delta["bytes"] != layouts.layout_nbytes(delta["shape"], dtype, delta["nnz"], delta["layout"]):
-                raise _SchemaError(f"{where}.bytes", f"is {delta['bytes']}, which does not fit its layout")
-
-
 # ------------------------------------------------------------------------ load
 
 
@@ -293,8 +112,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     path = Path(path)
     manifest = _read_manifest(path)
     try:
-        _validate_manifest(manifest)
-    except (_SchemaError, MtlCompressError) as exc:
+        validate_manifest(manifest)
+    except (SchemaError, MtlCompressError) as exc:
         raise BundleError(f"{path}: {exc}; {_CORRUPT}") from None
     try:
         backbone = BackboneConfig.from_dict(manifest["backbone"])

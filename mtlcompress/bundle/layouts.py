@@ -46,6 +46,16 @@ from typing import NamedTuple
 
 import torch
 
+from mtlcompress.bundle.sparse_codecs import (
+    encode_bitmask,
+    encode_coo,
+    encode_csr,
+    layout_error,
+    part_dtype,
+    validate_bitmask,
+    validate_coo,
+    validate_csr,
+)
 from mtlcompress.errors import BundleError
 
 __all__ = [
@@ -73,8 +83,6 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 }
 _NAME_OF_DTYPE = {dtype: name for name, dtype in DTYPE_NAMES.items()}
 
-# Bit j of a packed byte (0 = first column of the group) sits at this shift.
-_BIT_SHIFTS = (7, 6, 5, 4, 3, 2, 1, 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,25 +136,6 @@ def view_2d_shape(shape: Sequence[int]) -> tuple[int, int]:
     return int(shape[0]), math.prod(int(d) for d in shape[1:])
 
 
-def _index_dtype(limit: int, *, allow_int16: bool = False) -> torch.dtype:
-    """Smallest signed integer dtype whose maximum is at least ``limit``."""
-    for dtype in (torch.int16, torch.int32, torch.int64)[0 if allow_int16 else 1 :]:
-        if limit <= torch.iinfo(dtype).max:
-            return dtype
-    raise BundleError(f"tensor too large to index: {limit} elements")
-
-
-def _part_dtype(kind: str, rows: int, cols: int, dtype: torch.dtype) -> torch.dtype:
-    """The one rule for every part's dtype, used by encoders, validators and sizes."""
-    if kind in ("dense", "values"):
-        return dtype
-    if kind == "bits":
-        return torch.uint8
-    if kind == "cols":
-        return _index_dtype(cols, allow_int16=True)
-    return _index_dtype(rows * cols)  # "offsets" and "flat"
-
-
 def _part_numel(kind: str, rows: int, cols: int, nnz: int) -> int:
     """Entries of a part of ``kind``: what layout_nbytes sums and validators expect."""
     return {
@@ -160,119 +149,11 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-# ------------------------------------------------------------------ bit packing
-
-
-def _shifts(device: torch.device) -> torch.Tensor:
-    return torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=device)
-
-
-def _pack_rows(mask: torch.Tensor) -> torch.Tensor:
-    """Pack a ``[rows, cols]`` bool mask row by row into ``rows * ceil(cols/8)`` bytes."""
-    rows, cols = mask.shape
-    nbytes_row = (cols + 7) // 8
-    padded = torch.zeros(rows, nbytes_row * 8, dtype=torch.uint8, device=mask.device)
-    padded[:, :cols] = mask
-    groups = padded.view(rows, nbytes_row, 8) << _shifts(mask.device)
-    return groups.sum(dim=-1, dtype=torch.uint8).reshape(-1)
-
-
-def _unpack_rows(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """All ``rows * ceil(cols/8) * 8`` bits as a ``[rows, padded_cols]`` uint8 0/1 tensor."""
-    nbytes_row = (cols + 7) // 8
-    bits = (packed.reshape(rows, nbytes_row, 1) >> _shifts(packed.device)) & 1
-    return bits.reshape(rows, nbytes_row * 8)
-
-
-# ------------------------------------------------------------------- encoders
-# An encoder gets the 2-D view and its non-zero mask and returns the parts.
-
-
-def _row_offsets(mask: torch.Tensor) -> torch.Tensor:
-    rows, cols = mask.shape
-    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=mask.device)
-    torch.cumsum(mask.sum(dim=1), dim=0, out=offsets[1:])
-    return offsets.to(_part_dtype("offsets", rows, cols, torch.int64))
-
-
-def _encode_bitmask(view: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"bitmask": _pack_rows(mask), "values": view[mask], "row_offsets": _row_offsets(mask)}
-
-
-def _encode_csr(view: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    col_dtype = _part_dtype("cols", *mask.shape, view.dtype)
-    return {
-        "row_offsets": _row_offsets(mask),
-        "col_indices": mask.nonzero()[:, 1].to(col_dtype),
-        "values": view[mask],
-    }
-
-
-def _encode_coo(view: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    flat_dtype = _part_dtype("flat", *mask.shape, view.dtype)
-    return {"indices": mask.reshape(-1).nonzero().reshape(-1).to(flat_dtype), "values": view[mask]}
-
-
-# ------------------------------------------------------------------ validators
-# A sparse validator checks its layout's invariants on parts whose names, dtypes,
-# ranks and lengths _check_parts already vetted, and returns where the values go in
-# the flattened 2-D view (a bool mask or int64 positions), ready for decoding.
-
-
-def _fail(layout: str, problem: str) -> BundleError:
-    return BundleError(f"{layout} layout: {problem}")
-
-
-def _check_offsets(layout: str, offsets: torch.Tensor, nnz: int) -> torch.Tensor:
-    offsets = offsets.to(torch.int64)
-    if int(offsets[0]) != 0:
-        raise _fail(layout, f"row_offsets must start at 0, got {int(offsets[0])}")
-    if bool((offsets[1:] < offsets[:-1]).any()):
-        raise _fail(layout, "row_offsets is not non-decreasing")
-    if int(offsets[-1]) != nnz:
-        raise _fail(layout, f"row_offsets ends at {int(offsets[-1])} but there are {nnz} values")
-    return offsets
-
-
-def _validate_bitmask(parts: Mapping[str, torch.Tensor], rows: int, cols: int) -> torch.Tensor:
-    offsets = _check_offsets("bitmask", parts["row_offsets"], parts["values"].numel())
-    bits = _unpack_rows(parts["bitmask"], rows, cols)
-    if bool(bits[:, cols:].any()):
-        raise _fail("bitmask", "padding bits after the last column of a row are not zero")
-    mask = bits[:, :cols].bool()
-    if not torch.equal(mask.sum(dim=1), offsets[1:] - offsets[:-1]):
-        raise _fail("bitmask", "set bits per row do not match row_offsets")
-    return mask.reshape(-1)
-
-
-def _validate_csr(parts: Mapping[str, torch.Tensor], rows: int, cols: int) -> torch.Tensor:
-    nnz = parts["values"].numel()
-    offsets = _check_offsets("csr", parts["row_offsets"], nnz)
-    col = parts["col_indices"].to(torch.int64)
-    if nnz and (int(col.min()) < 0 or int(col.max()) >= cols):
-        raise _fail("csr", f"column index out of range [0, {cols})")
-    row = torch.repeat_interleave(
-        torch.arange(rows, device=col.device), offsets[1:] - offsets[:-1], output_size=nnz
-    )
-    if bool((col[1:] <= col[:-1])[row[1:] == row[:-1]].any()):
-        raise _fail("csr", "column indices not strictly increasing within a row (duplicate?)")
-    return row * cols + col
-
-
-def _validate_coo(parts: Mapping[str, torch.Tensor], rows: int, cols: int) -> torch.Tensor:
-    flat = parts["indices"].to(torch.int64)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= rows * cols):
-        raise _fail("coo", f"flat index out of range [0, {rows * cols})")
-    if bool((flat[1:] <= flat[:-1]).any()):
-        raise _fail("coo", "indices not strictly increasing (duplicate or unsorted)")
-    return flat
-
-
 # --------------------------------------------------------------------- registry
 
 
 class _Layout(NamedTuple):
-    """One layout: its parts (name -> kind, see _part_dtype) and its sparse codec."""
+    """One layout: its parts (name -> kind, see part_dtype) and its sparse codec."""
 
     parts: dict[str, str]
     encode: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None
@@ -285,15 +166,15 @@ _LAYOUTS: dict[str, _Layout] = {
     "dense": _Layout({"values": "dense"}, None, None),
     "bitmask": _Layout(
         {"bitmask": "bits", "values": "values", "row_offsets": "offsets"},
-        _encode_bitmask,
-        _validate_bitmask,
+        encode_bitmask,
+        validate_bitmask,
     ),
     "csr": _Layout(
         {"row_offsets": "offsets", "col_indices": "cols", "values": "values"},
-        _encode_csr,
-        _validate_csr,
+        encode_csr,
+        validate_csr,
     ),
-    "coo": _Layout({"indices": "flat", "values": "values"}, _encode_coo, _validate_coo),
+    "coo": _Layout({"indices": "flat", "values": "values"}, encode_coo, validate_coo),
 }
 LAYOUTS: tuple[str, ...] = tuple(_LAYOUTS)
 
@@ -319,7 +200,7 @@ def layout_nbytes(shape: Sequence[int], dtype: torch.dtype, nnz: int, layout: st
     """
     rows, cols = view_2d_shape(shape)
     return sum(
-        _part_numel(kind, rows, cols, int(nnz)) * _itemsize(_part_dtype(kind, rows, cols, dtype))
+        _part_numel(kind, rows, cols, int(nnz)) * _itemsize(part_dtype(kind, rows, cols, dtype))
         for kind in _layout(layout).parts.values()
     )
 
@@ -350,9 +231,9 @@ def _check_shape(layout: str, shape: Sequence[int]) -> tuple[int, ...]:
     try:
         dims = tuple(shape)
     except TypeError:
-        raise _fail(layout, f"shape {shape!r} is not a sequence of integers") from None
+        raise layout_error(layout, f"shape {shape!r} is not a sequence of integers") from None
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
-        raise _fail(layout, f"shape {list(dims)!r} must be non-negative integers")
+        raise layout_error(layout, f"shape {list(dims)!r} must be non-negative integers")
     return dims
 
 
@@ -362,25 +243,25 @@ def _check_parts(
     """Names, types, dtypes, ranks, lengths and devices: checked alike for every layout."""
     kinds = _layout(layout).parts
     if not isinstance(parts, Mapping):
-        raise _fail(layout, f"parts must be a mapping, got {type(parts).__name__}")
+        raise layout_error(layout, f"parts must be a mapping, got {type(parts).__name__}")
     missing = sorted(set(kinds) - set(parts))
     extra = sorted(map(str, set(parts) - set(kinds)))
     if missing or extra:
-        raise _fail(layout, f"missing parts {missing}, unexpected parts {extra}")
+        raise layout_error(layout, f"missing parts {missing}, unexpected parts {extra}")
     if not all(isinstance(p, torch.Tensor) and p.layout == torch.strided for p in parts.values()):
-        raise _fail(layout, "every part must be a dense (strided) torch.Tensor")
+        raise layout_error(layout, "every part must be a dense (strided) torch.Tensor")
     nnz = parts["values"].numel()
     for name, kind in kinds.items():
-        part, expected = parts[name], _part_dtype(kind, rows, cols, dtype)
+        part, expected = parts[name], part_dtype(kind, rows, cols, dtype)
         if part.dtype != expected:
-            raise _fail(layout, f"part {name!r} has dtype {part.dtype}, expected {expected}")
+            raise layout_error(layout, f"part {name!r} has dtype {part.dtype}, expected {expected}")
         if kind != "dense" and part.dim() != 1:
-            raise _fail(layout, f"part {name!r} must be 1-D, got shape {tuple(part.shape)}")
+            raise layout_error(layout, f"part {name!r} must be 1-D, got shape {tuple(part.shape)}")
         if part.numel() != _part_numel(kind, rows, cols, nnz):
             want = _part_numel(kind, rows, cols, nnz)
-            raise _fail(layout, f"part {name!r} has {part.numel()} entries, expected {want}")
+            raise layout_error(layout, f"part {name!r} has {part.numel()} entries, expected {want}")
     if len({p.device for p in parts.values()}) > 1:
-        raise _fail(layout, "parts live on different devices")
+        raise layout_error(layout, "parts live on different devices")
 
 
 def _validated(
@@ -390,13 +271,13 @@ def _validated(
     spec = _layout(layout)
     shape = _check_shape(layout, shape)
     if dtype not in _NAME_OF_DTYPE:
-        raise _fail(layout, f"value dtype {dtype} is not one of {', '.join(DTYPE_NAMES)}")
+        raise layout_error(layout, f"value dtype {dtype} is not one of {', '.join(DTYPE_NAMES)}")
     rows, cols = view_2d_shape(shape)
     _check_parts(layout, rows, cols, dtype, parts)
     if spec.validate is None:
         if tuple(parts["values"].shape) != shape:
             got = tuple(parts["values"].shape)
-            raise _fail(layout, f"values has shape {got}, expected {shape}")
+            raise layout_error(layout, f"values has shape {got}, expected {shape}")
         return shape, rows, cols, None
     return shape, rows, cols, spec.validate(parts, rows, cols)
 
@@ -443,7 +324,7 @@ def to_torch_sparse_csr(encoded: EncodedTensor) -> torch.Tensor:
     row, col = flat // max(cols, 1), flat % max(cols, 1)
     crow = torch.zeros(rows + 1, dtype=torch.int64, device=values.device)
     torch.cumsum(torch.bincount(row, minlength=rows), dim=0, out=crow[1:])
-    index_dtype = _part_dtype("offsets", rows, cols, values.dtype)
+    index_dtype = part_dtype("offsets", rows, cols, values.dtype)
     with warnings.catch_warnings():  # torch's one-off "CSR support is in beta" notice
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
@@ -484,7 +365,7 @@ def encoded_from_state(
     keys = {part: f"{name}.{part}" for part in part_names(layout)}
     missing = [key for key in keys.values() if key not in state]
     if missing:
-        raise _fail(layout, f"tensor {name!r} has no {', '.join(missing)} in the bundle")
+        raise layout_error(layout, f"tensor {name!r} has no {', '.join(missing)} in the bundle")
     return EncodedTensor(
         layout=layout,
         shape=_check_shape(layout, shape),

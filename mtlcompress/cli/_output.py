@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mtlcompress.sparsify.common import StageResult
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -51,3 +53,19 @@ def info(message: str, quiet: bool = False) -> None:
     """Human status lines go to stderr so stdout stays clean for ``--json``."""
     if not quiet:
         err_console.print(message)
+
+
+def stage_table(results: Sequence[StageResult], title: str) -> Table:
+    """One row per sparsify stage result (``sparsify`` and ``demo``): densities and
+    the primary metric before and after."""
+    rows = []
+    for r in results:
+        change = r.relative_change
+        density = r.extra.get("held_out_activation_density", r.extra.get("activation_density",
+                                                                      r.extra.get("temporal_density")))
+        rows.append((r.task, r.stage, f"{100 * r.delta_density:.2f}%", r.primary,
+                     r.original_metrics.get(r.primary), r.metrics.get(r.primary),
+                     None if change is None else f"{100 * change:+.2f}%",
+                     None if density is None else f"{100 * density:.1f}%"))
+    return make_table(title, ["task", "stage", "dW density", "metric", "original", "now", "change", "dx density"],
+                      rows)

@@ -8,13 +8,14 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.bundle.format import load_bundle
 from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.images import find_inputs, read_images
 from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images
 from mtlcompress.runtime.allocator import keep_freed_memory
+from mtlcompress.runtime.devices import resolve_device
 from mtlcompress.runtime.keyframes import KeyframePolicy
 
 SYNTHETIC_SEED = 0
@@ -46,16 +47,13 @@ def bench(
     quiet: QuietOpt = False,
 ) -> None:
     """Time T independent models, the dense engine and the shared engine, interleaved."""
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise MtlCompressError(f"unknown device '{device}'; use cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MtlCompressError("--device cuda: no CUDA device is available")
+    resolve_device(device)
     if max_drift <= 0:
         raise MtlCompressError("--max-drift must be > 0")
     if threads:
         torch.set_num_threads(threads)
     keep_freed_memory()
-    loaded = Bundle.load(bundle)
+    loaded = load_bundle(bundle)
     size = loaded.backbone.img_size
     images, clip, source = _inputs(inputs, size, batch, frames)
     info(f"benchmarking {bundle.name}: {len(loaded.tasks)} tasks, {repeats} repeats after {warmup} warm-up, "

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress._progress import progress_bar
+from mtlcompress.progress import progress_bar
 from mtlcompress.cli._options import JsonOpt, QuietOpt, SeedOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.data.synth import generate_scenes

@@ -9,8 +9,7 @@ import typer
 from rich.table import Table
 
 from mtlcompress.cli._options import JsonOpt, QuietOpt
-from mtlcompress.cli._output import emit, info, make_table
-from mtlcompress.cli.sparsify import stage_table
+from mtlcompress.cli._output import emit, info, make_table, stage_table
 from mtlcompress.demo import DEMO_PRESETS, DEMO_STAGES, run_demo
 from mtlcompress.sparsify.common import StageResult
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.bundle.format import load_bundle
 from mtlcompress.cli._options import JsonOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
@@ -30,7 +30,7 @@ def inspect(
     """Per-task and per-layer densities, bytes, FLOPs (and accuracy with --data) of a bundle."""
     if max_images < 1:
         raise MtlCompressError(f"--max-images must be >= 1, got {max_images}")
-    bundle = Bundle.load(bundle_path)
+    bundle = load_bundle(bundle_path)
     report = inspect_bundle(bundle, bundle_path, data=data, max_images=max_images)
     if html is not None:
         write_html_report(report, html)

@@ -9,7 +9,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from mtlcompress import __version__
+from mtlcompress.version import __version__
 from mtlcompress.cli import bench as bench_cli
 from mtlcompress.cli import data as data_cli
 from mtlcompress.cli import demo as demo_cli

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.bundle.format import load_bundle
 from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.images import MAX_PIXELS
 from mtlcompress.report.media import run_on_media
 from mtlcompress.runtime.allocator import keep_freed_memory
+from mtlcompress.runtime.devices import resolve_device
 from mtlcompress.runtime.engines import ENGINES
 
 
@@ -47,10 +48,9 @@ def run(
     """Run a bundle on images or videos and write one viewable PNG per task."""
     if engine not in ENGINES:
         raise MtlCompressError(f"unknown engine '{engine}'; choose from {', '.join(ENGINES)}")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise MtlCompressError(f"unknown device '{device}'; use cpu or cuda")
+    resolve_device(device)
     keep_freed_memory()
-    loaded = Bundle.load(bundle)
+    loaded = load_bundle(bundle)
     selected = [t.strip() for t in tasks.split(",") if t.strip()] or None
     summary = run_on_media(loaded, inputs, out, tasks=selected, engine=engine, video=video,
                            keyframe_every=keyframe_every, max_drift=max_drift, batch_size=batch_size,

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from mtlcompress.cli._options import DataOpt, JsonOpt, OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt
-from mtlcompress.cli._output import emit, info, make_table
+from mtlcompress.cli._output import emit, info, make_table, stage_table
 from mtlcompress.sparsify.common import StageResult
 from mtlcompress.sparsify.pipeline import run_plan
 from mtlcompress.sparsify.plan import STAGE_TRAINING, load_plan
@@ -43,21 +43,6 @@ def _config(stage: str, steps: int | None, lr: float | None, batch_size: int, se
     """The stage's defaults (one place: ``STAGE_TRAINING``) with what the user gave."""
     given = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
     return dataclasses.replace(STAGE_TRAINING[stage], batch_size=batch_size, seed=seed, **given)
-
-
-def stage_table(results: Sequence[StageResult], title: str) -> Table:
-    """One row per stage result: densities and the primary metric before and after."""
-    rows = []
-    for r in results:
-        change = r.relative_change
-        density = r.extra.get("held_out_activation_density", r.extra.get("activation_density",
-                                                                      r.extra.get("temporal_density")))
-        rows.append((r.task, r.stage, f"{100 * r.delta_density:.2f}%", r.primary,
-                     r.original_metrics.get(r.primary), r.metrics.get(r.primary),
-                     None if change is None else f"{100 * change:+.2f}%",
-                     None if density is None else f"{100 * density:.1f}%"))
-    return make_table(title, ["task", "stage", "dW density", "metric", "original", "now", "change", "dx density"],
-                      rows)
 
 
 def _report(results: Sequence[StageResult], as_json: bool, title: str, extra: dict | None = None) -> None:

@@ -143,3 +143,8 @@ def build_backbone(config: BackboneConfig) -> VisionTransformer:
         num_classes=0,
         global_pool="",
     )
+
+
+def backbone_signature(config: BackboneConfig) -> tuple:
+    """Everything that fixes tensor shapes and the computation (the name does not)."""
+    return dataclasses.astuple(dataclasses.replace(config, arch=""))

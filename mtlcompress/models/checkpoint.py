@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mtlcompress import __version__
+from mtlcompress.version import __version__
 from mtlcompress.errors import CheckpointError, MtlCompressError
 from mtlcompress.io.container import check_tensor_names, read_container_header, read_container_tensors, write_container
 from mtlcompress.models.backbone import BackboneConfig

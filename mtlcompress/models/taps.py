@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from mtlcompress.runtime.kernels import threshold_delta
+from mtlcompress.models.activation_sparsity import threshold_delta
 
 SHARED_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 

@@ -29,7 +29,8 @@ from torch import Tensor
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.data.synth import random_clip, random_scene, render_scene
 from mtlcompress.report import flops
-from mtlcompress.runtime.cost_model import KernelTimings, cpu_model
+from mtlcompress.runtime.calibration import cpu_model
+from mtlcompress.runtime.cost_model import KernelTimings
 from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.shared_engine import PROFILE_KINDS, SharedEngine

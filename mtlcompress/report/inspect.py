@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mtlcompress import __version__
+from mtlcompress.version import __version__
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.bundle.format import FORMAT_NAME, SUPPORTED_VERSIONS
 from mtlcompress.data.layouts import list_video_clips, open_clip, open_dataset
@@ -27,6 +27,7 @@ from mtlcompress.errors import BundleError, DataError
 from mtlcompress.io.container import read_container_header
 from mtlcompress.models.taps import shared_linear_names
 from mtlcompress.report import flops
+from mtlcompress.runtime.engines import make_engine
 from mtlcompress.tasks.registry import get_task
 
 SCHEMA_VERSION = 1
@@ -40,7 +41,7 @@ def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | o
 
     Args:
         bundle: the loaded bundle.
-        manifest_or_path: its manifest (``Bundle.save``'s return value) or the bundle
+        manifest_or_path: its manifest (``save_bundle``'s return value) or the bundle
             file, whose manifest is read and whose size is reported.
         data: a dataset folder; with it activation densities, kernel paths and
             accuracy are measured through the shared engine.
@@ -222,7 +223,7 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
 
     Returns activation densities (task domain, from the images only), temporal
     densities (from the clip), the engine's ``layer_paths`` when it has them,
-    accuracy of labelled tasks and a ``data`` summary. Not ``runtime.check``'s
+    accuracy of labelled tasks and a ``data`` summary. Not ``report.check``'s
     ``compare_engines``: that runs the dense engine too and the whole split.
     """
     if max_images < 1:
@@ -244,7 +245,7 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
     subset = Subset(dataset, range(min(max_images, len(dataset))))
     if len(subset) == 0:
         raise DataError(f"{data}: no images to inspect in the '{split}' split")
-    engine = bundle.engine("shared")
+    engine = make_engine(bundle, "shared")
     metrics = {t: get_task(t).metric(bundle.task(t).info.num_classes) for t in labelled}
     for batch in DataLoader(subset, batch_size=batch_size):
         outputs = engine.predict(batch["image"])

@@ -17,6 +17,7 @@ from PIL import Image
 
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.images import find_inputs, read_image, read_images
+from mtlcompress.runtime.engines import make_engine
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.tasks.registry import get_task
 
@@ -74,7 +75,7 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
     if batch_size < 1:
         raise MtlCompressError("batch size must be >= 1")
     media = find_inputs(inputs, video=video)
-    runner = bundle.engine(engine, tasks, device)
+    runner = make_engine(bundle, engine, tasks=tasks, device=device)
     size, out = bundle.backbone.img_size, Path(out)
     warnings: list[str] = []
     seconds, images, keyframes, written = 0.0, 0, 0, 0

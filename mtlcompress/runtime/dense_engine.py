@@ -19,66 +19,20 @@ layers without a temporal threshold run exactly. A keyframe is forced by
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
 from mtlcompress.bundle.bundle import Bundle
-from mtlcompress.errors import MtlCompressError
 from mtlcompress.models.taps import (
     propagated_linear_inputs,
     record_linear_inputs,
     shared_linear_names,
     thresholded_linear_inputs,
 )
+from mtlcompress.runtime.devices import resolve_device
+from mtlcompress.runtime.inputs import check_images, select_tasks
 from mtlcompress.runtime.keyframes import KeyframePolicy
-
-
-@dataclass
-class FrameResult:
-    index: int
-    keyframe: bool
-    outputs: dict[str, torch.Tensor]
-    drift: float = 0.0
-
-
-@dataclass
-class DensityStats:
-    """Kept fraction of activation deltas per task and layer, averaged over calls.
-
-    Keeps a running sum and count per layer, not every value, so memory stays flat
-    however long a video stream runs.
-    """
-
-    totals: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # task -> layer -> [sum, count]
-
-    def add(self, task: str, layer_stats: dict[str, list[float]]) -> None:
-        for layer, values in layer_stats.items():
-            total = self.totals.setdefault(task, {}).setdefault(layer, [0.0, 0])
-            total[0] += sum(values)
-            total[1] += len(values)
-
-    def mean(self) -> dict[str, dict[str, float]]:
-        return {task: {layer: total / count for layer, (total, count) in layers.items() if count}
-                for task, layers in self.totals.items()}
-
-    def reset(self) -> None:
-        self.totals.clear()
-
-
-def select_tasks(bundle: Bundle, tasks: Sequence[str] | None) -> list[str]:
-    """Requested tasks in bundle order (all by default); unknown names are an error."""
-    if not tasks:
-        return list(bundle.tasks)
-    unknown = [t for t in tasks if t not in bundle.tasks]
-    if unknown:
-        raise MtlCompressError(f"task(s) {', '.join(unknown)} not in the bundle (it has {', '.join(bundle.tasks)})")
-    return [t for t in bundle.tasks if t in tasks]
-
-
-def check_images(images: torch.Tensor, img_size: int) -> None:
-    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (img_size, img_size):
-        raise MtlCompressError(f"images must be [B, 3, {img_size}, {img_size}] in [0, 1], got {tuple(images.shape)}")
+from mtlcompress.runtime.results import DensityStats, FrameResult
 
 
 class DenseEngine:
@@ -89,7 +43,7 @@ class DenseEngine:
     def __init__(self, bundle: Bundle, tasks: Sequence[str] | None = None, device: str | torch.device = "cpu") -> None:
         self.bundle = bundle
         self.tasks = select_tasks(bundle, tasks)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.models = {t: bundle.task_model(t).to(self.device) for t in {bundle.base_task, *self.tasks}}
         self.layers = shared_linear_names(bundle.backbone.depth)
         self.stats = DensityStats()

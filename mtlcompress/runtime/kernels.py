@@ -37,6 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# The one definition of "changed" (shared with training and the dense engine) lives
+# with the granularities, below the runtime.
+from mtlcompress.models.activation_sparsity import Granularity, threshold_delta, token_rms
+
 __all__ = [
     "DeltaPath",
     "Granularity",
@@ -56,55 +60,11 @@ __all__ = [
     "delta_linear",
 ]
 
-Granularity = Literal["element", "token"]
 DeltaPath = Literal["dense", "token", "element"]
 DELTA_PATHS: tuple[str, ...] = ("dense", "token", "element")
 
 # CPU sparse CSR matmul (MKL) only implements these; other dtypes may be computed in fp32.
 _FULL_PRECISION = (torch.float32, torch.float64)
-
-
-# --------------------------------------------------------------------------------------
-# Thresholding: the one definition of "changed" shared by training and the runtime.
-# --------------------------------------------------------------------------------------
-def threshold_delta(dx: Tensor, tau: float, granularity: Granularity) -> tuple[Tensor, Tensor]:
-    """Sparsify an activation delta; the single definition of what counts as changed.
-
-    Training penalties, the reference engine and the fast runtime all use this
-    function, so a threshold means the same thing everywhere.
-
-    Args:
-        dx: activation delta ``x_t - x_0`` of shape ``[..., N, C]`` (tokens x channels).
-        tau: threshold, ``>= 0``. ``tau = 0`` keeps everything.
-        granularity:
-            ``"element"``: keep entry ``dx[..., n, c]`` iff ``|dx[..., n, c]| >= tau``.
-            The mask has the shape of ``dx``.
-            ``"token"``: keep the whole row ``dx[..., n, :]`` iff its RMS,
-            ``||dx[..., n, :]||_2 / sqrt(C)``, is ``>= tau`` (computed in fp32 for any
-            input dtype). The mask has shape ``[..., N]``. The RMS (not the plain norm)
-            makes tau independent of the width C, so one tau fits every layer.
-
-    Returns:
-        ``(dx_thresholded, mask)``: ``dx`` with dropped entries / rows set to exact
-        zeros (same shape and dtype as ``dx``), and the boolean keep-mask.
-    """
-    if tau < 0 or not math.isfinite(tau):
-        raise ValueError(f"tau must be a finite number >= 0, got {tau}")
-    if granularity == "element":
-        mask = dx.abs() >= tau
-        return torch.where(mask, dx, torch.zeros((), dtype=dx.dtype, device=dx.device)), mask
-    if granularity == "token":
-        if dx.dim() < 2:
-            raise ValueError(f"token granularity needs dx of shape [..., N, C], got {tuple(dx.shape)}")
-        mask = token_rms(dx) >= tau
-        kept = torch.where(mask.unsqueeze(-1), dx, torch.zeros((), dtype=dx.dtype, device=dx.device))
-        return kept, mask
-    raise ValueError(f"granularity must be 'element' or 'token', got {granularity!r}")
-
-
-def token_rms(dx: Tensor) -> Tensor:
-    """Per-row RMS ``||dx[..., n, :]||_2 / sqrt(C)`` in fp32: what token thresholds compare with."""
-    return torch.linalg.vector_norm(dx, dim=-1, dtype=torch.float32) / math.sqrt(max(dx.shape[-1], 1))
 
 
 def token_mask_of(dx: Tensor) -> Tensor:

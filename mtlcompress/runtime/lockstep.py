@@ -17,9 +17,8 @@ behind the state the next frame continues from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -27,10 +26,18 @@ from torch import Tensor
 
 from mtlcompress.runtime import incremental_attention, kernels
 from mtlcompress.runtime.cost_model import choose_stacking
+from mtlcompress.runtime.layer_plan import EngineTask, LayerPlanner
+from mtlcompress.runtime.row_state import (
+    RowState,
+    StateRecycler,
+    attention_sum_tensors,
+    by_task,
+    flat_rows,
+    per_row,
+    rows_out,
+)
 from mtlcompress.runtime.stacked_blocks import act_in_place, linear_into, stack_blocks, unit_layer_norm
 
-if TYPE_CHECKING:
-    from mtlcompress.runtime.shared_engine import SharedEngine, _Task
 
 __all__ = ["LockstepRows", "RowState"]
 
@@ -46,37 +53,19 @@ _WHOLE_ABOVE = 0.5
 _MAX_STACKING_CHOICES = 4096
 
 
-@dataclass
-class RowState:
-    """The stacked temporal state of the lockstep tasks, every tensor flat over
-    ``T * B * N`` rows (task-major). ``refs``: per linear layer, the last propagated
-    input and its output (``None`` for layers outside ``_OUTPUT_KEPT``); ``blocks``: per
-    block, the last frame's activations (``h1``, ``attn``, ``x_mid``, ``h2``, ``act``,
-    ``x_out``), the head-major ``q, k, v`` (``heads``) and the attention sums
-    (``attn_sums``); ``embed``: the tokens entering block 0; ``residual``: per
-    thresholded layer, ``[2, rows]`` squared unpropagated error and squared input norm
-    (drift without a full pass)."""
-
-    refs: dict[str, tuple[Tensor, Tensor | None]]
-    blocks: list[dict[str, Tensor]]
-    embed: Tensor
-    residual: dict[str, Tensor]
-    rows_per_task: int
-
-
 class LockstepRows:
     """The token-granularity ``tasks`` of an engine, run together on video frames.
 
     Args:
-        engine: the engine whose tasks these are (for profiling, kernel timings and the
-            base task's weights).
-        tasks: the tasks (``shared_engine._Task``), in output order.
+        planner: the engine's layer planner (the base task's weights, kernel timings
+            and ``dW`` operands).
+        tasks: the tasks, in output order.
         timed: ``timed(kind)`` returns the profiling context for one part.
     """
 
-    def __init__(self, engine: SharedEngine, tasks: Sequence[_Task], timed: Callable[[str], Any]) -> None:
+    def __init__(self, planner: LayerPlanner, tasks: Sequence[EngineTask], timed: Callable[[str], Any]) -> None:
         self.tasks = list(tasks)
-        self._engine = engine
+        self._planner = planner
         self._timed = timed
         blocks = [task.backbone.blocks for task in self.tasks]
         self.depth = len(blocks[0])
@@ -103,7 +92,7 @@ class LockstepRows:
         shape = embeds[0].shape
         x = torch.cat([e.reshape(-1, shape[-1]) for e in embeds])
         state = RowState(refs={}, blocks=[], embed=x, residual={}, rows_per_task=shape[0] * shape[1])
-        free = _Recycler(recycle)
+        free = StateRecycler(recycle)
         with self._timed("norm_act"):
             (h1,) = self._norms(state, 0, "norm1")(None, x, outs=(free.empty("0/h1", x.shape, x),))
         for i, params in enumerate(self._blocks):
@@ -115,7 +104,7 @@ class LockstepRows:
                 saved["heads"] = [free.copy(f"{i}/heads/{j}", part) for j, part in enumerate(heads)]
                 attn, sums = incremental_attention.full_attention(*saved["heads"], params.attn.scale)
                 saved["attn_sums"] = incremental_attention.AttentionSums(
-                    *(free.keep(f"{i}/attn_sums/{j}", t) for j, t in enumerate(_sum_tensors(sums))))
+                    *(free.keep(f"{i}/attn_sums/{j}", t) for j, t in enumerate(attention_sum_tensors(sums))))
                 saved["attn"] = free.keep(f"{i}/attn", attn.view(qkv.shape[0], params.attn.attn_dim))
             h = self._keyframe_linear(state, prefix + "attn.proj", saved["attn"], free)
             with self._timed("norm_act"):
@@ -133,7 +122,7 @@ class LockstepRows:
             state.blocks.append(saved)
         return state, list(x.view(len(self.tasks), *shape).unbind(0))
 
-    def _keyframe_linear(self, state: RowState, name: str, x: Tensor, free: _Recycler,
+    def _keyframe_linear(self, state: RowState, name: str, x: Tensor, free: StateRecycler,
                          act: nn.Module | None = None) -> Tensor:
         """The layer on every row (then ``act``, if given, for fc1: written in place
         into the block's ``act`` buffer); ``x`` becomes its reference input (a copy:
@@ -142,7 +131,7 @@ class LockstepRows:
         with self._timed(name.rsplit(".", 1)[-1]):
             kept = name.endswith(_OUTPUT_KEPT)
             key = f"{name.split('.')[1]}/act" if act is not None else f"{name}/out" if kept else None
-            width = self._engine._base.layers[name].weight.shape[0]
+            width = self._planner.base.layers[name].weight.shape[0]
             out = None if key is None else free.empty(key, (x.shape[0], width), x)
             outputs = self._linear_rows(name, x, [state.rows_per_task] * len(self.tasks), out=out)
             state.refs[name] = (free.copy(f"{name}/in", x), outputs if kept else None)
@@ -222,7 +211,7 @@ class LockstepRows:
             else:
                 examined, reference = x.index_select(0, index), reference.index_select(0, index)
             rms = kernels.token_rms(examined - reference)
-            keep = _rows(self._by_task(state, index, rms) >= self._per_row(state, index, self._taus[name]), index)
+            keep = flat_rows(by_task(state, index, rms) >= per_row(state, index, self._taus[name]), index)
             self._track_drift(state, name, index, keep, rms, examined, drifts)
             if index is None:
                 kept, keep_index = keep, keep.nonzero().squeeze(1)
@@ -255,13 +244,13 @@ class LockstepRows:
         shared weight is read from memory once instead of once per task. Into ``out``
         if given."""
         if self._stacks(name, counts):
-            base = self._engine._base.layers[name]
+            base = self._planner.base.layers[name]
             outputs = linear_into(inputs, base.weight, base.bias, out)
             for task, rows, task_out in zip(self.tasks, inputs.split(counts), outputs.split(counts)):
                 layer = task.layers[name]
-                if rows.shape[0] and task is not self._engine._base:
+                if rows.shape[0] and task is not self._planner.base:
                     if layer.dw is not None:
-                        dw = self._engine._weight_delta_operand(layer, rows.shape[0])
+                        dw = self._planner.weight_delta_operand(layer, rows.shape[0])
                         kernels.add_delta_weight_matmul_(task_out, rows, dw)
                     if layer.db is not None:
                         task_out += layer.db
@@ -287,8 +276,8 @@ class LockstepRows:
         if sum(1 for c in counts if c) < 2:
             return False
         weight = self.tasks[0].layers[name].weight
-        densities = [0.0 if task is self._engine._base else task.layers[name].weight_density for task in self.tasks]
-        return choose_stacking(self._engine._timings_for(weight.shape[1], weight.shape[0]), rows=counts,
+        densities = [0.0 if task is self._planner.base else task.layers[name].weight_density for task in self.tasks]
+        return choose_stacking(self._planner.timings_for(weight.shape[1], weight.shape[0]), rows=counts,
                                in_features=weight.shape[1], out_features=weight.shape[0],
                                weight_densities=densities)
 
@@ -369,9 +358,9 @@ class LockstepRows:
         weight, bias = (params.norm1, params.norm2)[position]
 
         def norm(index: Tensor | None, x: Tensor, outs: Sequence[Tensor] | None = None) -> tuple[Tensor]:
-            normed = self._by_task(state, index, unit_layer_norm(params, x, position))
-            return (_rows(torch.addcmul(self._per_row(state, index, bias), normed, self._per_row(state, index, weight),
-                                        out=_into(state, outs, 0)), index),)
+            normed = by_task(state, index, unit_layer_norm(params, x, position))
+            return (flat_rows(torch.addcmul(per_row(state, index, bias), normed, per_row(state, index, weight),
+                                             out=rows_out(state, outs, 0)), index),)
         return norm
 
     def _residual_norm(self, state: RowState, gamma: Tensor | None, block: int,
@@ -385,94 +374,17 @@ class LockstepRows:
             if gamma is None:
                 out = torch.add(x, h, out=None if outs is None else outs[0])
             else:
-                out = _rows(torch.addcmul(self._by_task(state, index, x), self._by_task(state, index, h),
-                                          self._per_row(state, index, gamma), out=_into(state, outs, 0)), index)
+                out = flat_rows(torch.addcmul(by_task(state, index, x), by_task(state, index, h),
+                                              per_row(state, index, gamma), out=rows_out(state, outs, 0)), index)
             if norm is None:
                 return (out,)
             return (out, *norm(index, out, None if outs is None else outs[1:]))
         return residual_norm
 
-    @staticmethod
-    def _per_row(state: RowState, index: Tensor | None, values: Tensor) -> Tensor:
-        """Per-task ``values`` (``[T, ...]``) for each row in ``index``; for every row
-        (``None``), ``[T, 1, ...]`` to broadcast over :meth:`_by_task` views."""
-        if index is None:
-            return values.unsqueeze(1)
-        return values.index_select(0, index // state.rows_per_task)
-
-    @staticmethod
-    def _by_task(state: RowState, index: Tensor | None, rows: Tensor) -> Tensor:
-        """``rows`` as ``[T, rows per task, ...]`` if they are every row (``index`` is
-        None), to meet :meth:`_per_row` values; else unchanged. :func:`_rows` undoes it."""
-        return rows.view(-1, state.rows_per_task, *rows.shape[1:]) if index is None else rows
-
-
-class _Recycler:
-    """The tensors of a state nothing reads any more, written over by a keyframe's new
-    state: allocating a state's worth of fresh memory costs a page fault per 4 KiB,
-    10-34% of a ViT-S keyframe's time on our 2-core test machine. Keys name a tensor's
-    place in the state, so each buffer is reused for the same value of the next period."""
-
-    def __init__(self, state: RowState | None) -> None:
-        self._free = {} if state is None else dict(_named_tensors(state))
-
-    def keep(self, key: str, value: Tensor) -> Tensor:
-        """``value``, copied into the free tensor ``key`` if that has its shape and dtype."""
-        free = self._take(key, value)
-        return value if free is None else free.copy_(value)
-
-    def copy(self, key: str, value: Tensor) -> Tensor:
-        """A contiguous copy of ``value``, in the free tensor ``key`` where it fits."""
-        free = self._take(key, value)
-        return value.clone(memory_format=torch.contiguous_format) if free is None else free.copy_(value)
-
-    def empty(self, key: str, shape: Sequence[int], like: Tensor) -> Tensor:
-        """A tensor of ``shape`` (``like``'s dtype and device) to compute into: the free
-        tensor ``key`` where it fits."""
-        free = self._take(key, like, shape)
-        return like.new_empty(shape) if free is None else free
-
-    def _take(self, key: str, like: Tensor, shape: Sequence[int] | None = None) -> Tensor | None:
-        free = self._free.pop(key, None)
-        wanted = (torch.Size(like.shape if shape is None else shape), like.dtype, like.device)
-        if free is None or (free.shape, free.dtype, free.device) != wanted:
-            return None
-        return free
-
-
-def _named_tensors(state: RowState) -> Iterator[tuple[str, Tensor]]:
-    """A state's large tensors under the keys :meth:`LockstepRows.keyframe` gives them."""
-    for name, (ref_in, ref_out) in state.refs.items():
-        yield f"{name}/in", ref_in
-        if ref_out is not None:
-            yield f"{name}/out", ref_out
-    for i, saved in enumerate(state.blocks):
-        for key in ("h1", "attn", "x_mid", "h2", "act", "x_out"):
-            yield f"{i}/{key}", saved[key]
-        for j, part in enumerate(saved["heads"]):
-            yield f"{i}/heads/{j}", part
-        for j, part in enumerate(_sum_tensors(saved["attn_sums"])):
-            yield f"{i}/attn_sums/{j}", part
-
-
-def _sum_tensors(sums: incremental_attention.AttentionSums) -> tuple[Tensor, Tensor, Tensor]:
-    return sums.reference, sums.total, sums.weighted
-
 
 def _squared_norms(rows: Tensor) -> Tensor:
     """Each row's squared L2 norm in fp32: the drift bound's denominator."""
     return torch.linalg.vector_norm(rows, dim=-1, dtype=torch.float32).square()
-
-
-def _into(state: RowState, outs: Sequence[Tensor] | None, position: int) -> Tensor | None:
-    """``outs[position]`` (every row) as the ``[T, rows per task, C]`` view row-wise
-    results are computed in, for ``out=``; ``None`` without ``outs``."""
-    return None if outs is None else LockstepRows._by_task(state, None, outs[position])
-
-
-def _rows(values: Tensor, index: Tensor | None) -> Tensor:
-    """Rows flat again after :meth:`LockstepRows._by_task` (a view)."""
-    return values.flatten(0, 1) if index is None else values
 
 
 def _heads(qkv: Tensor, tokens: int, attn: nn.Module) -> tuple[Tensor, Tensor, Tensor]:

@@ -37,27 +37,26 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Mlp
-from timm.layers.attention import Attention
-from timm.models.vision_transformer import Block
 from torch import Tensor
 
 from mtlcompress.bundle.bundle import Bundle
-from mtlcompress.errors import MtlCompressError
-from mtlcompress.models.single_task import SingleTaskModel, normalize_images
+from mtlcompress.models.single_task import normalize_images
 from mtlcompress.models.taps import layer_kind, shared_linear_names
 from mtlcompress.runtime import kernels
-from mtlcompress.runtime.cost_model import KernelTimings, choose_path, choose_weight_path, load_or_calibrate
-from mtlcompress.runtime.dense_engine import DensityStats, FrameResult, check_images, select_tasks
-from mtlcompress.runtime.incremental_embed import PatchEmbedState, embed_tokens, supports_incremental_embed
-from mtlcompress.runtime.incremental_head import HeadState, supports_incremental_head
+from mtlcompress.runtime.cost_model import KernelTimings
+from mtlcompress.runtime.devices import resolve_device
+from mtlcompress.runtime.incremental_embed import PatchEmbedState, embed_tokens
+from mtlcompress.runtime.incremental_head import HeadState
+from mtlcompress.runtime.inputs import check_images, select_tasks
 from mtlcompress.runtime.keyframes import KeyframePolicy
-from mtlcompress.runtime.lockstep import LockstepRows, RowState
+from mtlcompress.runtime.layer_plan import EngineTask, LayerPlanner, build_engine_task
+from mtlcompress.runtime.lockstep import LockstepRows
+from mtlcompress.runtime.results import DensityStats, FrameResult
+from mtlcompress.runtime.row_state import RowState
 from mtlcompress.runtime.task_domain import TaskDomainRows, attention_core
 
 __all__ = ["SharedEngine", "PROFILE_KINDS"]
@@ -66,44 +65,8 @@ __all__ = ["SharedEngine", "PROFILE_KINDS"]
 _KIND = {"attn.qkv": "qkv", "attn.proj": "proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2"}
 PROFILE_KINDS = ("embed", "qkv", "attention", "proj", "fc1", "fc2", "norm_act", "head")
 _BASE, _SUB, _ALL = "base", "sub-tasks", "all tasks"  # roles in profiles; all: the lockstep row path
-# Parameters outside the blocks that shape the tokens entering block 0.
-_EMBED_PREFIXES = ("patch_embed.", "cls_token", "reg_token", "pos_embed", "norm_pre.")
-_DEFAULT_DENSITY = 0.3  # path-choice guess before a layer's density has been measured
 
 Linear = Callable[[str, Tensor], Tensor]
-
-
-@dataclass
-class _Layer:
-    """One task's shared linear layer and everything its delta paths need."""
-
-    weight: Tensor
-    bias: Tensor | None
-    dw: Tensor | None          # dense dW_t (None: unchanged weights)
-    dw_sparse: Tensor | None   # the same as sparse CSR, built once
-    db: Tensor | None
-    weight_density: float
-    task_tau: float | None
-    temporal_tau: float | None
-    # The ``dW`` operand the cost model picks, by row count: filled on use, as video
-    # frames ask again for the same few row counts in every layer and frame.
-    operand_by_rows: dict[int, Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class _Task:
-    name: str
-    model: SingleTaskModel
-    layers: dict[str, _Layer]
-    granularity: str
-    shares_embedding: bool
-    initial_density: float
-    incremental_embed: bool  # video frames re-embed changed patches only
-    incremental_head: bool   # video frames recompute the head where tokens changed only
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.model.backbone
 
 
 @dataclass
@@ -156,20 +119,20 @@ class SharedEngine:
                  profile: bool = False) -> None:
         self.bundle = bundle
         self.tasks = select_tasks(bundle, tasks)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.stats = DensityStats()
-        self.layer_paths: dict[str, dict[str, str]] = {}
         self.profile = profile
         self.profile_seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self._timings = timings
-        self._density: dict[tuple[str, str], float] = {}
-        self._layer_names = shared_linear_names(bundle.backbone.depth)
+        layer_names = shared_linear_names(bundle.backbone.depth)
         order = [bundle.base_task, *[t for t in self.tasks if t != bundle.base_task]]
-        self._base = self._build_task(bundle.base_task)
-        self._subs = [self._build_task(t) for t in order[1:]]
+        self._base = build_engine_task(bundle, bundle.base_task, layer_names, self.device)
+        self._subs = [build_engine_task(bundle, t, layer_names, self.device) for t in order[1:]]
+        tokens = bundle.backbone.grid_size ** 2 + bundle.backbone.num_prefix_tokens
+        self.planner = LayerPlanner(self._base, self._subs, timings, self.device, tokens)
         token_tasks = [t for t in [self._base, *self._subs] if t.granularity == "token"]
-        self._lockstep = LockstepRows(self, token_tasks, lambda kind: self._timed(_ALL, kind)) if token_tasks else None
-        self._task_rows = TaskDomainRows(self, lambda kind: self._timed(_ALL, kind))
+        self._lockstep = (LockstepRows(self.planner, token_tasks, lambda kind: self._timed(_ALL, kind))
+                          if token_tasks else None)
+        self._task_rows = TaskDomainRows(self.planner, lambda kind: self._timed(_ALL, kind))
         self._spare_rows: RowState | None = None  # a finished stream's rows, for the next one's first keyframe
 
     # ----------------------------------------------------------------------------------
@@ -212,53 +175,15 @@ class SharedEngine:
     def reset_profile(self) -> None:
         self.profile_seconds.clear()
 
-    # ----------------------------------------------------------------------------------
-    # Construction.
-    # ----------------------------------------------------------------------------------
-    def _build_task(self, name: str) -> _Task:
-        entry = self.bundle.task(name)
-        model = self.bundle.task_model(name).to(self.device)
-        _check_supported(model.backbone)
-        modules = dict(model.backbone.named_modules())
-        activation = entry.activation
-        layers = {}
-        for layer in self._layer_names:
-            linear = modules[layer]
-            dw = entry.delta.get(f"{layer}.weight")
-            dw = None if dw is None or not bool(dw.ne(0).any()) else dw.to(self.device)
-            db = entry.delta.get(f"{layer}.bias")
-            db = None if db is None or not bool(db.ne(0).any()) else db.to(self.device)
-            layers[layer] = _Layer(
-                weight=linear.weight, bias=linear.bias, dw=dw,
-                dw_sparse=None if dw is None else kernels.to_csr(dw), db=db,
-                weight_density=0.0 if dw is None else float(dw.ne(0).float().mean()),
-                task_tau=activation.task_thresholds.get(layer) if name != self.bundle.base_task else None,
-                temporal_tau=activation.temporal_thresholds.get(layer))
-        density = entry.provenance.get("sparsity", {}).get("activation_density")
-        valid = isinstance(density, (int, float)) and 0.0 <= density <= 1.0
-        return _Task(name=name, model=model, layers=layers, granularity=activation.granularity,
-                     shares_embedding=not any(k.startswith(_EMBED_PREFIXES) for k in entry.delta),
-                     initial_density=float(density) if valid else _DEFAULT_DENSITY,
-                     incremental_embed=supports_incremental_embed(model.backbone),
-                     incremental_head=supports_incremental_head(model.backbone.norm, model.head))
-
     @property
     def timings(self) -> KernelTimings | dict[tuple[int, int], KernelTimings]:
         """Kernel timings: the ones given, or this machine's per layer shape ``(in, out)``
         (loaded or calibrated on first use, then cached on disk)."""
-        if self._timings is None:
-            tokens = self.bundle.backbone.grid_size ** 2 + self.bundle.backbone.num_prefix_tokens
-            shapes = {(layer.weight.shape[1], layer.weight.shape[0])
-                      for task in self._subs for layer in task.layers.values()}
-            self._timings = {shape: load_or_calibrate(self.device, in_features=shape[0], out_features=shape[1],
-                                                      tokens=tokens) for shape in sorted(shapes)}
-        return self._timings
+        return self.planner.timings
 
-    def _timings_for(self, in_features: int, out_features: int) -> KernelTimings:
-        timings = self.timings
-        if isinstance(timings, KernelTimings):
-            return timings
-        return timings.get((in_features, out_features)) or next(iter(timings.values()))
+    @property
+    def layer_paths(self) -> dict[str, dict[str, str]]:
+        return self.planner.layer_paths
 
     # ----------------------------------------------------------------------------------
     # Task domain: base exactly, sub-tasks as deltas from it.
@@ -275,16 +200,6 @@ class SharedEngine:
                    for task, x in zip(self._task_rows.tasks, finals) if task.name in self.tasks}
         self._record(measured, temporal=False)
         return outputs
-
-    def _weight_delta_operand(self, layer: _Layer, rows: int) -> Tensor:
-        """``dW`` sparse or dense, whichever the cost model prices lower for ``rows`` rows."""
-        operand = layer.operand_by_rows.get(rows)
-        if operand is None:
-            path = choose_weight_path(self._timings_for(layer.weight.shape[1], layer.weight.shape[0]),
-                                      tokens=max(1, rows), in_features=layer.weight.shape[1],
-                                      out_features=layer.weight.shape[0], weight_density=layer.weight_density)
-            operand = layer.operand_by_rows[rows] = layer.dw_sparse if path == "sparse" else layer.dw
-        return operand
 
     # ----------------------------------------------------------------------------------
     # Temporal domain: every task against its own previous (propagated) frame.
@@ -333,7 +248,7 @@ class SharedEngine:
         self._record(measured, temporal=True)
         return outputs, _relative_drift(drifts)
 
-    def _temporal_linear(self, task: _Task, refs: dict, measured: list, drifts: list, role: str,
+    def _temporal_linear(self, task: EngineTask, refs: dict, measured: list, drifts: list, role: str,
                          name: str, x: Tensor, keyframe: bool) -> Tensor:
         """Element granularity: the delta identity in time on whole tensors (exact on a
         keyframe, which sets the references)."""
@@ -352,7 +267,7 @@ class SharedEngine:
             drifts.append(torch.linalg.vector_norm(x - propagated) / torch.linalg.vector_norm(x).clamp_min(1e-12))
             rows = mask.any(dim=-1)
             measured.append((key, name, mask, rows))
-            path = self._choose(task, name, None, rows.numel(), x.shape[-1], ref_out.shape[-1], temporal=True)
+            path = self.planner.choose(task, name, None, rows.numel(), x.shape[-1], ref_out.shape[-1], temporal=True)
             if path == "dense":
                 y = F.linear(propagated, layer.weight, layer.bias)
             elif path == "token":
@@ -369,7 +284,7 @@ class SharedEngine:
     # ----------------------------------------------------------------------------------
     # The dense parts, exactly as timm runs them.
     # ----------------------------------------------------------------------------------
-    def _embed(self, task: _Task, pixels: Tensor, role: str, state: _StreamState | None = None) -> Tensor:
+    def _embed(self, task: EngineTask, pixels: Tensor, role: str, state: _StreamState | None = None) -> Tensor:
         """timm's embedding; with a stream ``state``, kept there (at a keyframe) or
         updated from it (later frames) where the backbone allows."""
         with self._timed(role, "embed"):
@@ -380,7 +295,7 @@ class SharedEngine:
                 return state.embed.tokens()
             return embed_tokens(task.backbone, pixels)
 
-    def _block(self, task: _Task, index: int, x: Tensor, linear: Linear, role: str) -> Tensor:
+    def _block(self, task: EngineTask, index: int, x: Tensor, linear: Linear, role: str) -> Tensor:
         """timm ``Block.forward`` with each shared linear layer replaced by ``linear``."""
         block = task.backbone.blocks[index]
         prefix = f"blocks.{index}."
@@ -401,7 +316,7 @@ class SharedEngine:
             x_out = x_mid + block.ls2(h)
         return x_out
 
-    def _head(self, task: _Task, x: Tensor, role: str, state: _StreamState | None = None) -> Tensor:
+    def _head(self, task: EngineTask, x: Tensor, role: str, state: _StreamState | None = None) -> Tensor:
         """Final norm and head; with a stream ``state``, kept there (at a keyframe) or
         updated from it (later frames) where the head allows."""
         prefix, grid = self.bundle.backbone.num_prefix_tokens, self.bundle.backbone.grid_size
@@ -416,18 +331,6 @@ class SharedEngine:
     # ----------------------------------------------------------------------------------
     # Path choice, statistics, profiling.
     # ----------------------------------------------------------------------------------
-    def _choose(self, task: _Task, name: str, layer: _Layer | None, tokens: int, in_features: int,
-                out_features: int, temporal: bool) -> str:
-        key = f"{task.name}/temporal" if temporal else task.name
-        density = self._density.get((key, name), task.initial_density)
-        path = choose_path(self._timings_for(in_features, out_features), tokens=tokens, in_features=in_features,
-                           out_features=out_features,
-                           token_density=density, weight_density=0.0 if layer is None else layer.weight_density,
-                           element_density=self._density.get((key, name + "#element")),
-                           stacked=not temporal)  # the task domain stacks changed rows (task_domain.py)
-        self.layer_paths.setdefault(key, {})[name] = path
-        return path
-
     def _record(self, measured: list[tuple[str, str, Tensor, Tensor]], temporal: bool) -> None:
         """Add kept fractions to ``stats`` and refresh the densities paths are chosen by (one sync)."""
         if not measured:
@@ -440,9 +343,9 @@ class SharedEngine:
         per_task: dict[str, dict[str, list[float]]] = {}
         for i, (key, name, _, _) in enumerate(measured):
             per_task.setdefault(key, {}).setdefault(name, []).append(values[i])
-            self._density[(key, name)] = values[len(measured) + i] if element else values[i]
+            self.planner.densities[(key, name)] = values[len(measured) + i] if element else values[i]
             if element:
-                self._density[(key, name + "#element")] = values[i]
+                self.planner.densities[(key, name + "#element")] = values[i]
         for key, layer_stats in per_task.items():
             self.stats.add(key, layer_stats)
 
@@ -452,7 +355,7 @@ class SharedEngine:
             key = f"{name}/temporal"
             self.stats.add(key, {layer: [value] for layer, value in fractions.items()})
             for layer, value in fractions.items():
-                self._density[(key, layer)] = value
+                self.planner.densities[(key, layer)] = value
 
     def _timed(self, role: str, kind: str) -> contextlib.AbstractContextManager:
         return _Timer(self, role, kind) if self.profile else _NO_TIMER
@@ -490,17 +393,3 @@ def _relative_drift(drifts: list[Tensor]) -> float:
         parts.append((sums[:, 0] / sums[:, 1].clamp_min(1e-12)).flatten())
     return float(torch.cat(parts).max()) if parts else 0.0
 
-
-def _check_supported(backbone: nn.Module) -> None:
-    """The block re-implementation covers plain pre-norm timm ViT blocks only."""
-    for index, block in enumerate(backbone.blocks):
-        attn, mlp = block.attn, block.mlp
-        plain = (type(block) is Block and type(attn) is Attention and type(mlp) is Mlp
-                 and all(isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm, mlp.norm))
-                 and getattr(attn, "gate", None) is None
-                 and all(isinstance(n, nn.LayerNorm) and n.elementwise_affine and n.bias is not None
-                         for n in (block.norm1, block.norm2)))
-        if not plain:
-            raise MtlCompressError(f"block {index} is not a plain timm ViT block (qk-norm, gated attention, a "
-                                   "custom MLP or a norm other than LayerNorm); the shared engine cannot run it; "
-                                   "use --engine dense")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +37,9 @@ from torch import Tensor
 
 from mtlcompress.runtime import kernels
 from mtlcompress.runtime.cost_model import choose_weight_path
+from mtlcompress.runtime.layer_plan import LayerPlanner, TaskLayer
 from mtlcompress.runtime.stacked_blocks import StackedBlock, act_in_place, linear_into, stack_blocks, unit_layer_norm
 
-if TYPE_CHECKING:
-    from mtlcompress.runtime.shared_engine import SharedEngine, _Layer
 
 __all__ = ["TaskDomainRows", "attention_core"]
 
@@ -52,8 +51,8 @@ class _SharedLinear:
     the cost model prices as sparse), stacked along the output dimension in CSR;
     ``None`` if there are none."""
 
-    base: _Layer
-    subs: list[_Layer]
+    base: TaskLayer
+    subs: list[TaskLayer]
     stacked: Tensor | None
     members: list[int]
 
@@ -75,15 +74,15 @@ class TaskDomainRows:
     """All tasks of an engine on images, stacked ``[T, B * N, C]`` (base task first).
 
     Args:
-        engine: the engine whose tasks these are (for its base and sub-tasks, path
-            choices and kernel timings).
+        planner: the engine's layer planner: its base and sub-tasks, path choices,
+            kernel timings and ``dW`` operands.
         timed: ``timed(kind)`` returns the profiling context for one part.
     """
 
-    def __init__(self, engine: SharedEngine, timed: Callable[[str], Any]) -> None:
-        self._engine = engine
+    def __init__(self, planner: LayerPlanner, timed: Callable[[str], Any]) -> None:
+        self._planner = planner
         self._timed = timed
-        self.tasks = [engine._base, *engine._subs]
+        self.tasks = [planner.base, *planner.subs]
         blocks = [task.backbone.blocks for task in self.tasks]
         self._blocks = [stack_blocks([b[i] for b in blocks]) for i in range(len(blocks[0]))]
         self._linears: dict[str, _SharedLinear] = {}
@@ -166,10 +165,10 @@ class TaskDomainRows:
                 offset += count
             return y
 
-    def _add_own_delta(self, sub: _Layer, out: Tensor, x: Tensor) -> None:
+    def _add_own_delta(self, sub: TaskLayer, out: Tensor, x: Tensor) -> None:
         """``out += dW_t x + db_t`` for a sub-task outside the stacked product."""
         if sub.dw is not None:
-            kernels.add_delta_weight_matmul_(out, x, self._engine._weight_delta_operand(sub, x.shape[0]))
+            kernels.add_delta_weight_matmul_(out, x, self._planner.weight_delta_operand(sub, x.shape[0]))
         if sub.db is not None:
             out += sub.db
 
@@ -183,7 +182,7 @@ class TaskDomainRows:
 
     def _plans(self, name: str, layer: _SharedLinear, x: Tensor, measured: list) -> list[_Plan]:
         """Threshold every sub-task's input against the base task's and pick its path."""
-        engine = self._engine
+        planner = self._planner
         x0 = x[0]
         thresholded = [sub.task_tau is not None for sub in layer.subs]
         delta = x[1:] - x0 if any(thresholded) else None
@@ -192,7 +191,7 @@ class TaskDomainRows:
         plans = []
         for position, (task, sub) in enumerate(zip(self.tasks[1:], layer.subs), start=1):
             if sub.task_tau is None:
-                engine.layer_paths.setdefault(task.name, {})[name] = "exact"
+                planner.layer_paths.setdefault(task.name, {})[name] = "exact"
                 plans.append(_Plan(position, "exact", inputs=x[position]))
                 continue
             if task.granularity == "token":
@@ -202,7 +201,7 @@ class TaskDomainRows:
                 kept, mask = kernels.threshold_delta(delta[position - 1], sub.task_tau, task.granularity)
                 rows = mask.any(dim=-1)
             measured.append((task.name, name, mask, rows))
-            path = engine._choose(task, name, sub, x0.shape[0], x0.shape[-1], sub.weight.shape[0], temporal=False)
+            path = planner.choose(task, name, sub, x0.shape[0], x0.shape[-1], sub.weight.shape[0], temporal=False)
             if path == "dense":
                 inputs = x0 + kept if kept is not None else torch.where(rows.unsqueeze(-1), x[position], x0)
                 plans.append(_Plan(position, path, inputs=inputs))
@@ -222,25 +221,25 @@ class TaskDomainRows:
         depends on the cost model, whose timings load on first need)."""
         layer = self._linears.get(name)
         if layer is None:
-            subs = [task.layers[name] for task in self._engine._subs]
+            subs = [task.layers[name] for task in self._planner.subs]
             members = [j for j, sub in enumerate(subs) if self._joins_product(sub, rows)]
             stacked = kernels.to_csr(torch.cat([_delta_with_bias(subs[j]) for j in members])) if members else None
-            layer = self._linears[name] = _SharedLinear(base=self._engine._base.layers[name], subs=subs,
+            layer = self._linears[name] = _SharedLinear(base=self._planner.base.layers[name], subs=subs,
                                                         stacked=stacked, members=members)
         return layer
 
-    def _joins_product(self, sub: _Layer, rows: int) -> bool:
+    def _joins_product(self, sub: TaskLayer, rows: int) -> bool:
         """Whether a sub-task's layer joins the stacked sparse product: it is thresholded,
         has a delta, and its ``dW`` (if any) is priced lower sparse than dense."""
         if sub.task_tau is None or (sub.dw is None and sub.db is None):
             return False
         in_features, out_features = sub.weight.shape[1], sub.weight.shape[0]
         return sub.dw is None or choose_weight_path(
-            self._engine._timings_for(in_features, out_features), tokens=rows, in_features=in_features,
+            self._planner.timings_for(in_features, out_features), tokens=rows, in_features=in_features,
             out_features=out_features, weight_density=sub.weight_density) == "sparse"
 
 
-def _delta_with_bias(sub: _Layer) -> Tensor:
+def _delta_with_bias(sub: TaskLayer) -> Tensor:
     """``[dW_t | db_t]``, ``[out, in + 1]`` (zeros for a missing part): multiplied by a row
     ``[x, 1]`` it gives ``dW_t x + db_t``."""
     weight = sub.weight

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mtlcompress.bundle.bundle import GRANULARITIES
+from mtlcompress.models.activation_sparsity import GRANULARITIES
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
 from mtlcompress.sparsify.calibrate import calibrate_task_thresholds, evaluate_thresholded

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mtlcompress.bundle.bundle import GRANULARITIES
+from mtlcompress.models.activation_sparsity import GRANULARITIES
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.models.checkpoint import load_checkpoint
 from mtlcompress.models.taps import record_linear_inputs, shared_linear_names

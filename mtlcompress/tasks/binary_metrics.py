@@ -12,7 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mtlcompress.tasks.metrics import StreamingMetric, _check_same_shape, _ratio
+from mtlcompress.tasks.losses import check_same_shape
+from mtlcompress.tasks.metrics import StreamingMetric, ratio_or_nan
 
 __all__ = ["EdgeFMeasure", "SaliencyMaxF"]
 
@@ -91,7 +92,7 @@ class EdgeFMeasure(StreamingMetric):
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``prediction`` probabilities and ``target`` edges, ``[B, 1, H, W]``."""
-        _check_same_shape("EdgeFMeasure", prediction, target)
+        check_same_shape("EdgeFMeasure", prediction, target)
         if prediction.dim() != 4:
             raise ValueError(f"EdgeFMeasure: expected [B,1,H,W], got {tuple(prediction.shape)}")
         self._follow(prediction)
@@ -159,7 +160,7 @@ class SaliencyMaxF(StreamingMetric):
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``prediction`` probabilities and ``target`` in {0, 1}, ``[B, 1, H, W]``."""
-        _check_same_shape("SaliencyMaxF", prediction, target)
+        check_same_shape("SaliencyMaxF", prediction, target)
         self._follow(prediction)
         prob = prediction.float()
         salient = target >= 0.5

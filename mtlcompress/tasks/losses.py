@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-def _check_same_shape(name: str, prediction: torch.Tensor, target: torch.Tensor) -> None:
+def check_same_shape(name: str, prediction: torch.Tensor, target: torch.Tensor) -> None:
     # Element-wise torch losses broadcast silently (with a warning at best); a
     # [B,1,H,W] vs [B,H,W] mix-up would then train on garbage.
     if prediction.shape != target.shape:
@@ -72,7 +72,7 @@ def depth_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prediction: ``[B, 1, H, W]`` predicted depth.
         target: ``[B, 1, H, W]`` ground-truth depth.
     """
-    _check_same_shape("depth_loss", prediction, target)
+    check_same_shape("depth_loss", prediction, target)
     valid = torch.isfinite(target) & (target > 0)
     total = F.l1_loss(prediction[valid], target[valid], reduction="sum")
     return _mean_over(total, valid.sum())
@@ -99,7 +99,7 @@ def normals_loss(
         target: ``[B, 3, H, W]`` unit normals; all-zero marks invalid pixels.
         l1_weight: weight of the optional L1 term; 0 disables it.
     """
-    _check_same_shape("normals_loss", prediction, target)
+    check_same_shape("normals_loss", prediction, target)
     if prediction.dim() != 4 or prediction.shape[1] != 3:
         raise ValueError(f"normals_loss: expected [B,3,H,W], got {tuple(prediction.shape)}")
     valid = (target != 0).any(dim=1) & torch.isfinite(target).all(dim=1)
@@ -142,7 +142,7 @@ def edge_loss(
         target: ``[B, 1, H, W]`` edge map; values ``>= 0.5`` are edges.
         pos_weight: fixed positive weight ``w``; ``None`` uses the batch's negative fraction.
     """
-    _check_same_shape("edge_loss", logits, target)
+    check_same_shape("edge_loss", logits, target)
     if pos_weight is not None and not 0.0 <= pos_weight <= 1.0:
         raise ValueError(f"edge_loss: pos_weight must be in [0, 1], got {pos_weight}")
     positive = target >= 0.5
@@ -163,6 +163,6 @@ def saliency_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits: ``[B, 1, H, W]`` raw saliency scores.
         target: ``[B, 1, H, W]`` saliency map in ``[0, 1]`` (soft targets allowed).
     """
-    _check_same_shape("saliency_loss", logits, target)
+    check_same_shape("saliency_loss", logits, target)
     total = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="sum")
     return _mean_over(total, target.numel())

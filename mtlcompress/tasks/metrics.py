@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mtlcompress.errors import DataError
+from mtlcompress.tasks.losses import check_same_shape
 
 __all__ = [
     "StreamingMetric",
@@ -80,14 +81,7 @@ class StreamingMetric:
         raise NotImplementedError
 
 
-def _check_same_shape(name: str, prediction: torch.Tensor, target: torch.Tensor) -> None:
-    if prediction.shape != target.shape:
-        raise ValueError(
-            f"{name}: prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}"
-        )
-
-
-def _ratio(numerator: float, denominator: float) -> float:
+def ratio_or_nan(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.nan
 
 
@@ -119,7 +113,7 @@ class MeanIoU(StreamingMetric):
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``prediction`` and ``target`` are int64 label maps ``[B, H, W]``."""
-        _check_same_shape("MeanIoU", prediction, target)
+        check_same_shape("MeanIoU", prediction, target)
         self._follow(prediction)
         keep = target != self.ignore_index
         target = target[keep].long()
@@ -138,7 +132,7 @@ class MeanIoU(StreamingMetric):
         union = confusion.sum(0) + confusion.sum(1) - true_positive
         present = union > 0
         miou = (true_positive[present] / union[present]).mean().item() * 100 if present.any() else math.nan
-        pixel_acc = _ratio(true_positive.sum().item(), confusion.sum().item()) * 100
+        pixel_acc = ratio_or_nan(true_positive.sum().item(), confusion.sum().item()) * 100
         return {"miou": miou, "pixel_acc": pixel_acc}
 
 
@@ -167,7 +161,7 @@ class DepthErrors(StreamingMetric):
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``prediction`` and ``target`` are ``[B, 1, H, W]`` in metres."""
-        _check_same_shape("DepthErrors", prediction, target)
+        check_same_shape("DepthErrors", prediction, target)
         self._follow(prediction)
         valid = torch.isfinite(target) & (target > 0)
         pred = prediction[valid].double()
@@ -179,7 +173,7 @@ class DepthErrors(StreamingMetric):
     def compute(self) -> dict[str, float]:
         squared, relative = self.sums.tolist()
         count = float(self.count.item())
-        return {"rmse": math.sqrt(_ratio(squared, count)), "abs_rel": _ratio(relative, count)}
+        return {"rmse": math.sqrt(ratio_or_nan(squared, count)), "abs_rel": ratio_or_nan(relative, count)}
 
 
 class NormalsAngularError(StreamingMetric):
@@ -219,7 +213,7 @@ class NormalsAngularError(StreamingMetric):
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``prediction`` ``[B, 3, H, W]`` (any length), ``target`` unit normals."""
-        _check_same_shape("NormalsAngularError", prediction, target)
+        check_same_shape("NormalsAngularError", prediction, target)
         if prediction.dim() != 4 or prediction.shape[1] != 3:
             raise ValueError(f"NormalsAngularError: expected [B,3,H,W], got {tuple(prediction.shape)}")
         self._follow(prediction)
@@ -249,10 +243,10 @@ class NormalsAngularError(StreamingMetric):
         angle_sum, squared_sum = self.sums.tolist()
         count, *within = (float(c) for c in self.counts.tolist())
         scores = {
-            "mean_angle": _ratio(angle_sum, count),
+            "mean_angle": ratio_or_nan(angle_sum, count),
             "median_angle": self._median(),
-            "rmse_angle": math.sqrt(_ratio(squared_sum, count)),
+            "rmse_angle": math.sqrt(ratio_or_nan(squared_sum, count)),
         }
         for limit, hits in zip(self.WITHIN_DEGREES, within):
-            scores[f"within_{limit:g}"] = _ratio(hits, count) * 100
+            scores[f"within_{limit:g}"] = ratio_or_nan(hits, count) * 100
         return scores

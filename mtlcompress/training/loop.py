@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, default_collate
 
-from mtlcompress._progress import progress_bar
+from mtlcompress.progress import progress_bar
 from mtlcompress.errors import TrainingDiverged
 from mtlcompress.training.augment import random_hflip
 from mtlcompress.training.state import load_training_state, save_training_state

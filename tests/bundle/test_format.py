@@ -105,7 +105,7 @@ def test_round_trip_is_bit_identical(bundle, saved):
     path, manifest = saved
     loaded = load_bundle(path)
     assert_same_bundle(bundle, loaded)
-    assert Bundle.load(path).task("depth").activation.task_thresholds == ACTIVATION["task_thresholds"]
+    assert load_bundle(path).task("depth").activation.task_thresholds == ACTIVATION["task_thresholds"]
     assert loaded.task("semseg").info.class_names == [f"class{i}" for i in range(5)]
     assert loaded.task("normals").info.head_hidden == 16
 

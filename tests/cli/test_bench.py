@@ -10,51 +10,26 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mtlcompress.bundle.bundle import ActivationSparsity, Bundle, BundleTask
+from mtlcompress.bundle.format import save_bundle
 from mtlcompress.cli.main import app
-from mtlcompress.models.backbone import PRESETS
-from mtlcompress.models.checkpoint import CheckpointInfo, build_model
-from mtlcompress.models.taps import shared_linear_names
 from mtlcompress.report.benchmark import IMAGE_VARIANTS, VIDEO_VARIANTS
-from mtlcompress.runtime.cost_model import CACHE_DIR_ENV, KernelTimings, LinearCost, default_cache_path, save_timings
-
-MICRO = PRESETS["micro"]
-TIMINGS = KernelTimings(dense=LinearCost(1e-3, 1e-9), token=LinearCost(0.0, 1e-12), element=LinearCost(1.0, 1.0),
-                        sparse_weight=LinearCost(0.0, 1e-12), device="cpu", dtype="float32", device_name="test")
-
-
-def micro_bundle() -> Bundle:
-    """semseg base and a depth sub-task = base + ~5% random delta, thresholds on every layer."""
-    torch.manual_seed(0)
-    layers = shared_linear_names(MICRO.depth)
-    base_info = CheckpointInfo(task="semseg", backbone=MICRO, out_channels=4, head_hidden=8, num_classes=4)
-    base = build_model(base_info)
-    weights = {k: v.detach().clone() for k, v in base.backbone.state_dict().items()}
-    info = CheckpointInfo(task="depth", backbone=MICRO, out_channels=1, head_hidden=8)
-    delta = {k: (torch.rand(w.shape) < 0.05) * torch.randn(w.shape) * 0.05 for k, w in weights.items()}
-    temporal = dict.fromkeys(layers, 0.05)
-    return Bundle(backbone=MICRO, base_task="semseg", base_weights=weights, tasks={
-        "semseg": BundleTask(base_info, dict(base.head.state_dict()), {},
-                             ActivationSparsity(temporal_thresholds=temporal)),
-        "depth": BundleTask(info, dict(build_model(info).head.state_dict()), delta, ActivationSparsity(
-            task_thresholds=dict.fromkeys(layers, 0.02), temporal_thresholds=temporal))})
-
+from mtlcompress.runtime.calibration import CACHE_DIR_ENV, default_cache_path, save_timings
 
 @pytest.fixture(autouse=True)
-def _fixed_timings(monkeypatch, tmp_path):
+def _fixed_timings(monkeypatch, tmp_path, fixed_timings):
     """Fixed kernel timings so the shared engine skips its calibration."""
     previous = torch.get_num_threads()
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     torch.set_num_threads(1)
-    save_timings(TIMINGS, default_cache_path("cpu"))
+    save_timings(fixed_timings, default_cache_path("cpu"))
     yield
     torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
-def bundle_file(tmp_path_factory):
+def bundle_file(tmp_path_factory, make_micro_bundle):
     path = tmp_path_factory.mktemp("bench") / "micro.safetensors"
-    micro_bundle().save(path)
+    save_bundle(make_micro_bundle(), path)
     return path
 
 

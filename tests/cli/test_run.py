@@ -12,12 +12,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mtlcompress.bundle.bundle import ActivationSparsity, Bundle
+from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.bundle.format import load_bundle, save_bundle
+from mtlcompress.models.activation_sparsity import ActivationSparsity
 from mtlcompress.cli.main import app, main
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from mtlcompress.models.taps import shared_linear_names
-from mtlcompress.runtime.cost_model import CACHE_DIR_ENV, KernelTimings, LinearCost, default_cache_path, save_timings
+from mtlcompress.runtime.calibration import CACHE_DIR_ENV, default_cache_path, save_timings
+from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
 from mtlcompress.runtime.dense_engine import DenseEngine
 
 MICRO = PRESETS["micro"]
@@ -59,7 +62,7 @@ def bundle_file(tmp_path_factory) -> Path:
         bundle.tasks[task].activation = ActivationSparsity("token", dict.fromkeys(layers, 0.05),
                                                            dict.fromkeys(layers, 0.02))
     bundle.tasks["semseg"].activation = ActivationSparsity("token", {}, dict.fromkeys(layers, 0.02))
-    bundle.save(folder / "bundle.mtlc")
+    save_bundle(bundle, folder / "bundle.mtlc")
     return folder / "bundle.mtlc"
 
 
@@ -101,7 +104,7 @@ def test_run_images_writes_one_png_per_task_and_a_json_summary(bundle_file, tmp_
             with Image.open(tmp_path / "out" / stem / f"{task}.png") as png:
                 assert png.size == (32, 32)
     # The raw maps are what the reference engine predicts.
-    bundle = Bundle.load(bundle_file)
+    bundle = load_bundle(bundle_file)
     pixels = torch.from_numpy(np.asarray(Image.open(images[1]), dtype=np.float32) / 255).permute(2, 0, 1)[None]
     expected = DenseEngine(bundle).predict(pixels)
     for task in TASKS:

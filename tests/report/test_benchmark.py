@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlcompress.bundle.bundle import ActivationSparsity, Bundle, BundleTask
 from mtlcompress.models.backbone import PRESETS
-from mtlcompress.models.checkpoint import CheckpointInfo, build_model
 from mtlcompress.models.taps import shared_linear_names
 from mtlcompress.report.benchmark import (
     FRAME_KINDS,
@@ -26,41 +24,23 @@ from mtlcompress.report.benchmark import (
     summarize_samples,
     synthetic_images,
 )
-from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.shared_engine import PROFILE_KINDS
 
 MICRO = PRESETS["micro"]
 LAYERS = shared_linear_names(MICRO.depth)
-TIMINGS = KernelTimings(dense=LinearCost(1e-3, 1e-9), token=LinearCost(0.0, 1e-12), element=LinearCost(1.0, 1.0),
-                        sparse_weight=LinearCost(0.0, 1e-12), device="cpu", dtype="float32", device_name="test")
+SUB_TASKS = (("depth", 1), ("normals", 3))  # the micro bundle (conftest) with two sub-tasks
 RUN_ALL = Path(__file__).resolve().parents[2] / "benchmarks" / "run_all.py"
 
 
-def micro_bundle() -> Bundle:
-    """semseg base; depth and normals = base + ~5% random delta; token thresholds everywhere."""
-    torch.manual_seed(0)
-    base_info = CheckpointInfo(task="semseg", backbone=MICRO, out_channels=4, head_hidden=8, num_classes=4)
-    base = build_model(base_info)
-    weights = {k: v.detach().clone() for k, v in base.backbone.state_dict().items()}
-    tasks = {"semseg": BundleTask(base_info, dict(base.head.state_dict()), {}, ActivationSparsity(
-        temporal_thresholds=dict.fromkeys(LAYERS, 0.05)))}
-    for task, channels in (("depth", 1), ("normals", 3)):
-        info = CheckpointInfo(task=task, backbone=MICRO, out_channels=channels, head_hidden=8)
-        delta = {k: (torch.rand(w.shape) < 0.05) * torch.randn(w.shape) * 0.05 for k, w in weights.items()}
-        tasks[task] = BundleTask(info, dict(build_model(info).head.state_dict()), delta, ActivationSparsity(
-            task_thresholds=dict.fromkeys(LAYERS, 0.02), temporal_thresholds=dict.fromkeys(LAYERS, 0.05)))
-    return Bundle(backbone=MICRO, base_task="semseg", base_weights=weights, tasks=tasks)
-
-
 @pytest.fixture(scope="module")
-def result():
+def result(make_micro_bundle, fixed_timings):
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         images = synthetic_images(2, MICRO.img_size)
         frames = static_clip(3, MICRO.img_size)
-        yield benchmark_bundle(micro_bundle(), images, frames, repeats=2, warmup=1, timings=TIMINGS,
+        yield benchmark_bundle(make_micro_bundle(SUB_TASKS), images, frames, repeats=2, warmup=1, timings=fixed_timings,
                                policy=KeyframePolicy(keyframe_every=16))
     finally:
         torch.set_num_threads(previous)
@@ -127,10 +107,10 @@ def test_densities_and_flops_are_reported(result):
     assert stream["mean_per_frame"] == pytest.approx((stream["keyframe"] + 2 * stream["non_keyframe"]) / 3)
 
 
-def test_without_frames_there_is_no_video_section():
+def test_without_frames_there_is_no_video_section(make_micro_bundle, fixed_timings):
     torch.set_num_threads(1)
-    out = benchmark_bundle(micro_bundle(), synthetic_images(1, MICRO.img_size), None, repeats=1, warmup=0,
-                           timings=TIMINGS, profile=False)
+    out = benchmark_bundle(make_micro_bundle(SUB_TASKS), synthetic_images(1, MICRO.img_size), None, repeats=1,
+                           warmup=0, timings=fixed_timings, profile=False)
     assert out["video"] == {} and out["ratios"]["video"] == {} and out["profile"] == {}
     assert set(out["images"]) == set(IMAGE_VARIANTS)
 

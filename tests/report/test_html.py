@@ -13,12 +13,14 @@ import torch
 from PIL import Image
 
 from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.bundle.format import load_bundle, save_bundle
 from mtlcompress.data.synth import CLASS_NAMES, generate_scenes
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from mtlcompress.report.html import write_html_report
 from mtlcompress.report.inspect import inspect_bundle
-from mtlcompress.runtime.cost_model import KernelTimings, LinearCost, default_cache_path, save_timings
+from mtlcompress.runtime.calibration import default_cache_path, save_timings
+from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
 
 MICRO = PRESETS["micro"]
 LAYERS = ("blocks.0.attn.qkv", "blocks.1.mlp.fc2")
@@ -58,9 +60,9 @@ def report(tmp_path_factory) -> dict:
                                             for k, v in base.backbone.state_dict().items()})
             paths.append(folder / f"{task}.safetensors")
             save_checkpoint(model, info, paths[-1])
-        Bundle.from_checkpoints(folder / "semseg.safetensors", paths).save(folder / "b.safetensors")
+        save_bundle(Bundle.from_checkpoints(folder / "semseg.safetensors", paths), folder / "b.safetensors")
         generate_scenes(folder / "data", images=8, videos=1, frames=3, size=32)
-        return inspect_bundle(Bundle.load(folder / "b.safetensors"), folder / "b.safetensors",
+        return inspect_bundle(load_bundle(folder / "b.safetensors"), folder / "b.safetensors",
                               data=folder / "data", max_images=4)
 
 

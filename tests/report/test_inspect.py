@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.bundle.format import load_bundle, save_bundle
 from mtlcompress.bundle.layouts import layout_nbytes
 from mtlcompress.cli.main import main
 from mtlcompress.data.synth import CLASS_NAMES, generate_scenes
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from mtlcompress.report.inspect import SCHEMA_VERSION, inspect_bundle
-from mtlcompress.runtime.cost_model import KernelTimings, LinearCost, default_cache_path, save_timings
+from mtlcompress.runtime.calibration import default_cache_path, save_timings
+from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
 
 MICRO = PRESETS["micro"]
 N, D, HIDDEN = 17, 32, 128  # micro tokens (16 patches + class token), width, mlp width
@@ -58,7 +60,7 @@ def saved(tmp_path_factory) -> Path:
     model.backbone.load_state_dict(weights)
     save_checkpoint(model, info, folder / "depth.safetensors")
     bundle = Bundle.from_checkpoints(folder / "semseg.safetensors", [folder / "depth.safetensors"])
-    bundle.save(folder / "b.safetensors")
+    save_bundle(bundle, folder / "b.safetensors")
     return folder / "b.safetensors"
 
 
@@ -70,7 +72,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def test_densities_bytes_and_flops_match_hand_computation(saved):
-    report = inspect_bundle(Bundle.load(saved), saved)
+    report = inspect_bundle(load_bundle(saved), saved)
     assert report["schema"] == SCHEMA_VERSION and set(report) == TOP_KEYS
     depth = report["tasks"]["depth"]
     qkv = depth["layers"]["blocks.0.attn.qkv"]
@@ -97,7 +99,7 @@ def test_densities_bytes_and_flops_match_hand_computation(saved):
 
 
 def test_measured_densities_accuracy_and_paths_with_data(saved, data):
-    report = inspect_bundle(Bundle.load(saved), saved, data=data, max_images=2)
+    report = inspect_bundle(load_bundle(saved), saved, data=data, max_images=2)
     assert report["activation_density_source"] == "measured" and report["assumed_density"] is None
     assert report["data"]["images"] == 2 and report["data"]["clip"] == "clip_000" and report["data"]["frames"] == 3
     depth = report["tasks"]["depth"]

@@ -10,21 +10,23 @@ import pytest
 import torch
 
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.runtime import cost_model
-from mtlcompress.runtime.cost_model import (
+from mtlcompress.runtime import calibration
+from mtlcompress.runtime.calibration import (
     CACHE_DIR_ENV,
-    TIMINGS_VERSION,
-    KernelTimings,
-    LinearCost,
     calibrate,
-    choose_path,
-    choose_stacking,
-    choose_weight_path,
     default_cache_path,
-    estimate_path_costs,
     load_or_calibrate,
     load_timings,
     save_timings,
+)
+from mtlcompress.runtime.cost_model import (
+    TIMINGS_VERSION,
+    KernelTimings,
+    LinearCost,
+    choose_path,
+    choose_stacking,
+    choose_weight_path,
+    estimate_path_costs,
 )
 
 SHAPE = dict(tokens=197, in_features=384, out_features=1536)
@@ -125,12 +127,12 @@ def test_densities_outside_unit_interval_are_rejected():
 
 
 def test_fit_line_recovers_a_line_and_stays_positive_under_noise():
-    fit = cost_model._fit_line([1e6, 2e6, 4e6], [3e-4 + 1e-10 * u for u in (1e6, 2e6, 4e6)])
+    fit = calibration._fit_line([1e6, 2e6, 4e6], [3e-4 + 1e-10 * u for u in (1e6, 2e6, 4e6)])
     assert fit.overhead_s == pytest.approx(3e-4, rel=1e-6)
     assert fit.per_unit_s == pytest.approx(1e-10, rel=1e-6)
-    negative_intercept = cost_model._fit_line([1.0, 2.0, 3.0], [0.5, 2.0, 3.0])
+    negative_intercept = calibration._fit_line([1.0, 2.0, 3.0], [0.5, 2.0, 3.0])
     assert negative_intercept.overhead_s >= 0 and negative_intercept.per_unit_s > 0
-    flat = cost_model._fit_line([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    flat = calibration._fit_line([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
     assert flat.overhead_s > 0 and flat.per_unit_s > 0
 
 
@@ -139,19 +141,19 @@ def test_fit_line_recovers_a_cost_per_row():
     units = [d * 384 * 1536 * r for d, r in points]
     rows = [r for _, r in points]
     seconds = [5e-5 + 3e-11 * u + 2e-6 * r for u, r in zip(units, rows)]
-    fit = cost_model._fit_line(units, seconds, rows=rows)
+    fit = calibration._fit_line(units, seconds, rows=rows)
     assert fit.overhead_s == pytest.approx(5e-5, rel=1e-6)
     assert fit.per_unit_s == pytest.approx(3e-11, rel=1e-6)
     assert fit.per_row_s == pytest.approx(2e-6, rel=1e-6)
-    assert cost_model._fit_line(units, seconds).per_row_s == 0.0
+    assert calibration._fit_line(units, seconds).per_row_s == 0.0
 
 
 def test_every_timed_calibration_call_follows_a_cache_eviction():
     evict = torch.zeros(16)
     calls = []
-    cost_model._measure(lambda: calls.append(float(evict[0])), torch.device("cpu"), repeats=3, evict=evict)
+    calibration._measure(lambda: calls.append(float(evict[0])), torch.device("cpu"), repeats=3, evict=evict)
     # Warm-up calls first (no eviction), then one eviction before each timed call.
-    assert calls == [0.0] * cost_model._WARMUP + [1.0, 2.0, 3.0]
+    assert calls == [0.0] * calibration._WARMUP + [1.0, 2.0, 3.0]
 
 
 def test_json_round_trip(tmp_path):
@@ -200,7 +202,7 @@ def calibrations(tmp_path, monkeypatch):
         calls.append(kwargs)
         return _timings()
 
-    monkeypatch.setattr(cost_model, "calibrate", fake_calibrate)
+    monkeypatch.setattr(calibration, "calibrate", fake_calibrate)
     return calls
 
 

@@ -7,13 +7,16 @@ import dataclasses
 import pytest
 import torch
 
-from mtlcompress.bundle.bundle import ActivationSparsity, Bundle
+from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
-from mtlcompress.runtime import lockstep
+from mtlcompress.models.activation_sparsity import ActivationSparsity
+from mtlcompress.runtime import lockstep, row_state
+from mtlcompress.runtime.layer_plan import LayerPlanner
 from mtlcompress.runtime.cost_model import KernelTimings, LinearCost, choose_stacking
-from mtlcompress.runtime.dense_engine import DenseEngine, DensityStats
+from mtlcompress.runtime.dense_engine import DenseEngine
+from mtlcompress.runtime.results import DensityStats
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.shared_engine import SharedEngine
 
@@ -160,13 +163,13 @@ def test_predict_matches_dense_engine(sources, granularity, path):
 def _force_paths(monkeypatch, chosen: dict[str, str]) -> None:
     """Make every sub-task take ``chosen[task]`` on every thresholded layer (the cost
     model is still asked, so ``layer_paths`` and densities are kept as usual)."""
-    choose = SharedEngine._choose
+    choose = LayerPlanner.choose
 
     def forced(self, task, name, *args, **kwargs):
         choose(self, task, name, *args, **kwargs)
         self.layer_paths[task.name][name] = chosen[task.name]
         return chosen[task.name]
-    monkeypatch.setattr(SharedEngine, "_choose", forced)
+    monkeypatch.setattr(LayerPlanner, "choose", forced)
 
 
 @pytest.mark.parametrize("granularity", ["token", "element"])
@@ -312,7 +315,7 @@ def test_keyframes_write_over_the_state_they_replace(sources):
     engine = SharedEngine(bundle, timings=_timings("token"))
 
     def buffers() -> set[int]:  # (attention outputs are new tensors on every frame)
-        return {t.data_ptr() for key, t in lockstep._named_tensors(engine._spare_rows) if not key.endswith("/attn")}
+        return {t.data_ptr() for key, t in row_state.named_tensors(engine._spare_rows) if not key.endswith("/attn")}
     first = list(engine.stream(frames, policy))
     memory = buffers()
     again = list(engine.stream(frames, policy))
@@ -394,9 +397,9 @@ def test_blocks_the_engine_does_not_reimplement_are_refused(variant):
     from timm.models.vision_transformer import VisionTransformer
 
     from mtlcompress.errors import MtlCompressError
-    from mtlcompress.runtime.shared_engine import _check_supported
+    from mtlcompress.runtime.layer_plan import check_supported
 
     plain = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    _check_supported(VisionTransformer(**plain))
+    check_supported(VisionTransformer(**plain))
     with pytest.raises(MtlCompressError, match="--engine dense"):
-        _check_supported(VisionTransformer(**plain, **variant))
+        check_supported(VisionTransformer(**plain, **variant))

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.data.layouts import list_video_clips, open_clip, open_dataset
+from mtlcompress.runtime.engines import make_engine
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.tasks.registry import get_task
 
@@ -24,7 +25,7 @@ def compare_engines(bundle: Bundle, data: str | os.PathLike, *, batch_size: int 
     probe = open_dataset(data, split="val", tasks=[], size=size)
     labelled = [t for t in bundle.tasks if t in probe.available_tasks]
     val = open_dataset(data, split="val", tasks=labelled, size=size)
-    engines = {kind: bundle.engine(kind) for kind in ("dense", "shared")}
+    engines = {kind: make_engine(bundle, kind) for kind in ("dense", "shared")}
     _ = engines["shared"].timings  # the cost model's one-off calibration (then cached) is not per-image time
     metrics = {t: get_task(t).metric(bundle.task(t).info.num_classes) for t in labelled}
     seconds = {kind: 0.0 for kind in engines}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mtlcompress.bundle.bundle import Bundle
+from mtlcompress.bundle.format import load_bundle
 from mtlcompress.bundle.format import export_bundle
-from mtlcompress.runtime import check
+from mtlcompress.report import check
 from mtlcompress.runtime.shared_engine import SharedEngine
 
 TOL = 1e-4
@@ -18,7 +18,7 @@ def bundle(quick_demo, tmp_path_factory):
     checkpoints = quick_demo["checkpoints"]
     path = tmp_path_factory.mktemp("check") / "bundle.safetensors"
     export_bundle(checkpoints["semseg"], [p for t, p in checkpoints.items() if t != "semseg"], path)
-    return Bundle.load(path)
+    return load_bundle(path)
 
 
 def test_engines_agree_and_calibration_is_not_timed(bundle, quick_demo, monkeypatch):

@@ -1,0 +1,43 @@
+"""What the engines hand back besides raw outputs: one video frame's result, and the
+measured activation-delta densities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class FrameResult:
+    """One streamed frame: ``outputs`` is ``{task: [B, C, H, W]}``; ``drift`` is the
+    unpropagated error measured on it (0 on a keyframe)."""
+
+    index: int
+    keyframe: bool
+    outputs: dict[str, torch.Tensor]
+    drift: float = 0.0
+
+
+@dataclass
+class DensityStats:
+    """Kept fraction of activation deltas per task and layer, averaged over calls.
+
+    Keeps a running sum and count per layer, not every value, so memory stays flat
+    however long a video stream runs.
+    """
+
+    totals: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # task -> layer -> [sum, count]
+
+    def add(self, task: str, layer_stats: dict[str, list[float]]) -> None:
+        for layer, values in layer_stats.items():
+            total = self.totals.setdefault(task, {}).setdefault(layer, [0.0, 0])
+            total[0] += sum(values)
+            total[1] += len(values)
+
+    def mean(self) -> dict[str, dict[str, float]]:
+        return {task: {layer: total / count for layer, (total, count) in layers.items() if count}
+                for task, layers in self.totals.items()}
+
+    def reset(self) -> None:
+        self.totals.clear()
