@@ -233,6 +233,8 @@ def options_markdown() -> Iterator[str]:
         defaults = " | ".join(_cell(c.all_specs()[spec.name].default) for c in stages)
         yield f"| `{spec.name}` | {spec.type.__name__} | {spec.describe_range()} | {defaults} | {_escape(spec.help)} |"
     yield ""
+    yield "Each stage's own options (`finetune` has none):"
+    yield ""
     yield "| stage | option | type | range | default | meaning |"
     yield "|---|---|---|---|---|---|"
     for config in stages:
