@@ -17,7 +17,7 @@ from mtlcompress.sparsify.common import StageResult
 from mtlcompress.sparsify.pipeline import run_plan
 from mtlcompress.sparsify.plan import load_plan
 from mtlcompress.sparsify.stage_activations import sparsify_activations
-from mtlcompress.sparsify.stage_config import STAGE_CONFIGS, OptionSpec, StageConfig
+from mtlcompress.sparsify.config import STAGE_CONFIGS, OptionSpec, StageConfig
 from mtlcompress.sparsify.stage_finetune import finetune_deltas
 from mtlcompress.sparsify.stage_temporal import sparsify_temporal
 from mtlcompress.sparsify.stage_weights import sparsify_weights
@@ -48,7 +48,7 @@ def stage_options(stage: str) -> Callable[[Callable[..., None]], Callable[..., N
 
     The decorated body takes ``options`` (the stage's checked config) and ``training``
     (its ``TrainConfig``) instead; every name, default, range and help comes from
-    ``sparsify/stage_config.py``, so the command cannot drift from the plan or the docs.
+    ``sparsify/config.py``, so the command cannot drift from the plan or the docs.
     """
     config: type[StageConfig] = STAGE_CONFIGS[stage]
     training = {spec.name: spec for spec in config.training_specs() if spec.name in CLI_TRAINING_OPTIONS}

@@ -12,7 +12,7 @@ A plan is TOML::
     semseg = "demo-out/checkpoints/semseg.safetensors"
     depth = "demo-out/checkpoints/depth.safetensors"
 
-    [weights]                          # per-stage settings (all optional; see stage_config.py)
+    [weights]                          # per-stage settings (all optional; see config.py)
     density = 0.02
     steps = 300
 
@@ -32,7 +32,7 @@ from typing import Any
 
 from mtlcompress.errors import MtlCompressError, PlanError
 from mtlcompress.models.checkpoint import read_checkpoint_info
-from mtlcompress.sparsify.stage_config import STAGE_CONFIGS, TRAINING_OPTIONS, OptionSpec
+from mtlcompress.sparsify.config import STAGE_CONFIGS, TRAINING_OPTIONS, OptionSpec
 from mtlcompress.sparsify.supervision import SUPERVISION
 from mtlcompress.tasks.registry import task_names
 from mtlcompress.training.loop import TrainConfig

@@ -3,7 +3,7 @@
 Fine-tune the kept deltas with ``sum_l lambda_l * penalty(x_t^l - x_0^l)`` added to the
 task loss (``x`` = inputs of every shared linear layer; ``x_0`` from the frozen base
 model on the same images), then calibrate per-layer thresholds. The penalty itself is
-in ``activation_penalty.py``; the options and their defaults in ``stage_config.py``.
+in ``activation_penalty.py``; the options and their defaults in ``config.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mtlcompress.sparsify.activation_penalty import activation_delta_penalty, la
 from mtlcompress.sparsify.calibrate import calibrate_task_thresholds, evaluate_thresholded
 from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
 from mtlcompress.sparsify.delta_model import masked_delta_model
-from mtlcompress.sparsify.stage_config import ActivationsConfig
+from mtlcompress.sparsify.config import ActivationsConfig
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
 

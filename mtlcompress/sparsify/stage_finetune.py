@@ -10,7 +10,7 @@ import torch
 
 from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
 from mtlcompress.sparsify.delta_model import masked_delta_model
-from mtlcompress.sparsify.stage_config import FinetuneConfig
+from mtlcompress.sparsify.config import FinetuneConfig
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
 

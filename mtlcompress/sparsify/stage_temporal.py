@@ -23,7 +23,7 @@ from mtlcompress.sparsify.activation_penalty import activation_delta_penalty, la
 from mtlcompress.sparsify.calibrate import calibrate_temporal_thresholds
 from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
 from mtlcompress.sparsify.delta_model import masked_delta_model
-from mtlcompress.sparsify.stage_config import TemporalConfig
+from mtlcompress.sparsify.config import TemporalConfig
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.sparsify.temporal_data import FramePairs, split_clips
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training

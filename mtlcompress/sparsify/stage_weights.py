@@ -31,7 +31,7 @@ from mtlcompress.sparsify.common import (
 from mtlcompress.sparsify.delta_model import DeltaModel
 from mtlcompress.sparsify.density_control import DEFAULT_LAMBDA_LR, LagrangianDensityController
 from mtlcompress.sparsify.magnitude import magnitude_masks, project_to_density
-from mtlcompress.sparsify.stage_config import WeightsConfig
+from mtlcompress.sparsify.config import WeightsConfig
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, maybe_ddp, resume_state_path, run_training
 

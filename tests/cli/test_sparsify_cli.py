@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from mtlcompress.cli.main import app, main
 from mtlcompress.models.checkpoint import read_checkpoint_info
-from mtlcompress.sparsify.stage_config import STAGE_CONFIGS
+from mtlcompress.sparsify.config import STAGE_CONFIGS
 
 runner = CliRunner()
 

@@ -146,12 +146,6 @@ def register_stage(cls: type[StageConfig]) -> type[StageConfig]:
     return cls
 
 
-def stage_config(stage: str) -> type[StageConfig]:
-    if stage not in STAGE_CONFIGS:
-        raise MtlCompressError(f"unknown stage '{stage}'; known: {', '.join(STAGE_CONFIGS)}")
-    return STAGE_CONFIGS[stage]
-
-
 GRANULARITY_HELP = "token (whole token rows; real speed-ups) or element (the paper)."
 STRENGTH_HELP = "Activation-delta penalty strength (deeper layers x2)."
 TOLERANCE_HELP = "Allowed relative metric drop from thresholds."

@@ -1,4 +1,4 @@
-"""Every stage option is defined once (``sparsify/stage_config.py``); the CLI, the plan,
+"""Every stage option is defined once (``sparsify/config.py``); the CLI, the plan,
 the stage functions and docs/plan.md must all say the same thing."""
 
 import dataclasses
@@ -15,7 +15,7 @@ from mtlcompress.cli.sparsify import app as sparsify_app
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.sparsify.pipeline import STAGE_FUNCTIONS
 from mtlcompress.sparsify.plan import STAGES
-from mtlcompress.sparsify.stage_config import (
+from mtlcompress.sparsify.config import (
     STAGE_CONFIGS,
     TRAINING_OPTIONS,
     OptionSpec,
