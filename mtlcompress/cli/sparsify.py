@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from mtlcompress.cli._options import DataOpt, JsonOpt, OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt
+from mtlcompress.cli._options import DataOpt, JsonOpt, OverwriteOpt, QuietOpt, ResumeOpt
 from mtlcompress.cli._output import emit, info, make_table, stage_table
 from mtlcompress.sparsify.common import StageResult
 from mtlcompress.sparsify.pipeline import run_plan
-from mtlcompress.sparsify.plan import STAGE_TRAINING, load_plan
+from mtlcompress.sparsify.plan import load_plan
 from mtlcompress.sparsify.stage_activations import sparsify_activations
+from mtlcompress.sparsify.config import STAGE_CONFIGS, OptionSpec, StageConfig
 from mtlcompress.sparsify.stage_finetune import finetune_deltas
 from mtlcompress.sparsify.stage_temporal import sparsify_temporal
 from mtlcompress.sparsify.stage_weights import sparsify_weights
@@ -27,22 +28,51 @@ app = typer.Typer(help="Learn sparse weight deltas and sparse activation deltas 
 BaseOpt = Annotated[Path, typer.Option("--base", help="The base task's checkpoint (W_0).")]
 TaskOpt = Annotated[Path, typer.Option("--task", help="The sub-task checkpoint (the previous stage's output).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Checkpoint to write.")]
-StepsOpt = Annotated[int | None, typer.Option(min=0, help="Optimiser steps (default: the stage's default).")]
-LrOpt = Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (default: the stage's).")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Global batch size.")]
 SupervisionOpt = Annotated[str, typer.Option(help="labels, distill (from the original checkpoint), or auto "
                                              "(labels when the data has them).")]
-GranularityOpt = Annotated[str, typer.Option(help="token (whole token rows; real speed-ups) or element (the paper).")]
-StrengthOpt = Annotated[float, typer.Option(min=0.0, help="Activation-delta penalty strength (deeper layers x2).")]
-ToleranceOpt = Annotated[float, typer.Option(min=0.0, help="Allowed relative metric drop from thresholds.")]
-TokenDensityOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Calibrate thresholds to this "
-                                                       "measured delta density instead of a tolerance.")]
+# The training options a stage command offers (a plan's stage table accepts every TrainConfig field).
+CLI_TRAINING_OPTIONS = ("steps", "lr", "batch_size", "seed")
 
 
-def _config(stage: str, steps: int | None, lr: float | None, batch_size: int, seed: int) -> TrainConfig:
-    """The stage's defaults (one place: ``STAGE_TRAINING``) with what the user gave."""
-    given = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
-    return dataclasses.replace(STAGE_TRAINING[stage], batch_size=batch_size, seed=seed, **given)
+def _typer_option(spec: OptionSpec) -> inspect.Parameter:
+    """One command parameter from an option's definition: its name, type, default, help and range."""
+    kind = spec.type | None if spec.optional else spec.type
+    bounds = {"min": spec.minimum, "max": spec.maximum} if spec.type in (int, float) else {}
+    annotation = Annotated[kind, typer.Option(help=spec.help, **bounds)]
+    return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=spec.default, annotation=annotation)
+
+
+def stage_options(stage: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command one option per field of the stage's config, plus the CLI's training options.
+
+    The decorated body takes ``options`` (the stage's checked config) and ``training``
+    (its ``TrainConfig``) instead; every name, default, range and help comes from
+    ``sparsify/config.py``, so the command cannot drift from the plan or the docs.
+    """
+    config: type[StageConfig] = STAGE_CONFIGS[stage]
+    training = {spec.name: spec for spec in config.training_specs() if spec.name in CLI_TRAINING_OPTIONS}
+    generated = [_typer_option(spec) for spec in config.option_specs()] + [_typer_option(training[name])
+                                                                            for name in CLI_TRAINING_OPTIONS]
+
+    def decorate(body: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(body, eval_str=True).parameters.values()
+               if p.name not in ("options", "training")]
+        required = [p for p in own if p.default is inspect.Parameter.empty]
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in required]
+
+        @functools.wraps(body)
+        def command(**kwargs: Any) -> None:
+            options = config(**{spec.name: kwargs.pop(spec.name) for spec in config.option_specs()})
+            options.validate()  # what typer's min/max cannot say: open bounds, NaN, choices
+            given = {name: training[name].check(kwargs.pop(name), training[name].flag) for name in training}
+            body(options=options, training=config.train_config(**given), **kwargs)
+
+        parameters = [*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in required), *generated, *rest]
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        return command
+
+    return decorate
 
 
 def _report(results: Sequence[StageResult], as_json: bool, title: str, extra: dict | None = None) -> None:
@@ -50,65 +80,53 @@ def _report(results: Sequence[StageResult], as_json: bool, title: str, extra: di
     emit({**(extra or {}), "stages": [r.to_dict() for r in results]}, as_json, table)
 
 
-@app.command("weights")
-def weights(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt,
-            density: Annotated[float, typer.Option(min=0.0, max=1.0, help="Target fraction of backbone weights "
-                                                   "that may differ from the base (e.g. 0.02).")] = 0.02,
-            method: Annotated[str, typer.Option(help="l0 (learned hard-concrete gates) or magnitude "
-                                                "(keep the largest |W_t - W_0|, no training).")] = "l0",
-            per_tensor_gates: Annotated[bool, typer.Option(help="Also learn one gate per tensor.")] = False,
-            steps: StepsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = 32, seed: SeedOpt = 0,
+def _progress(quiet: bool, as_json: bool) -> bool:
+    return not (quiet or as_json)
+
+
+@app.command("weights", help=STAGE_CONFIGS["weights"].__doc__)
+@stage_options("weights")
+def weights(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig, training: TrainConfig,
             supervision: SupervisionOpt = "auto", resume: ResumeOpt = True, overwrite: OverwriteOpt = False,
             as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
-    """Stage 1: learn a sparse weight delta at a target density."""
-    result = sparsify_weights(base=base, task=task, data=data, out=out, density=density, method=method,
-                              per_tensor_gates=per_tensor_gates, supervision=supervision,
-                              config=_config("weights", steps, lr, batch_size, seed), resume=resume,
-                              overwrite=overwrite, show_progress=not (quiet or as_json))
+    result = sparsify_weights(base=base, task=task, data=data, out=out, **options.as_kwargs(), supervision=supervision,
+                              config=training, resume=resume, overwrite=overwrite,
+                              show_progress=_progress(quiet, as_json))
     _report([result], as_json, "stage 1: sparse weight deltas")
 
 
-@app.command("finetune")
-def finetune(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, steps: StepsOpt = None, lr: LrOpt = None,
-             batch_size: BatchOpt = 32, seed: SeedOpt = 0, supervision: SupervisionOpt = "auto",
-             resume: ResumeOpt = True, overwrite: OverwriteOpt = False, as_json: JsonOpt = False,
-             quiet: QuietOpt = False) -> None:
-    """Stage 2: fine-tune only the kept delta values (the support is frozen)."""
-    result = finetune_deltas(base=base, task=task, data=data, out=out, supervision=supervision,
-                             config=_config("finetune", steps, lr, batch_size, seed), resume=resume,
-                             overwrite=overwrite, show_progress=not (quiet or as_json))
+@app.command("finetune", help=STAGE_CONFIGS["finetune"].__doc__)
+@stage_options("finetune")
+def finetune(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig, training: TrainConfig,
+             supervision: SupervisionOpt = "auto", resume: ResumeOpt = True, overwrite: OverwriteOpt = False,
+             as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    result = finetune_deltas(base=base, task=task, data=data, out=out, **options.as_kwargs(), supervision=supervision,
+                             config=training, resume=resume, overwrite=overwrite,
+                             show_progress=_progress(quiet, as_json))
     _report([result], as_json, "stage 2: fixed-mask fine-tuning")
 
 
-@app.command("activations")
-def activations(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, granularity: GranularityOpt = "token",
-                strength: StrengthOpt = 0.05, tolerance: ToleranceOpt = 0.02, token_density: TokenDensityOpt = None,
-                steps: StepsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = 32, seed: SeedOpt = 0,
-                supervision: SupervisionOpt = "auto", resume: ResumeOpt = True, overwrite: OverwriteOpt = False,
-                as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
-    """Stage 3: sparse activation deltas vs the base task, then calibrated thresholds."""
-    result = sparsify_activations(base=base, task=task, data=data, out=out, granularity=granularity,
-                                  strength=strength, tolerance=tolerance, token_density=token_density,
-                                  supervision=supervision, config=_config("activations", steps, lr, batch_size, seed),
-                                  resume=resume, overwrite=overwrite, show_progress=not (quiet or as_json))
+@app.command("activations", help=STAGE_CONFIGS["activations"].__doc__)
+@stage_options("activations")
+def activations(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig,
+                training: TrainConfig, supervision: SupervisionOpt = "auto", resume: ResumeOpt = True,
+                overwrite: OverwriteOpt = False, as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    result = sparsify_activations(base=base, task=task, data=data, out=out, **options.as_kwargs(),
+                                  supervision=supervision, config=training, resume=resume, overwrite=overwrite,
+                                  show_progress=_progress(quiet, as_json))
     _report([result], as_json, "stage 3: sparse activation deltas")
 
 
-@app.command("temporal")
-def temporal(task: TaskOpt, data: DataOpt, out: OutOpt,
+@app.command("temporal", help=STAGE_CONFIGS["temporal"].__doc__)
+@stage_options("temporal")
+def temporal(task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig, training: TrainConfig,
              base: Annotated[Path | None, typer.Option("--base", help="The base checkpoint; omit when --task is "
                                                        "the base task itself.")] = None,
-             granularity: GranularityOpt = "token", strength: StrengthOpt = 0.05, tolerance: ToleranceOpt = 0.02,
-             token_density: TokenDensityOpt = None,
-             max_offset: Annotated[int, typer.Option(min=1, help="Largest frame offset sampled.")] = 3,
-             steps: StepsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = 32, seed: SeedOpt = 0,
              supervision: SupervisionOpt = "auto", resume: ResumeOpt = True, overwrite: OverwriteOpt = False,
              as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
-    """Stage 4 (video): sparse frame-to-frame activation deltas, then temporal thresholds."""
-    result = sparsify_temporal(task=task, base=base, data=data, out=out, granularity=granularity, strength=strength,
-                               tolerance=tolerance, token_density=token_density, max_offset=max_offset,
-                               supervision=supervision, config=_config("temporal", steps, lr, batch_size, seed),
-                               resume=resume, overwrite=overwrite, show_progress=not (quiet or as_json))
+    result = sparsify_temporal(task=task, base=base, data=data, out=out, **options.as_kwargs(),
+                               supervision=supervision, config=training, resume=resume, overwrite=overwrite,
+                               show_progress=_progress(quiet, as_json))
     _report([result], as_json, "stage 4: sparse temporal deltas")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mtlcompress.bundle.bundle import backbone_signature
+from mtlcompress.models.backbone import backbone_signature
 from mtlcompress.data.base import DenseDataset
 from mtlcompress.data.layouts import open_dataset
 from mtlcompress.errors import CheckpointError, MtlCompressError

@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from mtlcompress.models.single_task import SingleTaskModel
+from mtlcompress.sparsify.common import student_from, weight_delta
 from mtlcompress.sparsify.hard_concrete import HardConcreteGate, expected_l0
 
 
@@ -118,3 +119,10 @@ class DeltaModel(nn.Module):
                 score = score + self.tensor_gates[_key(n)].log_alpha.detach()
             scores[n] = score
         return scores
+
+
+def masked_delta_model(base_model: SingleTaskModel, task_model: SingleTaskModel) -> DeltaModel:
+    """``W_0 + m * w`` with the support ``m`` and values ``w`` read off the checkpoint (stages 2-4)."""
+    delta = weight_delta(task_model, base_model)
+    return DeltaModel(student_from(base_model, task_model), init_delta=delta,
+                      masks={name: d != 0 for name, d in delta.items()})

@@ -12,7 +12,7 @@ A plan is TOML::
     semseg = "demo-out/checkpoints/semseg.safetensors"
     depth = "demo-out/checkpoints/depth.safetensors"
 
-    [weights]                          # per-stage settings (all optional)
+    [weights]                          # per-stage settings (all optional; see config.py)
     density = 0.02
     steps = 300
 
@@ -23,7 +23,6 @@ was killed resumes from its own saved state).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from collections.abc import Callable
@@ -31,31 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtlcompress.errors import PlanError
+from mtlcompress.errors import MtlCompressError, PlanError
 from mtlcompress.models.checkpoint import read_checkpoint_info
+from mtlcompress.sparsify.config import STAGE_CONFIGS, TRAINING_OPTIONS, OptionSpec
+from mtlcompress.sparsify.supervision import SUPERVISION
 from mtlcompress.tasks.registry import task_names
 from mtlcompress.training.loop import TrainConfig
 
-STAGES = ("weights", "finetune", "activations", "temporal")
+STAGES = tuple(STAGE_CONFIGS)
 DEFAULT_STAGES = ("weights", "finetune", "activations")
 _TOP_LEVEL = {"data", "out", "base", "stages", "supervision", "seed", "tasks", *STAGES}
-_TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
-# Stage options besides TrainConfig's, with their types (the defaults live in the stage functions).
-STAGE_OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "weights": {"density": float, "method": str, "gate_lr": float, "init_delta": str, "per_tensor_gates": bool},
-    "finetune": {},
-    "activations": {"granularity": str, "strength": float, "tolerance": float, "token_density": float,
-                    "calibration_images": int},
-    "temporal": {"granularity": str, "strength": float, "tolerance": float, "token_density": float,
-                 "max_offset": int},
-}
-# Training defaults per stage (stages are fine-tuning: small learning rate, no mid-run eval).
-STAGE_TRAINING: dict[str, TrainConfig] = {
-    "weights": TrainConfig(steps=300, lr=1e-4, warmup_steps=10, eval_every=10**9),
-    "finetune": TrainConfig(steps=200, lr=1e-4, warmup_steps=10, eval_every=10**9),
-    "activations": TrainConfig(steps=200, lr=1e-4, warmup_steps=10, eval_every=10**9),
-    "temporal": TrainConfig(steps=200, lr=1e-4, warmup_steps=10, eval_every=10**9),
-}
 
 
 @dataclass
@@ -73,11 +57,13 @@ class Plan:
         return self.out / f"{task}.{stage}.safetensors"
 
     def train_config(self, stage: str) -> TrainConfig:
-        settings = {k: v for k, v in self.options.get(stage, {}).items() if k in _TRAIN_KEYS}
-        return dataclasses.replace(STAGE_TRAINING[stage], seed=self.seed, **settings)
+        """The stage's training defaults, the plan's seed, then the stage table's training keys."""
+        settings = {k: v for k, v in self.options.get(stage, {}).items() if k in TRAINING_OPTIONS}
+        return STAGE_CONFIGS[stage].train_config(**{"seed": self.seed, **settings})
 
     def stage_kwargs(self, stage: str) -> dict[str, Any]:
-        return {k: v for k, v in self.options.get(stage, {}).items() if k not in _TRAIN_KEYS}
+        """The stage options the plan sets (the stage function's defaults fill in the rest)."""
+        return {k: v for k, v in self.options.get(stage, {}).items() if k not in TRAINING_OPTIONS}
 
     def final_checkpoints(self, base: str | None = None) -> dict[str, Path]:
         """The last stage output of every task (the source checkpoint where none was run)."""
@@ -113,6 +99,9 @@ def parse_plan(raw: dict[str, Any], root: Path, name: str = "plan") -> Plan:
     for key in ("data", "tasks"):
         if key not in raw:
             raise fail(f"missing required key '{key}'")
+    for key in ("data", "out", "base", "supervision"):
+        if key in raw and not isinstance(raw[key], str):
+            raise fail(f"{key} must be a string, got {raw[key]!r}")
     tasks_raw = raw["tasks"]
     if not isinstance(tasks_raw, dict) or len(tasks_raw) < 2:
         raise fail("[tasks] must map at least two task names to checkpoint paths")
@@ -144,21 +133,27 @@ def parse_plan(raw: dict[str, Any], root: Path, name: str = "plan") -> Plan:
         table = raw.get(stage, {})
         if not isinstance(table, dict):
             raise fail(f"[{stage}] must be a table")
-        allowed = {**{k: type(getattr(TrainConfig(), k)) for k in _TRAIN_KEYS}, **STAGE_OPTIONS[stage]}
+        allowed = STAGE_CONFIGS[stage].all_specs()
         for key, value in table.items():
             if key not in allowed:
                 raise fail(f"[{stage}] has unknown option '{key}'; allowed: {', '.join(sorted(allowed))}")
-            expected = allowed[key]
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise fail(f"[{stage}] {key} must be of type {expected.__name__}")
-            options.setdefault(stage, {})[key] = value
-    data = (root / str(raw["data"])).resolve()
+            options.setdefault(stage, {})[key] = _check(allowed[key], value, f"[{stage}] {key}", fail)
+    supervision = raw.get("supervision", "auto")
+    if supervision not in SUPERVISION:
+        raise fail(f"supervision must be one of {', '.join(SUPERVISION)}, got '{supervision}'")
+    data = (root / raw["data"]).resolve()
     if not data.is_dir():
         raise fail(f"data folder not found: {data}")
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise fail("seed must be an integer")
-    return Plan(data=data, out=(root / str(raw.get("out", "sparse"))).resolve(), base=base, tasks=tasks,
-                stages=tuple(stages), supervision=str(raw.get("supervision", "auto")), seed=seed, options=options)
+    return Plan(data=data, out=(root / raw.get("out", "sparse")).resolve(), base=base, tasks=tasks,
+                stages=tuple(stages), supervision=supervision, seed=seed, options=options)
+
+
+def _check(spec: OptionSpec, value: Any, label: str, fail: Callable[[str], PlanError]) -> Any:
+    """The option's own range check (the one the CLI and the stage functions use), as a ``PlanError``."""
+    try:
+        return spec.check(value, label)
+    except MtlCompressError as exc:
+        raise fail(str(exc)) from None

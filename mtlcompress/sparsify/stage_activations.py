@@ -2,49 +2,28 @@
 
 Fine-tune the kept deltas with ``sum_l lambda_l * penalty(x_t^l - x_0^l)`` added to the
 task loss (``x`` = inputs of every shared linear layer; ``x_0`` from the frozen base
-model on the same images), then calibrate per-layer thresholds. Element granularity
-uses L1 (the paper); token granularity uses a group-L1 on each token row's RMS, so
-whole tokens fall below threshold: that is what gathers into a smaller dense GEMM.
-Deeper layers get larger coefficients, as in the reference code.
+model on the same images), then calibrate per-layer thresholds. The penalty itself is
+in ``activation_penalty.py``; the options and their defaults in ``config.py``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from mtlcompress.models.activation_sparsity import GRANULARITIES
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
+from mtlcompress.sparsify.activation_penalty import activation_delta_penalty, layer_coefficients
 from mtlcompress.sparsify.calibrate import calibrate_task_thresholds, evaluate_thresholded
 from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
-from mtlcompress.sparsify.stage_finetune import masked_delta_model
+from mtlcompress.sparsify.delta_model import masked_delta_model
+from mtlcompress.sparsify.config import ActivationsConfig
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
-
-
-def layer_coefficients(layers: list[str], depth: int, strength: float) -> dict[str, float]:
-    """``strength * (1 + i / depth)`` for block ``i``: deeper layers are pushed harder."""
-    return {layer: strength * (1.0 + int(layer.split(".")[1]) / depth) for layer in layers}
-
-
-def activation_delta_penalty(current: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
-                             coefficients: Mapping[str, float], granularity: str) -> torch.Tensor:
-    """Sum over layers of ``lambda_l * mean |dx|`` (element) or ``lambda_l * mean_tokens RMS(dx)`` (token)."""
-    total = torch.zeros(())
-    for layer, coefficient in coefficients.items():
-        delta = current[layer] - reference[layer]
-        if granularity == "token":
-            term = (delta.pow(2).mean(dim=-1) + 1e-12).sqrt().mean()
-        else:
-            term = delta.abs().mean()
-        total = total + coefficient * term
-    return total
 
 
 def sparsify_activations(
@@ -53,11 +32,11 @@ def sparsify_activations(
     task: str | os.PathLike,
     data: str | os.PathLike,
     out: str | os.PathLike,
-    granularity: str = "token",
-    strength: float = 0.05,
-    tolerance: float = 0.02,
-    token_density: float | None = None,
-    calibration_images: int = 128,
+    granularity: str = ActivationsConfig.granularity,
+    strength: float = ActivationsConfig.strength,
+    tolerance: float = ActivationsConfig.tolerance,
+    token_density: float | None = ActivationsConfig.token_density,
+    calibration_images: int = ActivationsConfig.calibration_images,
     supervision: str = "auto",
     config: TrainConfig | None = None,
     resume: bool = True,
@@ -70,9 +49,9 @@ def sparsify_activations(
     (measured on ``calibration_images`` training images); ``token_density`` instead
     asks for a measured delta density and ignores the tolerance.
     """
-    if granularity not in GRANULARITIES:
-        raise MtlCompressError(f"--granularity must be one of {', '.join(GRANULARITIES)}")
-    config = config or TrainConfig(steps=200, lr=1e-4, eval_every=10**9)
+    ActivationsConfig(granularity=granularity, strength=strength, tolerance=tolerance, token_density=token_density,
+                      calibration_images=calibration_images).validate()
+    config = config or ActivationsConfig.train_config()
     out = check_output(out, overwrite)
     base_model, _, task_model, task_info = load_pair(base, task)
     data_ = stage_data(data, task_info, supervision)

@@ -8,26 +8,11 @@ from typing import Any
 
 import torch
 
-from mtlcompress.sparsify.common import (
-    load_source,
-    StageResult,
-    check_output,
-    finish_stage,
-    load_pair,
-    stage_data,
-    student_from,
-    weight_delta,
-)
-from mtlcompress.sparsify.delta_model import DeltaModel
+from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
+from mtlcompress.sparsify.delta_model import masked_delta_model
+from mtlcompress.sparsify.config import FinetuneConfig
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
-
-
-def masked_delta_model(base_model: torch.nn.Module, task_model: torch.nn.Module) -> DeltaModel:
-    """``W_0 + m * w`` with the support ``m`` and values ``w`` read off the checkpoint."""
-    delta = weight_delta(task_model, base_model)
-    return DeltaModel(student_from(base_model, task_model), init_delta=delta,
-                      masks={name: d != 0 for name, d in delta.items()})
 
 
 def finetune_deltas(
@@ -43,7 +28,7 @@ def finetune_deltas(
     show_progress: bool = True,
 ) -> StageResult:
     """Fine-tune the non-zero deltas (and the head) of a stage-1 checkpoint."""
-    config = config or TrainConfig(steps=200, lr=1e-4, eval_every=10**9)
+    config = config or FinetuneConfig.train_config()
     out = check_output(out, overwrite)
     base_model, _, task_model, task_info = load_pair(base, task)
     data_ = stage_data(data, task_info, supervision)

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from mtlcompress.models.activation_sparsity import GRANULARITIES
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.models.checkpoint import load_checkpoint
 from mtlcompress.models.taps import record_linear_inputs, shared_linear_names
+from mtlcompress.sparsify.activation_penalty import activation_delta_penalty, layer_coefficients
 from mtlcompress.sparsify.calibrate import calibrate_temporal_thresholds
 from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
-from mtlcompress.sparsify.stage_activations import activation_delta_penalty, layer_coefficients
-from mtlcompress.sparsify.stage_finetune import masked_delta_model
+from mtlcompress.sparsify.delta_model import masked_delta_model
+from mtlcompress.sparsify.config import TemporalConfig
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.sparsify.temporal_data import FramePairs, split_clips
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
@@ -35,11 +35,11 @@ def sparsify_temporal(
     data: str | os.PathLike,
     out: str | os.PathLike,
     base: str | os.PathLike | None = None,
-    granularity: str = "token",
-    strength: float = 0.05,
-    tolerance: float = 0.02,
-    token_density: float | None = None,
-    max_offset: int = 3,
+    granularity: str = TemporalConfig.granularity,
+    strength: float = TemporalConfig.strength,
+    tolerance: float = TemporalConfig.tolerance,
+    token_density: float | None = TemporalConfig.token_density,
+    max_offset: int = TemporalConfig.max_offset,
     supervision: str = "auto",
     config: TrainConfig | None = None,
     resume: bool = True,
@@ -47,15 +47,20 @@ def sparsify_temporal(
     show_progress: bool = True,
 ) -> StageResult:
     """Temporal fine-tuning + calibration. Without ``base`` the checkpoint is treated as the base task."""
-    if granularity not in GRANULARITIES:
-        raise MtlCompressError(f"--granularity must be one of {', '.join(GRANULARITIES)}")
-    config = config or TrainConfig(steps=200, lr=1e-4, eval_every=10**9)
+    TemporalConfig(granularity=granularity, strength=strength, tolerance=tolerance, token_density=token_density,
+                   max_offset=max_offset).validate()
+    config = config or TemporalConfig.train_config()
     out = check_output(out, overwrite)
     if base is not None:
         base_model, _, task_model, info = load_pair(base, task)
     else:
         task_model, info = load_checkpoint(task)
         base_model = task_model
+    # Checked before training: a mismatch found afterwards would waste the whole run.
+    previous_activation = info.sparsity.get("activation", {})
+    if previous_activation and previous_activation.get("granularity", granularity) != granularity:
+        raise MtlCompressError(f"{task} uses {previous_activation['granularity']} granularity; "
+                               "the temporal stage must use the same")
     data_ = stage_data(data, info, supervision)
     label_tasks = [info.task] if info.task in data_.train.available_tasks else []
     train_clips, held_out = split_clips(data, label_tasks, info.backbone.img_size)
@@ -108,10 +113,6 @@ def sparsify_temporal(
     model = student.eval() if base is None else delta_model.export()
     calibration = calibrate_temporal_thresholds(model, held_out, data_.spec, data_.num_classes, layers, granularity,
                                                 tolerance=tolerance, target_density=token_density)
-    previous_activation = info.sparsity.get("activation", {})
-    if previous_activation and previous_activation.get("granularity", granularity) != granularity:
-        raise MtlCompressError(f"{task} uses {previous_activation['granularity']} granularity; "
-                               "the temporal stage must use the same")
     activation = {"granularity": granularity, "task_thresholds": previous_activation.get("task_thresholds", {}),
                   "temporal_thresholds": calibration.thresholds}
     summary = {"temporal_density": calibration.density, "temporal_keep": calibration.keep,

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mtlcompress.errors import MtlCompressError
 from mtlcompress.sparsify.common import (
     StageResult,
     check_output,
@@ -32,11 +31,9 @@ from mtlcompress.sparsify.common import (
 from mtlcompress.sparsify.delta_model import DeltaModel
 from mtlcompress.sparsify.density_control import DEFAULT_LAMBDA_LR, LagrangianDensityController
 from mtlcompress.sparsify.magnitude import magnitude_masks, project_to_density
+from mtlcompress.sparsify.config import WeightsConfig
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, maybe_ddp, resume_state_path, run_training
-
-METHODS = ("l0", "magnitude")
-
 
 class _GatedTraining(nn.Module):
     """Everything stage 1 optimises, in one module so it saves and resumes together."""
@@ -56,25 +53,21 @@ def sparsify_weights(
     task: str | os.PathLike,
     data: str | os.PathLike,
     out: str | os.PathLike,
-    density: float,
-    method: str = "l0",
+    density: float = WeightsConfig.density,
+    method: str = WeightsConfig.method,
     supervision: str = "auto",
     config: TrainConfig | None = None,
-    gate_lr: float = 0.1,
-    init_delta: str = "checkpoint",
-    per_tensor_gates: bool = False,
+    gate_lr: float = WeightsConfig.gate_lr,
+    init_delta: str = WeightsConfig.init_delta,
+    per_tensor_gates: bool = WeightsConfig.per_tensor_gates,
     resume: bool = True,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> StageResult:
     """Write a checkpoint whose backbone differs from the base in ``density`` of its weights."""
-    if not 0.0 < density <= 1.0:
-        raise MtlCompressError(f"--density must be in (0, 1], got {density}")
-    if method not in METHODS:
-        raise MtlCompressError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
-    if init_delta not in ("checkpoint", "zero"):
-        raise MtlCompressError("--init-delta must be 'checkpoint' or 'zero'")
-    config = config or TrainConfig(steps=300, lr=1e-4, eval_every=10**9)
+    WeightsConfig(density=density, method=method, gate_lr=gate_lr, init_delta=init_delta,
+                  per_tensor_gates=per_tensor_gates).validate()
+    config = config or WeightsConfig.train_config()
     out = check_output(out, overwrite)
     base_model, base_info, task_model, task_info = load_pair(base, task)
     data_ = stage_data(data, task_info, supervision)

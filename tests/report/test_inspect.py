@@ -146,8 +146,16 @@ def test_corrupted_bundle_is_one_line_and_exit_2(saved, tmp_path, monkeypatch, c
     raw[-100:] = bytes(100)  # damage tensor bytes: the payload checksum must catch it
     broken.write_bytes(bytes(raw))
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(monkeypatch, broken, "--json")
+        run_cli(monkeypatch, broken)
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
     assert captured.out == ""
+    # Under --json the same failure is one JSON object on stdout, nothing on stderr.
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(monkeypatch, broken, "--json")
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)
+    assert error["error"] is True and error["code"] == "bundle" and "checksum" in error["message"]
+    assert captured.err == ""
