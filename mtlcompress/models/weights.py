@@ -144,7 +144,7 @@ def _read_any_weights(path: Path) -> dict[str, Any]:
                                   "containers, and loading it could run code (weights_only=True); "
                                   "re-save the weights as .safetensors") from None
         except Exception as exc:  # a torch.save zip cut short, or not a torch file at all
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
             raise CheckpointError(f"{path}: damaged or truncated: not a readable PyTorch weights file "
                                   f"({first})") from None
     raise CheckpointError(f"{path}: unsupported weights file type '{path.suffix}' (use .safetensors, .pt, .pth or .bin)")
