@@ -76,6 +76,8 @@ def read_container_header(
         document = json.loads(metadata.get(DOCUMENT_KEY, ""))
     except json.JSONDecodeError as exc:
         raise error(f"{path}: metadata JSON is corrupt ({exc.msg})") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise error(f"{path}: metadata JSON is nested too deeply to be one of our documents") from None
     if not isinstance(document, dict):
         raise error(f"{path}: metadata JSON must be an object")
     return version, document
@@ -88,6 +90,27 @@ def read_container_tensors(path: str | os.PathLike, *, error: type[MtlCompressEr
             return {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise error(f"{path}: tensor data is truncated or corrupt ({_first_line(exc)})") from None
+
+
+def read_container_shapes(path: str | os.PathLike, *, error: type[MtlCompressError]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the header alone (no tensor data is read), so a file
+    can be checked against the model it claims to hold before anything is allocated."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise error(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def check_tensor_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
+                        path: str | os.PathLike, *, error: type[MtlCompressError], hint: str) -> None:
+    """Exactly the expected tensors with exactly the expected shapes, or one line
+    naming the first tensor that differs."""
+    check_tensor_names(expected, found, path, error=error, hint=hint)
+    for name in sorted(expected):
+        if tuple(found[name]) != tuple(expected[name]):
+            raise error(f"{path}: tensor '{name}' has shape {tuple(found[name])}, the architecture in the "
+                        f"metadata needs {tuple(expected[name])}")
 
 
 def check_tensor_names(expected: Iterable[str], found: Iterable[str], path: str | os.PathLike, *,

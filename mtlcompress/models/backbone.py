@@ -10,6 +10,7 @@ shared execution understands.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,24 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from mtlcompress.errors import CheckpointError
+
+# Upper bounds for numbers read from files, well above any published ViT (the largest
+# timm ViTs have depth 48, width 1664, images of 518 px) and far below sizes whose
+# construction alone would take minutes or more memory than a machine has.
+MAX_IMG_SIZE = 8192
+MAX_EMBED_DIM = 16384
+MAX_DEPTH = 128
+MAX_REG_TOKENS = 256
+MAX_MLP_RATIO = 64.0
+MAX_ARCH_NAME = 200
+
+
+def check_int_range(what: str, value: Any, low: int, high: int) -> None:
+    """An int (not a bool) in ``[low, high]``, or one ``CheckpointError`` line naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(f"{what} must be an integer, found {type(value).__name__}")
+    if not low <= value <= high:
+        raise CheckpointError(f"{what} is {value}, which is not in [{low}, {high}]")
 
 
 @dataclass(frozen=True)
@@ -49,7 +68,11 @@ class BackboneConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> BackboneConfig:
-        """Validate untrusted JSON before building anything from it."""
+        """Validate untrusted JSON (types, then ranges) before anything is built from it.
+
+        Every number is checked here because the first use of a bad one is a
+        ZeroDivisionError deep in timm, or a model that takes minutes or terabytes to build.
+        """
         if not isinstance(data, dict):
             raise CheckpointError("backbone config must be a JSON object")
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -67,11 +90,28 @@ class BackboneConfig:
                 raise CheckpointError(f"backbone config field '{name}' has the wrong type")
             kwargs[name] = value
         config = cls(**kwargs)
-        if config.img_size % config.patch_size or config.embed_dim % config.num_heads:
-            raise CheckpointError("backbone config is inconsistent (img/patch or dim/heads)")
-        if min(config.img_size, config.patch_size, config.embed_dim, config.depth) <= 0:
-            raise CheckpointError("backbone config has non-positive sizes")
+        config.check_ranges()
         return config
+
+    def check_ranges(self) -> None:
+        """Refuse sizes no ViT has: each field in its range, then the fields' relations."""
+        check_int_range("backbone config field 'img_size'", self.img_size, 1, MAX_IMG_SIZE)
+        check_int_range("backbone config field 'patch_size'", self.patch_size, 1, self.img_size)
+        check_int_range("backbone config field 'embed_dim'", self.embed_dim, 1, MAX_EMBED_DIM)
+        check_int_range("backbone config field 'depth'", self.depth, 1, MAX_DEPTH)
+        check_int_range("backbone config field 'num_heads'", self.num_heads, 1, self.embed_dim)
+        check_int_range("backbone config field 'reg_tokens'", self.reg_tokens, 0, MAX_REG_TOKENS)
+        if len(self.arch) > MAX_ARCH_NAME:
+            raise CheckpointError(f"backbone config field 'arch' is longer than {MAX_ARCH_NAME} characters")
+        if not (math.isfinite(self.mlp_ratio) and 0 < self.mlp_ratio <= MAX_MLP_RATIO):
+            raise CheckpointError(f"backbone config field 'mlp_ratio' is {self.mlp_ratio}, "
+                                  f"which is not in (0, {MAX_MLP_RATIO:g}]")
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise CheckpointError("backbone config gives an MLP with no hidden units (embed_dim * mlp_ratio < 1)")
+        if self.init_values is not None and not math.isfinite(self.init_values):
+            raise CheckpointError(f"backbone config field 'init_values' is {self.init_values}, not a finite number")
+        if self.img_size % self.patch_size or self.embed_dim % self.num_heads:
+            raise CheckpointError("backbone config is inconsistent (img/patch or dim/heads)")
 
     def describe(self) -> str:
         return (f"{self.arch} ({self.img_size}px, patch {self.patch_size}, dim {self.embed_dim}, "
@@ -127,8 +167,12 @@ def config_from_timm(model: torch.nn.Module, arch: str) -> BackboneConfig:
     )
 
 
-def build_backbone(config: BackboneConfig) -> VisionTransformer:
-    """A randomly initialised timm ViT that returns tokens (no pooling, no classifier)."""
+def build_backbone(config: BackboneConfig, *, initialise: bool = True) -> VisionTransformer:
+    """A randomly initialised timm ViT that returns tokens (no pooling, no classifier).
+
+    ``initialise=False`` skips timm's weight init: for models built on the meta device
+    only for their tensor shapes, where the init is wasted time.
+    """
     return VisionTransformer(
         img_size=config.img_size,
         patch_size=config.patch_size,
@@ -142,9 +186,18 @@ def build_backbone(config: BackboneConfig) -> VisionTransformer:
         init_values=config.init_values,
         num_classes=0,
         global_pool="",
+        weight_init="" if initialise else "skip",
     )
 
 
 def backbone_signature(config: BackboneConfig) -> tuple:
     """Everything that fixes tensor shapes and the computation (the name does not)."""
     return dataclasses.astuple(dataclasses.replace(config, arch=""))
+
+
+def backbone_tensor_shapes(config: BackboneConfig) -> dict[str, tuple[int, ...]]:
+    """The {name: shape} of every backbone tensor, from a model on the meta device
+    (no memory, no init), to compare with a file's header before allocating anything."""
+    with torch.device("meta"):
+        model = build_backbone(config, initialise=False)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}

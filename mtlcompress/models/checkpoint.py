@@ -21,8 +21,16 @@ import torch
 
 from mtlcompress.version import __version__
 from mtlcompress.errors import CheckpointError, MtlCompressError
-from mtlcompress.io.container import check_tensor_names, read_container_header, read_container_tensors, write_container
-from mtlcompress.models.backbone import BackboneConfig
+from mtlcompress.io.container import (
+    check_tensor_names,
+    check_tensor_shapes,
+    read_container_header,
+    read_container_shapes,
+    read_container_tensors,
+    write_container,
+)
+from mtlcompress.models.backbone import BackboneConfig, check_int_range
+from mtlcompress.models.heads import MAX_HEAD_CHANNELS, head_sizes_from_dict
 from mtlcompress.models.single_task import SingleTaskModel
 from mtlcompress.tasks.registry import get_task
 
@@ -60,25 +68,30 @@ class CheckpointInfo:
 
     @classmethod
     def from_document(cls, doc: dict[str, Any], path: Path) -> CheckpointInfo:
+        """Check every field's type and range; nothing is built from an unchecked number."""
         try:
+            if "backbone" not in doc:
+                raise KeyError("backbone")
             backbone = BackboneConfig.from_dict(doc["backbone"])
             task = doc["task"]
-            head = doc["head"]
-            info = cls(
-                task=task,
-                backbone=backbone,
-                out_channels=int(head["out_channels"]),
-                head_hidden=int(head.get("hidden", 128)),
-                num_classes=doc.get("num_classes"),
-                class_names=list(doc.get("class_names") or []),
-                training=dict(doc.get("training") or {}),
-                metrics=dict(doc.get("metrics") or {}),
-                sparsity=dict(doc.get("sparsity") or {}),
-            )
+            if not isinstance(task, str):
+                raise CheckpointError("metadata field 'task' must be a string")
+            out_channels, head_hidden = head_sizes_from_dict(doc["head"])
+            num_classes = doc.get("num_classes")
+            if num_classes is not None:
+                check_int_range("metadata field 'num_classes'", num_classes, 1, MAX_HEAD_CHANNELS)
+            class_names = doc.get("class_names") or []
+            if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+                raise CheckpointError("metadata field 'class_names' must be a list of strings")
+            sections = {}
+            for name in ("training", "metrics", "sparsity"):
+                sections[name] = doc.get(name) or {}
+                if not isinstance(sections[name], dict):
+                    raise CheckpointError(f"metadata field '{name}' must be a JSON object")
+            info = cls(task=task, backbone=backbone, out_channels=out_channels, head_hidden=head_hidden,
+                       num_classes=num_classes, class_names=list(class_names), **sections)
         except KeyError as exc:
             raise CheckpointError(f"{path}: metadata is missing the field {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: metadata field has the wrong type ({exc})") from None
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         try:
@@ -97,6 +110,14 @@ def build_model(info: CheckpointInfo) -> SingleTaskModel:
     return SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden)
 
 
+def checkpoint_tensor_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]:
+    """The {name: shape} a checkpoint described by ``info`` must hold, from a model on
+    the meta device: costs no memory and no weight init, whatever sizes ``info`` claims."""
+    with torch.device("meta"):
+        model = SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=False)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
 def save_checkpoint(model: SingleTaskModel, info: CheckpointInfo, path: str | os.PathLike) -> None:
     """Atomically write ``model``'s weights with ``info`` as metadata."""
     write_container(path, model.state_dict(), format_name=FORMAT_NAME, version=FORMAT_VERSION,
@@ -112,6 +133,10 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SingleTaskModel, CheckpointInfo]:
     """Load and fully validate a single-task checkpoint; the model is in eval mode."""
     info = read_checkpoint_info(path)
+    # Shapes from the header first: a file whose metadata claims a huge model fails here,
+    # before that model is allocated.
+    check_tensor_shapes(checkpoint_tensor_shapes(info), read_container_shapes(path, error=CheckpointError), Path(path),
+                        error=CheckpointError, hint=" (wrong architecture?)")
     model = build_model(info)
     load_state_strict(model, read_container_tensors(path, error=CheckpointError), Path(path))
     return model.to(device).eval(), info

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mtlcompress.errors import CheckpointError
+from mtlcompress.models.backbone import check_int_range
+
+# Upper bounds for head sizes read from files: far above any dense task (ADE20K has 150
+# classes), far below a head whose construction would exhaust memory.
+MAX_HEAD_CHANNELS = 4096
+MAX_HEAD_HIDDEN = 16384
+
+
+def head_sizes_from_dict(head: Any, default_hidden: int = 128) -> tuple[int, int]:
+    """(out_channels, hidden) from a file's ``{"out_channels", "hidden"}`` record, checked
+    before any head is built from them."""
+    if not isinstance(head, dict):
+        raise CheckpointError("head must be a JSON object")
+    if "out_channels" not in head:
+        raise CheckpointError("head is missing the field 'out_channels'")
+    out_channels, hidden = head["out_channels"], head.get("hidden", default_hidden)
+    check_int_range("head field 'out_channels'", out_channels, 1, MAX_HEAD_CHANNELS)
+    check_int_range("head field 'hidden'", hidden, 1, MAX_HEAD_HIDDEN)
+    return out_channels, hidden
 
 
 class DenseHead(nn.Module):

@@ -29,11 +29,12 @@ def backbone_patch_tokens(backbone: nn.Module, config: BackboneConfig, images: t
 class SingleTaskModel(nn.Module):
     """One task's model. ``forward(images in [0,1]) -> raw map [B, C, H, W]``."""
 
-    def __init__(self, backbone_config: BackboneConfig, task: str, out_channels: int, head_hidden: int = 128) -> None:
+    def __init__(self, backbone_config: BackboneConfig, task: str, out_channels: int, head_hidden: int = 128,
+                 *, initialise: bool = True) -> None:
         super().__init__()
         self.backbone_config = backbone_config
         self.task = task
-        self.backbone = build_backbone(backbone_config)
+        self.backbone = build_backbone(backbone_config, initialise=initialise)
         self.head = DenseHead(backbone_config.embed_dim, out_channels, backbone_config.patch_size, head_hidden)
 
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:

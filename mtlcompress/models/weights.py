@@ -10,6 +10,7 @@ timm-style state dict (``.safetensors``, ``.pt``/``.pth``/``.bin`` loaded with
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,15 @@ from safetensors.torch import load_file
 from timm.models import vision_transformer as timm_vit
 
 from mtlcompress.errors import CheckpointError
-from mtlcompress.io.container import FORMAT_KEY, read_container_header, read_container_tensors, write_container
-from mtlcompress.models.backbone import BackboneConfig
+from mtlcompress.io.container import (
+    FORMAT_KEY,
+    check_tensor_shapes,
+    read_container_header,
+    read_container_shapes,
+    read_container_tensors,
+    write_container,
+)
+from mtlcompress.models.backbone import BackboneConfig, backbone_tensor_shapes
 
 FORMAT_NAME = "mtlcompress.backbone"
 FORMAT_VERSION = 1
@@ -40,11 +48,16 @@ def save_backbone_init(backbone: torch.nn.Module, config: BackboneConfig, path: 
 
 
 def read_backbone_config(path: str | os.PathLike) -> BackboneConfig:
+    """The backbone an init file describes, checked against its tensor header (no data
+    read), so a caller can build the model from it without trusting its numbers."""
     _, doc = read_container_header(path, format_name=FORMAT_NAME, versions=(FORMAT_VERSION,), error=CheckpointError)
     try:
-        return BackboneConfig.from_dict(doc.get("backbone"))
+        config = BackboneConfig.from_dict(doc.get("backbone"))
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    check_tensor_shapes(backbone_tensor_shapes(config), read_container_shapes(path, error=CheckpointError), path,
+                        error=CheckpointError, hint=" (the file's backbone metadata does not match its tensors)")
+    return config
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: timm_vit.VisionTransformer) -> dict[str, torch.Tensor]:
@@ -95,6 +108,11 @@ def load_initial_backbone(model: timm_vit.VisionTransformer, path: str | os.Path
         if name in expected and tensor.shape != expected[name].shape:
             raise CheckpointError(f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, "
                                   f"the backbone needs {tuple(expected[name].shape)} (different architecture?)")
+    for name, tensor in adapted.items():
+        # Training from a NaN or Inf start diverges at step 0 and blames the learning rate.
+        if name in expected and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor '{name}' holds NaN or Inf values; these weights cannot "
+                                  "start training")
     model.load_state_dict({k: v for k, v in adapted.items() if k in expected})
     return {"init": str(path), "init_format": "mtlcompress" if is_backbone_init(path) else "foreign"}
 
@@ -121,8 +139,12 @@ def _read_any_weights(path: Path) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
                 return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # weights_only refuses anything that would run code
+        except pickle.UnpicklingError:  # weights_only refuses anything that would run code
             raise CheckpointError(f"{path}: refused: the pickle holds objects other than tensors and plain "
                                   "containers, and loading it could run code (weights_only=True); "
                                   "re-save the weights as .safetensors") from None
+        except Exception as exc:  # a torch.save zip cut short, or not a torch file at all
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
+            raise CheckpointError(f"{path}: damaged or truncated: not a readable PyTorch weights file "
+                                  f"({first})") from None
     raise CheckpointError(f"{path}: unsupported weights file type '{path.suffix}' (use .safetensors, .pt, .pth or .bin)")

@@ -22,7 +22,14 @@ from torch.utils.data import Dataset, default_collate
 from mtlcompress.progress import progress_bar
 from mtlcompress.errors import TrainingDiverged
 from mtlcompress.training.augment import random_hflip
-from mtlcompress.training.state import load_training_state, save_training_state
+from mtlcompress.training.state import (
+    TrainingStateSnapshot,
+    first_non_finite,
+    resume_training_state,
+    run_learning_rate,
+    snapshot_training_state,
+    write_training_state,
+)
 
 
 @dataclass
@@ -50,6 +57,8 @@ class TrainResult:
     resumed_from: int
     last_losses: dict[str, float]
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    # [{"step", "lr"}, ...]: more than one entry when a resume changed the learning rate.
+    lr_changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def world() -> tuple[int, int]:
@@ -131,21 +140,45 @@ def run_training(
 
     ``compute_loss(batch, step)`` returns the loss and scalars to log. The state file
     at ``state_path`` is rewritten every ``config.checkpoint_every`` steps and holds
-    the last good state: a NaN loss stops training with ``TrainingDiverged`` without
-    overwriting it.
+    the last good state: a non-finite loss, weight or optimizer moment stops training
+    with ``TrainingDiverged``. Only finite state is written, and a state counts as good
+    only once the next step's loss, computed from exactly its weights, is finite
+    (weights can be finite and still useless, e.g. 1e19): if that loss is not, the file
+    is rolled back to the previous good state, so resuming from it with a lower
+    learning rate can recover. (A copy of the good state is kept in memory for that.)
     """
     rank, world_size = world()
     state_path = Path(state_path)
     inner = model.module if hasattr(model, "module") else model
     start = 0
+    lr = run_learning_rate(run_id)
+    lr_changes: list[dict[str, Any]] = [] if lr is None else [{"step": 0, "lr": lr}]
+    # The good state on disk (None: none yet) and a written state its next loss has not vouched for.
+    good: TrainingStateSnapshot | None = None
+    unconfirmed: TrainingStateSnapshot | None = None
     if resume and state_path.exists():
-        start = load_training_state(state_path, model=inner, optimizer=optimizer, run=run_id)
+        resumed = resume_training_state(state_path, model=inner, optimizer=optimizer, run=run_id)
+        start, lr_changes = resumed.step, resumed.lr_changes
+        good = snapshot_training_state(step=start, model=inner, optimizer=optimizer, run=run_id,
+                                       lr_changes=lr_changes)
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
     data = MemoryCachedDataset(dataset)
     losses: dict[str, float] = {}
     evaluations: list[dict[str, Any]] = []
-    last_saved = start
+
+    def diverged(what: str, step: int) -> TrainingDiverged:
+        if unconfirmed is not None and rank == 0:  # its weights gave this loss: put the good state back
+            if good is None:
+                state_path.unlink(missing_ok=True)
+            else:
+                write_training_state(state_path, good)
+        last_good = good.step if good is not None else 0
+        return TrainingDiverged(
+            f"{what} at step {step}; the last good state (step {last_good}) is kept in {state_path}; "
+            "re-run with a lower learning rate (--lr) to resume from it"
+        )
+
     model.train()
     with progress_bar(description, config.steps, enabled=show_progress and rank == 0, completed=start) as advance:
         for step in range(start, config.steps):
@@ -160,11 +193,10 @@ def run_training(
             if config.augment:
                 batch = random_hflip(batch, torch.Generator().manual_seed(config.seed * 7919 + step))
             loss, losses = compute_loss(batch, step)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {step}; the last good state (step {last_saved}) "
-                    f"is kept in {state_path}; lower the learning rate and re-run to resume"
-                )
+            if not torch.isfinite(loss):  # NaN, +Inf and -Inf alike
+                raise diverged(f"loss became {loss.item()}", step)
+            if unconfirmed is not None:  # this finite loss came from its weights: it is good
+                good, unconfirmed = unconfirmed, None
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -181,11 +213,17 @@ def run_training(
                 model.train()
                 status += " | " + " ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
             if done % config.checkpoint_every == 0 or done == config.steps:
-                if rank == 0:
-                    save_training_state(state_path, step=done, model=inner, optimizer=optimizer, run=run_id)
-                last_saved = done
+                snapshot = snapshot_training_state(step=done, model=inner, optimizer=optimizer, run=run_id,
+                                                   lr_changes=lr_changes)
+                bad = first_non_finite(snapshot.tensors)
+                if bad is not None:
+                    raise diverged(f"'{bad}' became NaN or Inf with a finite loss", step)
+                if rank == 0:  # written now, so a killed run resumes from here
+                    write_training_state(state_path, snapshot)
+                unconfirmed = snapshot
             advance(1, status)
-    return TrainResult(steps=config.steps, resumed_from=start, last_losses=losses, evaluations=evaluations)
+    return TrainResult(steps=config.steps, resumed_from=start, last_losses=losses, evaluations=evaluations,
+                       lr_changes=lr_changes)
 
 
 def maybe_ddp(model: torch.nn.Module) -> torch.nn.Module:

@@ -57,7 +57,9 @@ def pretrain_backbone(
                           config=config, state_path=state_path, run_id=run_id, description="shared pretraining",
                           resume=resume, show_progress=show_progress)
     if world()[0] == 0:
-        save_backbone_init(model.backbone, backbone_config, out,
-                           training={**run_id, "final_loss": result.last_losses.get("loss")})
+        training = {**run_id, "final_loss": result.last_losses.get("loss")}
+        if len(result.lr_changes) > 1:  # a resume lowered the learning rate: config.lr alone would hide it
+            training["lr_changes"] = result.lr_changes
+        save_backbone_init(model.backbone, backbone_config, out, training=training)
         state_path.unlink(missing_ok=True)
     return backbone_config

@@ -71,6 +71,8 @@ def train_single_task(
     final = result.evaluations[-1] if result.evaluations else evaluate(config.steps)
     info.metrics = {k: v for k, v in final.items() if k != "step"}
     info.training = {**run_id, "resumed_from": result.resumed_from, "final_loss": result.last_losses.get("loss")}
+    if len(result.lr_changes) > 1:  # a resume lowered the learning rate: config.lr alone would hide it
+        info.training["lr_changes"] = result.lr_changes
     if world()[0] == 0:
         save_checkpoint(model, info, out)
         state_path.unlink(missing_ok=True)

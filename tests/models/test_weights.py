@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import pickle
 
 import pytest
@@ -59,15 +60,56 @@ def test_filter_does_not_modify_input():
     assert list(state) == keys
 
 
-def test_pickled_code_is_refused(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+class _Payload:
+    """Unpickling this calls ``os.mkdir(marker)``: the marker's existence proves code ran."""
 
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_pickled_code_is_refused_and_never_runs(tmp_path, writer):
+    marker = tmp_path / "payload-ran"
     path = tmp_path / "evil.pt"
-    with open(path, "wb") as handle:
-        pickle.dump({"state_dict": Evil()}, handle)
+    payload = {"state_dict": _Payload(marker)}
+    if writer == "pickle":
+        with open(path, "wb") as handle:
+            pickle.dump(payload, handle)
+    else:
+        torch.save(payload, path)
     with pytest.raises(CheckpointError, match="could run code"):
+        load_initial_backbone(build_backbone(MICRO), path)
+    assert not marker.exists(), "the pickle's payload ran: torch.load must use weights_only=True"
+
+
+def test_truncated_pt_is_damaged_not_refused(tmp_path):
+    path = tmp_path / "cut.pt"
+    torch.save(_source().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(CheckpointError, match=r"damaged or truncated: not a readable PyTorch weights file "
+                                              r"\(PytorchStreamReader failed reading zip archive"):
+        load_initial_backbone(build_backbone(MICRO), path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", "init"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_starting_weights_are_refused(tmp_path, suffix, bad):
+    source = _source()
+    with torch.no_grad():
+        source.blocks[1].mlp.fc1.weight[3, 2] = bad
+    if suffix == "init":
+        path = tmp_path / "init.safetensors"
+        save_backbone_init(source, MICRO, path)
+    elif suffix == ".pt":
+        path = tmp_path / "w.pt"
+        torch.save(source.state_dict(), path)
+    else:
+        path = tmp_path / "w.safetensors"
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match=f"{path.name}: tensor 'blocks.1.mlp.fc1.weight' holds NaN or Inf"):
         load_initial_backbone(build_backbone(MICRO), path)
 
 
