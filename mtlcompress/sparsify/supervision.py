@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.tasks.registry import TaskSpec
@@ -28,14 +27,7 @@ def resolve_supervision(requested: str, task: str, available_tasks: tuple[str, .
 
 def distillation_loss(spec: TaskSpec, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Match the teacher's raw outputs in the way that suits the task's output."""
-    if spec.categorical:
-        return F.kl_div(F.log_softmax(student, dim=1), F.log_softmax(teacher, dim=1), log_target=True,
-                        reduction="batchmean") / (student.shape[-1] * student.shape[-2])
-    if spec.name == "normals":
-        return spec.loss(student, F.normalize(teacher, dim=1))
-    if spec.name == "depth":
-        return F.l1_loss(student, teacher)
-    return F.binary_cross_entropy_with_logits(student, torch.sigmoid(teacher))
+    return spec.distill(student, teacher)
 
 
 def make_objective(spec: TaskSpec, supervision: str, teacher: torch.nn.Module | None

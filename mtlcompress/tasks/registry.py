@@ -8,7 +8,7 @@ call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.tasks import binary_metrics, colormaps, labels, losses, metrics
+from mtlcompress.tasks import behaviour, binary_metrics, colormaps, labels, losses, metrics
 
 LABEL_SUFFIXES = (".png", ".npy")
 
@@ -42,6 +42,11 @@ class TaskSpec:
         decode: ``decode(raw_output) -> prediction`` (class ids, metres, unit vectors,
             probabilities): what metrics and users consume.
         colormap: ``colormap(prediction [C,H,W] or ids [H,W]) -> uint8 [H,W,3] or [H,W]``.
+        hflip: ``hflip(maps [N,...,H,W])``: the labels of horizontally flipped images.
+        distill: ``distill(student_raw, teacher_raw) -> scalar``: the loss that stands in
+            for labels when a sub-task is sparsified by distillation.
+        constant_output: ``constant_output(training targets, num_classes) -> raw [C]``: the
+            best input-independent output, the baseline evaluation reports.
     """
 
     name: str
@@ -55,6 +60,9 @@ class TaskSpec:
     read_label: Callable[[np.ndarray, Path], np.ndarray]
     decode: Callable[[torch.Tensor], torch.Tensor]
     colormap: Callable[[np.ndarray], np.ndarray]
+    hflip: Callable[[torch.Tensor], torch.Tensor] = behaviour.flip_width
+    distill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = behaviour.distill_values
+    constant_output: Callable[[Iterable[torch.Tensor], int | None], torch.Tensor] = behaviour.mean_value
 
     def out_channels(self, num_classes: int | None = None) -> int:
         if self.channels is not None:
@@ -111,34 +119,41 @@ register_task(TaskSpec(
     categorical=True, channels=None, loss=losses.segmentation_loss,
     metric=lambda num_classes: metrics.MeanIoU(num_classes), loss_weight=1.0,
     label_suffix=".png", read_label=labels.class_ids, decode=_class_ids, colormap=colormaps.class_colours,
+    distill=behaviour.distill_classes, constant_output=behaviour.majority_class,
 ))
 register_task(TaskSpec(
     name="parts", description="human parts segmentation (mIoU)",
     categorical=True, channels=None, loss=losses.segmentation_loss,
     metric=lambda num_classes: metrics.MeanIoU(num_classes), loss_weight=2.0,
     label_suffix=".png", read_label=labels.class_ids, decode=_class_ids, colormap=colormaps.class_colours,
+    distill=behaviour.distill_classes, constant_output=behaviour.majority_class,
 ))
 register_task(TaskSpec(
     name="depth", description="metric depth in metres (RMSE)",
     categorical=False, channels=1, loss=losses.depth_loss,
     metric=lambda _: metrics.DepthErrors(), loss_weight=1.0,
     label_suffix=".npy", read_label=labels.depth_metres, decode=_non_negative, colormap=colormaps.viridis_own_range,
+    distill=behaviour.distill_values, constant_output=behaviour.mean_positive_value,
 ))
 register_task(TaskSpec(
     name="normals", description="surface normals, unit vectors (mean angular error)",
     categorical=False, channels=3, loss=losses.normals_loss,
     metric=lambda _: metrics.NormalsAngularError(), loss_weight=10.0,
     label_suffix=".npy", read_label=labels.normal_vectors, decode=_unit_vectors, colormap=colormaps.normals_rgb,
+    hflip=behaviour.flip_vectors, distill=behaviour.distill_directions,
+    constant_output=behaviour.mean_direction,
 ))
 register_task(TaskSpec(
     name="edges", description="object boundaries (odsF with 1-px tolerance)",
     categorical=False, channels=1, loss=losses.edge_loss,
     metric=lambda _: binary_metrics.EdgeFMeasure(), loss_weight=50.0,
     label_suffix=".png", read_label=labels.binary_mask, decode=torch.sigmoid, colormap=colormaps.grey,
+    distill=behaviour.distill_probabilities, constant_output=behaviour.positive_rate_logit,
 ))
 register_task(TaskSpec(
     name="saliency", description="salient foreground objects (maxF)",
     categorical=False, channels=1, loss=losses.saliency_loss,
     metric=lambda _: binary_metrics.SaliencyMaxF(), loss_weight=5.0,
     label_suffix=".png", read_label=labels.binary_mask, decode=torch.sigmoid, colormap=colormaps.grey,
+    distill=behaviour.distill_probabilities, constant_output=behaviour.positive_rate_logit,
 ))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -36,35 +35,10 @@ def evaluate_model(model: torch.nn.Module, dataset: Dataset, spec: TaskSpec, num
 
 @torch.no_grad()
 def constant_baseline(spec: TaskSpec, train: Dataset, num_classes: int | None) -> torch.Tensor:
-    """The best input-independent raw output: majority class, mean depth, mean normal,
-    or the positive rate for binary maps (as a logit)."""
-    totals: Any = None
-    count = torch.zeros(())
-    for batch in DataLoader(train, batch_size=64):
-        target = batch[spec.name]
-        if spec.categorical:
-            valid = target[target != 255]
-            hist = torch.bincount(valid.flatten(), minlength=num_classes).double()
-            totals = hist if totals is None else totals + hist
-        elif spec.name == "normals":
-            s = target.double().sum(dim=(0, 2, 3))
-            totals = s if totals is None else totals + s
-        else:
-            valid = target > 0 if spec.name == "depth" else torch.ones_like(target, dtype=torch.bool)
-            s = target[valid].double().sum()
-            totals = s if totals is None else totals + s
-            count = count + valid.sum()
-    if spec.categorical:
-        raw = torch.full((num_classes,), -10.0)
-        raw[int(totals.argmax())] = 10.0
-    elif spec.name == "normals":
-        raw = (totals / totals.norm().clamp_min(1e-12)).float()
-    elif spec.name == "depth":
-        raw = (totals / count).float().reshape(1)
-    else:
-        rate = (totals / count).clamp(1e-4, 1 - 1e-4)
-        raw = torch.logit(rate).float().reshape(1)
-    return raw
+    """The best input-independent raw output, as the task's registry entry computes it
+    (majority class, mean depth, mean normal, positive rate as a logit, ...)."""
+    targets = (batch[spec.name] for batch in DataLoader(train, batch_size=64))
+    return spec.constant_output(targets, num_classes)
 
 
 def evaluate_constant_baseline(spec: TaskSpec, train: Dataset, val: Dataset, num_classes: int | None,
