@@ -94,7 +94,7 @@ def test_run_images_writes_one_png_per_task_and_a_json_summary(bundle_file, tmp_
                       "--save-raw")
     assert summary["images"] == 4 and summary["videos"] == 0
     assert summary["tasks"] == list(TASKS) and summary["engine"] == "shared"
-    assert summary["files_written"] == 4 * len(TASKS) * 2
+    assert summary["files_written"] == 4 * (len(TASKS) * 2 + 1)  # PNG and .npy per task, one overview
     assert set(summary["activation_density"]) == {"depth", "normals"}
     assert all(0 < d <= 1 for d in summary["activation_density"].values())
     assert any("converted L to RGB" in w for w in summary["warnings"])
@@ -120,8 +120,10 @@ def test_run_video_folder_streams_frames_with_keyframes(bundle_file, tmp_path):
     assert summary["tasks"] == ["depth", "normals"]
     assert "depth/temporal" in summary["activation_density"]
     for frame in frames:
-        assert sorted(p.name for p in (tmp_path / "out" / "clip" / frame.stem).iterdir()) == ["depth.png",
-                                                                                             "normals.png"]
+        assert sorted(p.name for p in (tmp_path / "out" / "clip" / frame.stem).iterdir()) == [
+            "depth.png", "normals.png", "overview.png"]
+    clip = summary["clips"][0]
+    assert clip["keyframes"] == [0, 3] and len(clip["frame_seconds"]) == 5 and clip["fps"] == 25.0
 
 
 def test_dense_engine_and_table_output(bundle_file, tmp_path):
