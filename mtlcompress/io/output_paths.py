@@ -85,6 +85,15 @@ class OutputFolder:
         self._check_inside(path)
         return path
 
+    def child(self, *names: str) -> OutputFolder:
+        """``folder(*names)`` as an ``OutputFolder`` of its own, guarding the same
+        inputs (resolved once, not again per child) and checked against the same root."""
+        child = object.__new__(OutputFolder)
+        child.root = self.folder(*names)
+        child._resolved_root = self._resolved_root
+        child._protected = self._protected
+        return child
+
     def file(self, folder: Path, name: str) -> Path:
         """``folder/name``, checked: inside the root, not a folder, not an input."""
         if name != safe_name(name):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,13 +98,13 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
         np.save(handle, array)
 
 
-def save_predictions(out_dir: str | os.PathLike, outputs: Mapping[str, torch.Tensor], save_raw: bool = False,
-                     photo: np.ndarray | None = None, protected: Iterable[str | os.PathLike] = ()
-                     ) -> list[Path]:
+def save_predictions(out_dir: str | os.PathLike | OutputFolder, outputs: Mapping[str, torch.Tensor],
+                     save_raw: bool = False, photo: np.ndarray | None = None) -> list[Path]:
     """Write ``out_dir/<task>.png`` (and ``<task>.npy`` raw float maps) for one image,
-    and ``overview.png`` when the ``photo`` is given; never over a ``protected`` file.
-    Outputs are written at the size they come in (``resize_raw`` them first)."""
-    folder = OutputFolder(out_dir, protected)
+    and ``overview.png`` when the ``photo`` is given. Outputs are written at the size
+    they come in (``resize_raw`` them first). ``run`` passes an ``OutputFolder`` that
+    knows its inputs, so no output replaces one."""
+    folder = out_dir if isinstance(out_dir, OutputFolder) else OutputFolder(out_dir)
     written = []
     maps = {}
     for task, raw in outputs.items():
@@ -178,7 +178,7 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
         outputs = runner.predict(torch.stack([photo.pixels for photo in photos]))
         seconds += time.perf_counter() - begin
         for i, (item, photo) in enumerate(zip(chunk, photos)):
-            written += len(save_predictions(files.folder(item.name), _at_photo_size(outputs, i, photo), save_raw,
+            written += len(save_predictions(files.child(item.name), _at_photo_size(outputs, i, photo), save_raw,
                                             photo.rgb if overview else None))
         images += len(chunk)
     clips = []
@@ -249,7 +249,7 @@ def _run_clip(runner: SharedEngine | DenseEngine, clip: MediaInput, files: Outpu
             for task, writer in writers.items():
                 writer.write(np.asarray(prediction_image(task, maps[task]).convert("RGB")))
             if write_frames:
-                written += len(save_predictions(files.folder(clip.name, name), maps, save_raw,
+                written += len(save_predictions(files.child(clip.name, name), maps, save_raw,
                                                 photo.rgb if overview else None))
             begin = time.perf_counter()
     except BaseException:
