@@ -343,3 +343,10 @@ def test_a_frame_folder_without_pyav_still_writes_frames_and_warns(bundle_file, 
     assert summary["clips"][0]["videos"] == {}
     assert any("per-task videos not written, PyAV is missing" in w for w in summary["warnings"])
     assert (tmp_path / "out" / "clip" / "frame_001" / "depth.png").exists()
+
+
+def test_the_engine_names_in_run_help_are_the_registry():
+    from mtlcompress.cli.run import ENGINE_NAMES
+    from mtlcompress.runtime.engines import ENGINES
+
+    assert ENGINE_NAMES == ENGINES
