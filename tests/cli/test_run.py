@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -236,11 +237,7 @@ def test_an_output_never_replaces_an_input(bundle_file, tmp_path, monkeypatch, c
 
 
 # -- video files (issue #19.5) and streaming from disk (issue #21.9) -----------------------
-try:
-    import av  # noqa: F401
-    HAVE_AV = True
-except ImportError:
-    HAVE_AV = False
+HAVE_AV = importlib.util.find_spec("av") is not None
 needs_av = pytest.mark.skipif(not HAVE_AV, reason="PyAV not installed (pip install 'mtlcompress[video]')")
 
 

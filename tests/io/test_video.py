@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from fractions import Fraction
 from types import GeneratorType
@@ -12,11 +13,7 @@ import pytest
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.video import VideoWriter, probe_video, read_video_frames, require_av
 
-try:
-    import av  # noqa: F401
-    HAVE_AV = True
-except ImportError:
-    HAVE_AV = False
+HAVE_AV = importlib.util.find_spec("av") is not None
 needs_av = pytest.mark.skipif(not HAVE_AV, reason="PyAV not installed (pip install 'mtlcompress[video]')")
 
 

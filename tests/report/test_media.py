@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
-
-import pytest
 
 from mtlcompress.report.media import overview_image, prediction_image, resize_raw, save_predictions
 from mtlcompress.tasks.colormaps import class_palette
