@@ -14,11 +14,14 @@ from safetensors.torch import save_file
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it over ``path`` on success.
 
     The temp file lives next to the target so the final ``os.replace`` is a rename on
-    one filesystem, which POSIX makes atomic.
+    one filesystem, which POSIX makes atomic. The rename also replaces a symbolic link
+    at ``path`` itself, never the file it points to. ``durable=False`` skips the fsync:
+    still all-or-nothing if the process dies, but not across a power cut; for the many
+    small per-frame files of ``run``, where an fsync each would dominate the time.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -27,8 +30,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, target)
     finally:
         if tmp.exists():

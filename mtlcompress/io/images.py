@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.io.output_paths import output_names
+from mtlcompress.io.video import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
@@ -74,33 +75,69 @@ def rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def read_image(path: str | os.PathLike, size: int, max_pixels: int | None = None
-               ) -> tuple[torch.Tensor, list[str]]:
-    """``[3, size, size]`` float in [0, 1] and the warnings about what was adjusted."""
-    path = Path(path)
+@dataclass(frozen=True)
+class Photo:
+    """One input picture, seen twice: ``pixels`` is what the network reads (``[3, size,
+    size]`` float in [0, 1], resized to the bundle's image size), ``rgb`` the picture at
+    its own size (uint8 ``[H, W, 3]``), which every output map is resized back to."""
+
+    pixels: torch.Tensor
+    rgb: np.ndarray
+    notes: tuple[str, ...] = ()
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def photo_from_image(img: Image.Image, size: int, label: str) -> Photo:
+    """The network's view and the viewable RGB of a decoded picture; ``label`` names it
+    in the notes about what was adjusted (colour conversion, resizing)."""
     notes: list[str] = []
+    if img.mode != "RGB":
+        notes.append(f"{label}: converted {img.mode} to RGB")
+        if img.mode in _SIXTEEN_BIT_MODES:  # resize the 16-bit values, not an 8-bit copy
+            img = Image.fromarray(rgb_array(img)[:, :, 0])  # mode "F"
+        else:
+            img = img.convert("RGB")
+    if img.mode == "F":
+        grey = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        rgb = np.repeat(np.round(grey * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    else:
+        rgb = np.asarray(img, dtype=np.uint8)
+    if img.size != (size, size):
+        notes.append(f"{label}: resized {img.size[0]}x{img.size[1]} to {size}x{size} "
+                     "(the bundle's image size)")
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    if img.mode == "F":
+        array = np.repeat(np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)[:, :, None], 3, axis=2)
+    else:
+        array = np.asarray(img, dtype=np.float32) / 255.0
+    return Photo(torch.from_numpy(array).permute(2, 0, 1).contiguous(), rgb, tuple(notes))
+
+
+def read_photo(path: str | os.PathLike, size: int, max_pixels: int | None = None) -> Photo:
+    """Read one image file as a ``Photo``; any problem is one ``MtlCompressError`` line."""
+    path = Path(path)
     try:
         with open_image(path, max_pixels) as img:
             img.load()
-            if img.mode != "RGB":
-                notes.append(f"{path.name}: converted {img.mode} to RGB")
-                if img.mode in _SIXTEEN_BIT_MODES:  # resize the 16-bit values, not an 8-bit copy
-                    img = Image.fromarray(rgb_array(img)[:, :, 0])  # mode "F"
-                else:
-                    img = img.convert("RGB")
-            if img.size != (size, size):
-                notes.append(f"{path.name}: resized {img.size[0]}x{img.size[1]} to {size}x{size} "
-                             "(the bundle's image size)")
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            if img.mode == "F":
-                array = np.repeat(np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)[:, :, None], 3, axis=2)
-            else:
-                array = np.asarray(img, dtype=np.float32) / 255.0
+            return photo_from_image(img, size, path.name)
     except FileNotFoundError:
         raise MtlCompressError(f"{path}: no such image file") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise MtlCompressError(f"{path}: cannot read image ({exc}); use a valid PNG or JPEG") from None
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), notes
+
+
+def read_image(path: str | os.PathLike, size: int, max_pixels: int | None = None
+               ) -> tuple[torch.Tensor, list[str]]:
+    """``[3, size, size]`` float in [0, 1] and the warnings about what was adjusted."""
+    photo = read_photo(path, size, max_pixels)
+    return photo.pixels, list(photo.notes)
 
 
 def read_images(paths: Sequence[str | os.PathLike], size: int, max_pixels: int | None = None
@@ -116,21 +153,35 @@ def read_images(paths: Sequence[str | os.PathLike], size: int, max_pixels: int |
 
 @dataclass(frozen=True)
 class MediaInput:
-    """One thing to predict on: a single image, or a video given as ordered frames."""
+    """One thing to predict on: a single image, a video given as ordered frames, or a
+    video file (``frames`` holds the file itself).
+
+    ``name`` is the input's output folder name and ``frame_names`` those of a frame
+    folder's frames, made safe and unique by ``io.output_paths.output_names``.
+    """
 
     name: str
     frames: tuple[Path, ...]
     video: bool = False
+    frame_names: tuple[str, ...] = ()
+
+    @property
+    def is_video_file(self) -> bool:
+        return self.video and len(self.frames) == 1 and self.frames[0].suffix.lower() in VIDEO_SUFFIXES
 
 
-def find_inputs(paths: Sequence[str | os.PathLike], video: bool = False) -> list[MediaInput]:
-    """Expand files and folders into inputs; with ``video`` a folder is one clip.
+def find_inputs(paths: Sequence[str | os.PathLike], video: bool = False,
+                video_files: bool = False) -> list[MediaInput]:
+    """Expand files and folders into inputs; with ``video`` a folder is one clip, and
+    with ``video_files`` a video file (``io.video.VIDEO_SUFFIXES``) is one too.
 
     Folders hold images (PNG/JPEG, read in sorted name order); other files in them
-    are ignored. Missing paths, empty folders and non-image files are errors, and so
-    are two inputs of the same name (their outputs would collide).
+    are ignored. Missing paths, empty folders and unsupported files are errors. Output
+    names are the file stems, or whole file names where stems coincide; inputs whose
+    names still coincide are an error (their outputs would collide).
     """
-    inputs: list[MediaInput] = []
+    found: list[tuple[str, str, Path | tuple[Path, ...], bool]] = []  # (short name, full name, what, video)
+    accepted = "a PNG or JPEG image" + (f" or a video file ({', '.join(VIDEO_SUFFIXES)})" if video_files else "")
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -138,18 +189,27 @@ def find_inputs(paths: Sequence[str | os.PathLike], video: bool = False) -> list
             if not frames:
                 raise MtlCompressError(f"{path}: folder holds no PNG or JPEG images")
             if video:
-                inputs.append(MediaInput(path.name, frames, video=True))
+                name = path.resolve().name  # "clip/.." has no name of its own
+                found.append((name, name, frames, True))
             else:
-                inputs.extend(MediaInput(p.stem, (p,)) for p in frames)
+                found.extend((p.stem, p.name, p, False) for p in frames)
         elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise MtlCompressError(f"{path}: not a PNG or JPEG image (video must be a folder of frames)")
-            inputs.append(MediaInput(path.stem, (path,)))
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_SUFFIXES:
+                found.append((path.stem, path.name, path, False))
+            elif video_files and suffix in VIDEO_SUFFIXES:
+                found.append((path.stem, path.name, path, True))
+            else:
+                hint = "" if video_files else " (video must be a folder of frames)"
+                raise MtlCompressError(f"{path}: not {accepted}{hint}")
         else:
             raise MtlCompressError(f"{path}: no such file or folder")
-    counts = Counter(i.name for i in inputs)  # one pass: 12,000 inputs must not cost 12,000 list scans
-    duplicates = sorted(name for name, count in counts.items() if count > 1)
-    if duplicates:
-        raise MtlCompressError(f"several inputs are named {', '.join(duplicates)}; their outputs would collide "
-                               "(rename them or run them separately)")
+    names = output_names([short for short, _, _, _ in found], [full for _, full, _, _ in found])
+    inputs = []
+    for name, (_, _, what, is_video) in zip(names, found):
+        if isinstance(what, tuple):  # a frame folder
+            frame_names = output_names([p.stem for p in what], [p.name for p in what])
+            inputs.append(MediaInput(name, what, True, tuple(frame_names)))
+        else:
+            inputs.append(MediaInput(name, (what,), is_video))
     return inputs

@@ -151,6 +151,6 @@ def test_duplicate_names_over_thousands_of_inputs_are_all_reported(tmp_path):
         folder.mkdir()
         for i in names:
             (folder / f"{i:05d}.png").touch()
-    with pytest.raises(MtlCompressError, match="several inputs are named 01497, 01498, 01499; "):
+    with pytest.raises(MtlCompressError, match="several inputs are named 01497.png, 01498.png, 01499.png; "):
         find_inputs([first, second])
     assert len(find_inputs([first])) == 1500
