@@ -79,6 +79,7 @@ def test_forced_paths_agree_with_the_dense_engine(make_micro_bundle, fixed_timin
     images = _images()
     assert _max_diff(shared.predict(images), dense.predict(images)) <= TOL
     assert (shared.network_plan.path, shared.network_plan.source) == (path, "forced")
+    assert bool(shared.stats.mean()) == (path == "shared")  # the tasks' own models measure no deltas
     policy = KeyframePolicy(keyframe_every=4)
     ours, theirs = list(shared.stream(_frames(), policy)), list(dense.stream(_frames(), policy))
     for mine, reference in zip(ours, theirs):
