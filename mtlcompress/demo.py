@@ -3,7 +3,8 @@
 train:    synthetic scenes -> shared pretraining -> one single-task model per task
 sparsify: a plan (written to ``out/plan.toml``) run by ``sparsify all``
 export:   the packed multi-task bundle
-run:      shared vs dense engine on held-out images and a video clip
+run:      the shared engine on held-out images and a video clip: accuracy, agreement
+          with the dense reference, and speed against the T single-task models
 
 Every step writes its output under ``out`` and is skipped when that output already
 exists, so an interrupted demo continues where it stopped.
@@ -25,6 +26,7 @@ from mtlcompress.data.layouts import open_dataset
 from mtlcompress.data.synth import generate_scenes
 from mtlcompress.io.atomic import write_json_atomic, write_text_atomic
 from mtlcompress.models.checkpoint import load_checkpoint
+from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images
 from mtlcompress.report.check import compare_engines
 from mtlcompress.sparsify.pipeline import run_plan
 from mtlcompress.sparsify.plan import load_plan
@@ -110,7 +112,10 @@ def run_demo(
             if "run" in stages:
                 start = time.perf_counter()
                 log("running the bundle: shared vs dense engine on held-out images and a video clip")
-                report["run"] = compare_engines(load_bundle(bundle_path), data)
+                bundle = load_bundle(bundle_path)
+                report["run"] = compare_engines(bundle, data)
+                log("timing the bundle against the single-task models it replaces")
+                report["run"]["speed"] = speed_vs_models(bundle, frames=settings.frames)
                 timings["run"] = time.perf_counter() - start
     report["seconds"] = timings
     write_json_atomic(out / "demo-report.json", report)
@@ -149,6 +154,21 @@ def demo_plan(settings: DemoPreset, checkpoints: dict[str, Path]) -> str:
     for stage, options in settings.sparsify.items():
         lines += ["", f"[{stage}]"] + [f"{key} = {value!r}".replace("'", '"') for key, value in options.items()]
     return "\n".join(lines) + "\n"
+
+
+def speed_vs_models(bundle, *, frames: int, repeats: int = 3) -> dict[str, Any]:
+    """The shared engine against what a user would otherwise run, the T single-task
+    models, and against the dense reference, on one image and a static-camera clip
+    (interleaved medians, ``report.benchmark``): ``{"speedup": {"images"|"video":
+    {"vs_models", "vs_dense"}}, "ms_per_item", "network_plan", "stream_plan"}``."""
+    size = bundle.backbone.img_size
+    result = benchmark_bundle(bundle, synthetic_images(1, size), static_clip(max(frames, 2), size),
+                              repeats=repeats, warmup=2, profile=False)
+    return {"speedup": result["speedup"],
+            "ms_per_item": {section: {name: 1e3 * stats["per_item_s"] for name, stats in result[section].items()}
+                            for section in ("images", "video")},
+            "network_plan": result["network_plan"], "stream_plan": result["stream_plan"],
+            "repeats": repeats}
 
 
 def evaluate_checkpoints(checkpoints: dict[str, Path], data: Path) -> dict[str, dict[str, Any]]:

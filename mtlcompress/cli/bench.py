@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 
-from mtlcompress.bundle.format import load_bundle
 from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.io.images import find_inputs, read_images
-from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images
-from mtlcompress.runtime.allocator import keep_freed_memory
-from mtlcompress.runtime.devices import resolve_device
-from mtlcompress.runtime.keyframes import KeyframePolicy
+
+if TYPE_CHECKING:
+    import torch
 
 SYNTHETIC_SEED = 0
 
@@ -47,6 +43,14 @@ def bench(
     quiet: QuietOpt = False,
 ) -> None:
     """Time T independent models, the dense engine and the shared engine, interleaved."""
+    import torch
+
+    from mtlcompress.bundle.format import load_bundle
+    from mtlcompress.report.benchmark import benchmark_bundle
+    from mtlcompress.runtime.allocator import keep_freed_memory
+    from mtlcompress.runtime.devices import resolve_device
+    from mtlcompress.runtime.keyframes import KeyframePolicy
+
     resolve_device(device)
     if max_drift <= 0:
         raise MtlCompressError("--max-drift must be > 0")
@@ -66,6 +70,9 @@ def bench(
 
 
 def _inputs(paths: list[Path] | None, size: int, batch: int, frames: int) -> tuple[torch.Tensor, list | None, str]:
+    from mtlcompress.io.images import find_inputs, read_images
+    from mtlcompress.report.benchmark import static_clip, synthetic_images
+
     if not paths:
         images = synthetic_images(batch, size, seed=SYNTHETIC_SEED)
         clip = static_clip(frames, size, seed=SYNTHETIC_SEED) if frames else None
@@ -106,6 +113,14 @@ def tables(result: dict[str, Any]) -> list:
     ratios = [[f"{section}: {name}", value] for section, values in result["ratios"].items()
               for name, value in values.items()]
     out.append(make_table("ratios of medians (x faster: the right-hand side)", ["ratio", "value"], ratios))
+    speedup = result.get("speedup", {})
+    plan, stream = result.get("network_plan") or {}, result.get("stream_plan") or {}
+    how = {"images": f"network path {plan.get('path')} ({plan.get('source')})",
+           "video": f"stream {stream.get('mode')}" + (f": {stream['reason']}" if stream.get("reason") else "")}
+    out.append(make_table("shared engine: x faster than the T single-task models and than the dense engine",
+                          ["", "vs T models", "vs dense engine", "how it ran"],
+                          [[section, values.get("vs_models"), values.get("vs_dense"), how[section]]
+                           for section, values in speedup.items() if values]))
     flop = result["flops"]["images"]
     out.append(make_table("GFLOPs per image (analytic, measured densities)", ["variant", "GFLOPs"],
                           [[k, v / 1e9] for k, v in flop.items()]))

@@ -73,5 +73,9 @@ def _bundle_table(report: dict[str, Any]) -> Table:
     title = (f"bundle: {totals['bundle_bytes'] / 2**20:.2f} MiB = {totals['ratio_vs_one_checkpoint']:.2f}x one "
              f"checkpoint; shared engine {run['seconds']['shared']:.2f}s vs dense {run['seconds']['dense']:.2f}s "
              f"on {run['images']} images")
+    speedup = run.get("speed", {}).get("speedup", {})
+    if speedup.get("images"):
+        vs = ", ".join(f"{section} {values['vs_models']:.2f}x" for section, values in speedup.items() if values)
+        title += f"; shared engine vs the T single-task models: {vs}"
     return make_table(title, ["task", "metric", "single-task model", "bundle (shared engine)",
                               "max |shared - dense|", "dx density"], rows)

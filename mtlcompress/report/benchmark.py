@@ -34,15 +34,17 @@ from mtlcompress.runtime.cost_model import KernelTimings
 from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.shared_engine import PROFILE_KINDS, SharedEngine
+from mtlcompress.runtime.stream_fallback import FRAME_PATHS
 
-__all__ = ["IMAGE_VARIANTS", "VIDEO_VARIANTS", "FRAME_KINDS", "RATIOS", "benchmark_bundle", "environment",
-           "interleaved_samples", "summarize_samples", "synthetic_images", "static_clip", "stream_flops"]
+__all__ = ["IMAGE_VARIANTS", "VIDEO_VARIANTS", "FRAME_KINDS", "RATIOS", "SPEEDUPS", "benchmark_bundle", "environment",
+           "interleaved_samples", "speedups", "summarize_samples", "synthetic_images", "static_clip", "stream_flops"]
 
 # Variant names (keys of the result's "images" / "video" sections).
 IMAGE_VARIANTS = ("independent", "base_only", "dense", "shared")
 VIDEO_VARIANTS = ("independent", "dense", "shared_per_frame", "shared_stream")
-# The shared stream's frames, timed one by one: keyframes and the delta frames between.
-FRAME_KINDS = ("keyframe", "delta")
+# The shared stream's frames, timed one by one: keyframes, the delta frames between, and
+# frames computed by the tasks' own models once a stream falls back to full frames.
+FRAME_KINDS = FRAME_PATHS
 # (numerator, denominator) pairs reported as ``"<num>/<den>"``: how many times faster
 # the denominator is.
 RATIOS = {
@@ -50,6 +52,11 @@ RATIOS = {
     "video": (("independent", "shared_stream"), ("dense", "shared_stream"), ("shared_per_frame", "shared_stream"),
               ("independent", "shared_per_frame")),
 }
+
+# The headline: how many times faster the shared engine is than what a user would
+# otherwise run (the T single-task models) and than the dense reference engine.
+SPEEDUPS = {"images": {"vs_models": "independent/shared", "vs_dense": "dense/shared"},
+            "video": {"vs_models": "independent/shared_stream", "vs_dense": "dense/shared_stream"}}
 
 
 # ------------------------------------------------------------------------------------
@@ -143,6 +150,12 @@ def _ratios(section: dict[str, dict[str, Any]], pairs: Sequence[tuple[str, str]]
             if a in section and b in section and section[b]["median_s"] > 0}
 
 
+def speedups(ratios: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """``SPEEDUPS`` read from a result's ``ratios``."""
+    return {section: {name: ratios[section][key] for name, key in names.items() if key in ratios.get(section, {})}
+            for section, names in SPEEDUPS.items()}
+
+
 def _split_density(mean: dict[str, dict[str, float]]) -> dict[str, Any]:
     """``DensityStats.mean()`` -> task-domain and temporal per-layer densities, plus means."""
     task = {k: v for k, v in mean.items() if not k.endswith("/temporal")}
@@ -231,7 +244,11 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
 
     Returns:
         ``{"environment", "config", "images", "video", "video_frames", "ratios",
-        "profile", "activation_density", "layer_paths", "flops"}``; ``images`` and
+        "speedup", "network_plan", "stream_plan", "profile", "activation_density",
+        "layer_paths", "flops"}``; ``speedup``: the shared engine against the T models
+        and the dense engine (``SPEEDUPS``); ``network_plan``: the shared engine's last
+        network-level choice on images; ``stream_plan``: its stream's frame-path
+        decision (``SharedEngine.stream_plan``); ``images`` and
         ``video`` map each variant (``IMAGE_VARIANTS`` / ``VIDEO_VARIANTS``) to
         :func:`summarize_samples` output; ``ratios`` are ratios of those medians;
         ``video_frames`` maps each kind in ``FRAME_KINDS`` that occurred to the same
@@ -278,7 +295,8 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
     video_paths: dict[str, Any] = {}
     keyframes = 0
     if frames:
-        shared_video = SharedEngine(bundle, device=device, timings=shared.timings)
+        # Measures its frames (and may fall back to full frames) as a self-calibrated engine does.
+        shared_video = SharedEngine(bundle, device=device, timings=shared.timings, measure=timings is None)
         last_keyframes: list[int] = []
         frame_kinds: dict[str, list[float]] = {kind: [] for kind in FRAME_KINDS}
 
@@ -288,8 +306,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
             for result in shared_video.stream(frames, policy):
                 _sync(device)
                 now = time.perf_counter()
-                kind = "keyframe" if result.keyframe else "delta"
-                frame_kinds[kind].append(now - start)
+                frame_kinds[result.path].append(now - start)
                 keyframes_seen += result.keyframe
                 start = now
             last_keyframes.append(keyframes_seen)
@@ -316,7 +333,8 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
 
     profiles: dict[str, Any] = {}
     if profile:
-        factory = lambda: SharedEngine(bundle, device=device, timings=shared.timings, profile=True)  # noqa: E731
+        factory = lambda: SharedEngine(bundle, device=device, timings=shared.timings, profile=True,  # noqa: E731
+                                       network_path="shared")  # the shared paths' breakdown, whatever auto picks
         profiles["images"] = _profile(factory, lambda e: e.predict(images), device)
         if frames:
             profiles["video"] = _profile(factory, lambda e: list(e.stream(frames, policy)), device)
@@ -335,6 +353,8 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
             "bundle_per_frame": report["totals"]["bundle"]["total"],
             "stream": stream_flops(bundle, video_density.get("temporal", {}), keyframes, len(frames)),
         }
+    ratios = {"images": _ratios(result_images, RATIOS["images"]),
+              "video": _ratios(result_video, RATIOS["video"]) if result_video else {}}
     return {
         "environment": environment(device),
         "config": {
@@ -348,8 +368,10 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         "images": result_images,
         "video": result_video,
         "video_frames": video_frames,
-        "ratios": {"images": _ratios(result_images, RATIOS["images"]),
-                   "video": _ratios(result_video, RATIOS["video"]) if result_video else {}},
+        "ratios": ratios,
+        "speedup": speedups(ratios),
+        "network_plan": shared.network_plan.to_dict() if shared.network_plan else None,
+        "stream_plan": shared_video.stream_plan if frames else None,
         "profile": profiles,
         "activation_density": {"images": image_density, "video": video_density},
         "layer_paths": {"images": image_paths, "video": video_paths},

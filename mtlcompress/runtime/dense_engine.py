@@ -81,7 +81,7 @@ class DenseEngine:
             if policy.is_keyframe(since_keyframe, drift):
                 outputs, references = self._keyframe(frame)
                 since_keyframe, drift = 0, 0.0
-                yield FrameResult(index, True, {t: outputs[t] for t in self.tasks})
+                yield FrameResult(index, True, {t: outputs[t] for t in self.tasks}, path="keyframe")
                 continue
             check_images(frame, self.bundle.backbone.img_size)
             since_keyframe += 1
@@ -91,7 +91,7 @@ class DenseEngine:
                 out, task_drift = self._temporal_step(task, frame, references[task])
                 outputs[task] = out
                 drift = max(drift, task_drift)
-            yield FrameResult(index, False, {t: outputs[t] for t in self.tasks}, drift)
+            yield FrameResult(index, False, {t: outputs[t] for t in self.tasks}, drift, path="delta")
 
     def _keyframe(self, frame: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
         """Every task exactly; returns outputs and each task's linear-layer inputs."""

@@ -11,12 +11,17 @@ import torch
 @dataclass
 class FrameResult:
     """One streamed frame: ``outputs`` is ``{task: [B, C, H, W]}``; ``drift`` is the
-    unpropagated error measured on it (0 on a keyframe)."""
+    unpropagated error measured on it (0 on a keyframe). ``path``: how it was computed,
+    ``"keyframe"``, ``"delta"`` or ``"per-task"`` (the tasks' own models, also exact:
+    ``keyframe`` is true); ``reason``: set on the frame after which the stream computes
+    every frame in full, saying why."""
 
     index: int
     keyframe: bool
     outputs: dict[str, torch.Tensor]
     drift: float = 0.0
+    path: str = ""
+    reason: str | None = None
 
 
 @dataclass

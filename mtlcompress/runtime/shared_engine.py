@@ -29,6 +29,13 @@ frame, and attention, the one part that mixes rows, is updated for the moved tok
 only (:mod:`~mtlcompress.runtime.incremental_attention`). Patch embeddings and heads
 are updated where their inputs changed (:mod:`~mtlcompress.runtime.incremental_embed`,
 :mod:`~mtlcompress.runtime.incremental_head`).
+
+Above the layers, the engine chooses per network whether those shared paths beat
+plainly running each task's own model (:mod:`~mtlcompress.runtime.network_plan`), and a
+stream computes every frame in full once its delta frames measure dearer than its
+keyframes (:mod:`~mtlcompress.runtime.stream_fallback`). The tasks' own models give
+each task's exact output, as a keyframe does (no activation thresholds: they only
+approximate to save compute).
 """
 
 from __future__ import annotations
@@ -55,8 +62,10 @@ from mtlcompress.runtime.inputs import check_images, select_tasks
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.layer_plan import EngineTask, LayerPlanner, build_engine_task
 from mtlcompress.runtime.lockstep import LockstepRows
+from mtlcompress.runtime.network_plan import NetworkChooser, NetworkPlan, price_network
 from mtlcompress.runtime.results import DensityStats, FrameResult
 from mtlcompress.runtime.row_state import RowState
+from mtlcompress.runtime.stream_fallback import StreamFallback
 from mtlcompress.runtime.task_domain import TaskDomainRows, attention_core
 
 __all__ = ["SharedEngine", "PROFILE_KINDS"]
@@ -104,19 +113,31 @@ class SharedEngine:
             machine's per layer shape, on first need only.
         profile: record seconds per layer kind and role in ``profile_seconds`` (adds
             a synchronisation around each part; use for benchmarks, not production).
+        network_path: ``"auto"``: per batch size, the shared paths or the tasks' own
+            models, whichever costs less; ``"shared"`` / ``"per-task"``: always that
+            (streams: always reuse frames / every frame through the tasks' models).
+        measure: let measured wall-clock decide (``network_plan``: once each side has
+            run at a batch size; streams: delta against keyframes). Default: only
+            when ``timings`` is ``None`` (given timings fix the prices).
+        clock: seconds for those measurements (``time.perf_counter``).
 
     Attributes:
         stats: kept fraction of activation deltas, keyed like ``DenseEngine.stats``.
         layer_paths: last path per task and layer: ``"exact"``, ``"dense"``,
             ``"token"`` or ``"element"`` (``"base"`` for the base task); video
             non-keyframes under ``"<task>/temporal"``.
+        network_plan: the last ``predict`` call's ``NetworkPlan`` (path and the costs
+            it compared); ``None`` before the first.
+        stream_plan: what streams measured and whether they compute every frame in
+            full, and why (``StreamFallback.summary``).
     """
 
     name = "shared"
 
     def __init__(self, bundle: Bundle, tasks: Sequence[str] | None = None, device: str | torch.device = "cpu", *,
                  timings: KernelTimings | dict[tuple[int, int], KernelTimings] | None = None,
-                 profile: bool = False) -> None:
+                 profile: bool = False, network_path: str = "auto", measure: bool | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.bundle = bundle
         self.tasks = select_tasks(bundle, tasks)
         self.device = resolve_device(device)
@@ -134,14 +155,31 @@ class SharedEngine:
                           if token_tasks else None)
         self._task_rows = TaskDomainRows(self.planner, lambda kind: self._timed(_ALL, kind))
         self._spare_rows: RowState | None = None  # a finished stream's rows, for the next one's first keyframe
+        measure = timings is None if measure is None else measure
+        self._clock = clock
+        self._network = NetworkChooser(network_path, lambda batch: price_network(
+            self.planner, batch=batch, tokens=tokens), measure)
+        self._fallback = StreamFallback("per-task" if network_path == "per-task" else "auto",
+                                        measure=measure and network_path == "auto")
+        self.network_plan: NetworkPlan | None = None
 
     # ----------------------------------------------------------------------------------
     # Public API.
     # ----------------------------------------------------------------------------------
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs ``{task: [B, C, H, W]}`` for images ``[B, 3, H, W]`` in [0, 1]."""
-        outputs = self._task_domain(images.to(self.device))
-        return {t: outputs[t].clone() for t in self.tasks}
+        images = images.to(self.device)
+        check_images(images, self.bundle.backbone.img_size)
+        plan = self.network_plan = self._network.choose(images.shape[0])
+        start = self._clock()
+        if plan.path == "per-task":
+            outputs = self._per_task(images)
+        else:
+            outputs = self._task_domain(images)
+            outputs = {t: outputs[t].clone() for t in self.tasks}
+        self._sync()
+        self._network.record(plan.path, images.shape[0], self._clock() - start)
+        return outputs
 
     def stream(self, frames: Iterable[torch.Tensor], policy: KeyframePolicy | None = None) -> Iterator[FrameResult]:
         """Process video frames ``[B, 3, H, W]`` in order, reusing the previous frame.
@@ -157,17 +195,26 @@ class SharedEngine:
             for index, frame in enumerate(frames):
                 frame = frame.to(self.device)
                 check_images(frame, self.bundle.backbone.img_size)
-                keyframe = policy.is_keyframe(since_keyframe, drift)
-                if keyframe:
-                    spare = stream.rows if stream is not None else self._spare_rows
-                    self._spare_rows = None
-                    stream = _Stream(tasks={task.name: _StreamState(refs={}) for task in [self._base, *self._subs]},
-                                     spare=spare)
-                    since_keyframe = 0
+                path = self._fallback.frame_path()  # None: frames reuse the previous one
+                keyframe = path is not None or policy.is_keyframe(since_keyframe, drift)
+                path = path or ("keyframe" if keyframe else "delta")
+                start = self._clock()
+                if path == "per-task":  # the stream state is not kept up to date: the next reuse needs a keyframe
+                    outputs, drift, since_keyframe = self._per_task(frame), 0.0, None
                 else:
-                    since_keyframe += 1
-                outputs, drift = self._stream_frame(frame, stream, keyframe)
-                yield FrameResult(index, keyframe, {t: outputs[t].clone() for t in self.tasks}, drift)
+                    if keyframe:
+                        spare = stream.rows if stream is not None else self._spare_rows
+                        self._spare_rows = None
+                        stream = _Stream(tasks={task.name: _StreamState(refs={})
+                                                for task in [self._base, *self._subs]}, spare=spare)
+                        since_keyframe = 0
+                    else:
+                        since_keyframe += 1
+                    outputs, drift = self._stream_frame(frame, stream, keyframe)
+                    outputs = {t: outputs[t].clone() for t in self.tasks}
+                self._sync()
+                reason = self._fallback.record(path, self._clock() - start)
+                yield FrameResult(index, keyframe, outputs, drift, path=path, reason=reason)
         finally:
             if stream is not None:
                 self._spare_rows = stream.rows if stream.rows is not None else stream.spare
@@ -184,6 +231,22 @@ class SharedEngine:
     @property
     def layer_paths(self) -> dict[str, dict[str, str]]:
         return self.planner.layer_paths
+
+    @property
+    def stream_plan(self) -> dict:
+        return self._fallback.summary()
+
+    # ----------------------------------------------------------------------------------
+    # Each task's own model, plainly (exact: no activation thresholds).
+    # ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _per_task(self, images: Tensor) -> dict[str, Tensor]:
+        models = {task.name: task.model for task in [self._base, *self._subs]}
+        return {t: models[t](images) for t in self.tasks}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # ----------------------------------------------------------------------------------
     # Task domain: base exactly, sub-tasks as deltas from it.

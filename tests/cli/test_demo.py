@@ -20,4 +20,5 @@ def test_quick_demo_json_reports_the_bundle_and_the_run(tmp_path):
     assert len(tasks) >= 2 and report["bundle"]["base_task"] in tasks
     assert set(report["run"]["metrics"]) == set(tasks) == set(report["single_task"])
     assert all(diff <= 1e-3 for diff in report["run"]["max_abs_diff"].values())
+    assert report["run"]["speed"]["speedup"]["images"]["vs_models"] > 0  # against the T single-task models
     assert (out / "demo-report.json").is_file() and Path(report["bundle"]["bundle"]).is_file()

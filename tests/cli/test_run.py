@@ -117,7 +117,9 @@ def test_run_video_folder_streams_frames_with_keyframes(bundle_file, tmp_path):
     frames = _write_images(tmp_path / "clip", 5)
     summary = _invoke(bundle_file, tmp_path / "clip", "--video", "--out", tmp_path / "out", "--tasks",
                       "depth,normals", "--keyframe-every", "3")
-    assert summary["videos"] == 1 and summary["images"] == 5 and summary["keyframes"] == 2
+    # 2 by the policy; more if the engine measured its delta frames dearer than keyframes
+    # and computed the later frames in full (runtime/stream_fallback.py).
+    assert summary["videos"] == 1 and summary["images"] == 5 and summary["keyframes"] >= 2
     assert summary["tasks"] == ["depth", "normals"]
     assert "depth/temporal" in summary["activation_density"]
     for frame in frames:

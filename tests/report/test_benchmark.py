@@ -47,8 +47,8 @@ def result(make_micro_bundle, fixed_timings):
 
 
 def test_result_has_every_documented_key(result):
-    assert {"environment", "config", "images", "video", "video_frames", "ratios", "profile", "activation_density",
-            "layer_paths", "flops"} <= set(result)
+    assert {"environment", "config", "images", "video", "video_frames", "ratios", "speedup", "network_plan",
+            "stream_plan", "profile", "activation_density", "layer_paths", "flops"} <= set(result)
     env = result["environment"]
     assert {"torch", "threads", "device", "device_name", "cpu_model"} <= set(env)
     assert env["torch"] == torch.__version__ and env["threads"] == 1
@@ -64,10 +64,10 @@ def test_result_has_every_documented_key(result):
 def test_stream_frames_are_timed_by_kind(result):
     # 3 frames, keyframe every 16: one keyframe and two delta frames per timed stream.
     frames = result["video_frames"]
-    assert set(frames) == set(FRAME_KINDS)
+    assert set(frames) == {"keyframe", "delta"} and set(FRAME_KINDS) == {"keyframe", "delta", "per-task"}
     assert frames["keyframe"]["repeats"] == 2 and frames["delta"]["repeats"] == 4
     # Every timed frame lies inside a timed stream call.
-    frame_total = sum(sum(frames[kind]["samples_s"]) for kind in FRAME_KINDS)
+    frame_total = sum(sum(frames[kind]["samples_s"]) for kind in frames)
     assert 0 < frame_total <= sum(result["video"]["shared_stream"]["samples_s"])
 
 
@@ -77,6 +77,16 @@ def test_ratios_are_ratios_of_medians(result):
         for a, b in pairs:
             expected = result[section][a]["median_s"] / result[section][b]["median_s"]
             assert math.isclose(result["ratios"][section][f"{a}/{b}"], expected, rel_tol=1e-12)
+
+
+def test_speedup_is_against_the_t_models_beside_the_dense_engine(result):
+    for section in ("images", "video"):
+        ratios = result["ratios"][section]
+        assert result["speedup"][section]["vs_models"] == ratios[f"independent/{'shared' if section == 'images' else 'shared_stream'}"]
+        assert result["speedup"][section]["vs_dense"] == ratios[f"dense/{'shared' if section == 'images' else 'shared_stream'}"]
+    # Given timings fix the prices: the network choice is priced, the stream never falls back.
+    assert result["network_plan"]["path"] == "shared" and result["network_plan"]["source"] == "priced"
+    assert result["stream_plan"]["mode"] == "temporal"
 
 
 def test_profile_breakdown_accounts_for_the_profiled_call(result):
