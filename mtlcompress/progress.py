@@ -21,19 +21,21 @@ Advance = Callable[..., None]
 _bars_enabled = True
 
 
-def disable_progress_bars() -> None:
-    """Silence progress that no caller asked for (the CLI's ``--quiet`` and ``--json``)."""
-    global _bars_enabled
-    _bars_enabled = False
-
-
-def enable_progress_bars() -> None:
-    global _bars_enabled
-    _bars_enabled = True
-
-
 def progress_bars_enabled() -> bool:
     return _bars_enabled
+
+
+@contextlib.contextmanager
+def progress_bars_disabled(disabled: bool = True) -> Iterator[None]:
+    """Silence, while inside, progress that no caller asked for (the CLI's ``--quiet``
+    and ``--json``); the previous setting comes back on leaving."""
+    global _bars_enabled
+    previous = _bars_enabled
+    _bars_enabled = previous and not disabled
+    try:
+        yield
+    finally:
+        _bars_enabled = previous
 
 
 @contextlib.contextmanager
