@@ -1,7 +1,11 @@
-"""One progress-bar helper for long library work (training, generation, calibration).
+"""One progress-bar helper for long library work (training, generation, evaluation,
+calibration).
 
-The library reports progress through rich when asked; the CLI decides whether to ask
-(``--quiet``/``--json`` turn it off), and nothing is drawn when stderr is not a terminal.
+The library reports progress on stderr through rich when asked; the CLI decides whether
+to ask (``--quiet``/``--json`` turn it off). When stderr is not a terminal, a plain line
+every tenth of the work replaces the bar. Work that starts deep inside the library
+(the first-run kernel calibration) has no caller to ask it, so it follows a process-wide
+switch instead, as ``huggingface_hub.utils.disable_progress_bars`` does.
 """
 
 from __future__ import annotations
@@ -13,6 +17,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 Advance = Callable[..., None]
+
+_bars_enabled = True
+
+
+def progress_bars_enabled() -> bool:
+    return _bars_enabled
+
+
+@contextlib.contextmanager
+def progress_bars_disabled(disabled: bool = True) -> Iterator[None]:
+    """Silence, while inside, progress that no caller asked for (the CLI's ``--quiet``
+    and ``--json``); the previous setting comes back on leaving."""
+    global _bars_enabled
+    previous = _bars_enabled
+    _bars_enabled = previous and not disabled
+    try:
+        yield
+    finally:
+        _bars_enabled = previous
 
 
 @contextlib.contextmanager
@@ -29,7 +52,8 @@ def progress_bar(description: str, total: int, enabled: bool = True, completed: 
 
         def log_line(n: int = 1, status: str = "") -> None:
             done[0] += n
-            if done[0] % every == 0 or done[0] == total:
+            # Crossing a tenth, not landing on one: work that advances by batches skips multiples.
+            if done[0] // every > (done[0] - n) // every or done[0] == total:
                 console.print(f"{description}: {done[0]}/{total} {status}", highlight=False, soft_wrap=True)
 
         yield log_line

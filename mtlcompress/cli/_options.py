@@ -14,3 +14,9 @@ DataOpt = Annotated[Path, typer.Option("--data", help="Dataset folder (generic, 
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume",
                                          help="Continue from the saved state of an interrupted run.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
+
+# Names the option help lists, kept here so that `--help` does not import torch (the
+# modules that define them do). tests/cli/test_startup.py keeps each equal to its source.
+TASK_NAMES = ("semseg", "parts", "depth", "normals", "edges", "saliency")   # tasks.registry.task_names()
+DEMO_PRESET_NAMES = ("default", "quick")                                  # demo.DEMO_PRESETS
+DEMO_STEPS = ("train", "sparsify", "export", "run")                       # demo.DEMO_STAGES

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from mtlcompress.sparsify.common import StageResult
+if TYPE_CHECKING:  # torch-heavy; only the annotation needs it
+    from mtlcompress.sparsify.common import StageResult
 
 console = Console()
 err_console = Console(stderr=True)

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress.progress import progress_bar
-from mtlcompress.cli._options import JsonOpt, QuietOpt, SeedOpt
+from mtlcompress.cli._options import JsonOpt, OverwriteOpt, QuietOpt, SeedOpt
 from mtlcompress.cli._output import emit, info, make_table
-from mtlcompress.data.synth import generate_scenes
+from mtlcompress.io.outputs import check_output
+from mtlcompress.progress import progress_bar
 
 app = typer.Typer(help="Built-in data: procedural 3D scenes with labels for five dense tasks.",
                   no_args_is_help=True)
@@ -24,10 +24,14 @@ def synth(
     frames: Annotated[int, typer.Option(min=2, help="Frames per video clip.")] = 16,
     size: Annotated[int, typer.Option(min=8, help="Image side in pixels.")] = 64,
     seed: SeedOpt = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Render synthetic scenes with semseg, depth, normals, edges and saliency labels."""
+    check_output(out, folder=True, overwrite=overwrite)
+    from mtlcompress.data.synth import generate_scenes  # torch: only once a command runs
+
     info(f"writing {images} images and {videos} clips of {frames} frames to {out}", quiet or as_json)
     with progress_bar("rendering", images + videos * frames, enabled=not (quiet or as_json)) as advance:
         manifest = generate_scenes(out, images=images, videos=videos, frames=frames, size=size, seed=seed,

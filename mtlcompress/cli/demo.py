@@ -8,10 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mtlcompress.cli._options import JsonOpt, QuietOpt
+from mtlcompress.cli._options import DEMO_PRESET_NAMES, DEMO_STEPS, JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table, stage_table
-from mtlcompress.demo import DEMO_PRESETS, DEMO_STAGES, run_demo
-from mtlcompress.sparsify.common import StageResult
+from mtlcompress.io.outputs import check_output
 
 
 def register(app: typer.Typer) -> None:
@@ -20,19 +19,24 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Working folder; re-running continues where it stopped.")] = Path("demo-out"),
-    preset: Annotated[str, typer.Option(help=f"Size of the run: {', '.join(DEMO_PRESETS)} "
+    preset: Annotated[str, typer.Option(help=f"Size of the run: {', '.join(DEMO_PRESET_NAMES)} "
                                         "('quick' is a seconds-long smoke test).")] = "default",
-    until: Annotated[str, typer.Option(help=f"Last step to run: {', '.join(DEMO_STAGES)}.")] = "run",
+    until: Annotated[str, typer.Option(help=f"Last step to run: {', '.join(DEMO_STEPS)}.")] = "run",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Synthetic scenes -> single-task models -> sparsify -> bundle -> shared runtime, with a report."""
-    if preset not in DEMO_PRESETS:
-        raise typer.BadParameter(f"unknown preset '{preset}'; choose from {', '.join(DEMO_PRESETS)}")
-    if until not in DEMO_STAGES:
-        raise typer.BadParameter(f"unknown step '{until}'; choose from {', '.join(DEMO_STAGES)}")
+    if preset not in DEMO_PRESET_NAMES:
+        raise typer.BadParameter(f"unknown preset '{preset}'; choose from {', '.join(DEMO_PRESET_NAMES)}")
+    if until not in DEMO_STEPS:
+        raise typer.BadParameter(f"unknown step '{until}'; choose from {', '.join(DEMO_STEPS)}")
+    check_output(out, folder=True, overwrite=True)  # re-running continues in the same folder
+    # torch and timm: imported once a command runs, so that `--help` answers at once.
+    from mtlcompress.demo import run_demo
+    from mtlcompress.sparsify.common import StageResult
+
     silent = quiet or as_json
-    stages = DEMO_STAGES[:DEMO_STAGES.index(until) + 1]
+    stages = DEMO_STEPS[:DEMO_STEPS.index(until) + 1]
     report = run_demo(out, preset, stages=stages, show_progress=not silent, log=lambda message: info(message, silent))
     tables = [_single_task_table(report)]
     if "sparsify" in report:

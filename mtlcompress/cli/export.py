@@ -7,12 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from mtlcompress.bundle.format import export_bundle
-from mtlcompress.cli._options import JsonOpt
+from mtlcompress.cli._options import JsonOpt, OverwriteOpt, QuietOpt
 from mtlcompress.cli._output import emit, make_table
 from mtlcompress.errors import PlanError
-from mtlcompress.sparsify.pipeline import resolve_base
-from mtlcompress.sparsify.plan import load_plan
+from mtlcompress.io.outputs import SAFETENSORS_SUFFIXES, check_output
 
 
 def register(app: typer.Typer) -> None:
@@ -26,22 +24,32 @@ def export(
                                                         help="Sub-task checkpoint; repeat for each task.")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="The `sparsify all` plan: exports each task's "
                                               "last finished stage.")] = None,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,  # accepted by every command; exporting has no progress to silence
 ) -> None:
     """Write one multi-task bundle: the base backbone, sparse sub-task deltas, all heads."""
     if plan is not None:
         if base is not None or task:
             raise PlanError("give either --plan or --base/--task, not both")
+        check_output(out, [plan], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
         base, task = read_export_plan(plan)
     elif base is None:
         raise PlanError("--base is required (or give a --plan)")
-    summary = export_bundle(base, list(task or []), out)
+    tasks = list(task or [])
+    check_output(out, [plan, base, *tasks], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
+    from mtlcompress.bundle.format import export_bundle  # torch: only once a command runs
+
+    summary = export_bundle(base, tasks, out)
     emit(summary, as_json, *_tables(summary))
 
 
 def read_export_plan(path: Path) -> tuple[Path, list[Path]]:
     """``(base checkpoint, sub-task checkpoints)`` of a sparsify plan: each task's last
     finished stage output (its source checkpoint where no stage has run)."""
+    from mtlcompress.sparsify.pipeline import resolve_base
+    from mtlcompress.sparsify.plan import load_plan
+
     plan = load_plan(path)
     base, _ = resolve_base(plan)
     final = plan.final_checkpoints(base)

@@ -7,12 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from mtlcompress.bundle.format import load_bundle
-from mtlcompress.cli._options import JsonOpt
+from mtlcompress.cli._options import JsonOpt, OverwriteOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.report.html import write_html_report
-from mtlcompress.report.inspect import inspect_bundle
+from mtlcompress.io.outputs import HTML_SUFFIXES, check_output
 
 
 def register(app: typer.Typer) -> None:
@@ -25,16 +23,26 @@ def inspect(
                                               "paths and accuracy on its val split and first video clip.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")] = None,
     max_images: Annotated[int, typer.Option("--max-images", help="Val images to run with --data.")] = 64,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the --html file if it exists.")] = False,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Per-task and per-layer densities, bytes, FLOPs (and accuracy with --data) of a bundle."""
     if max_images < 1:
         raise MtlCompressError(f"--max-images must be >= 1, got {max_images}")
+    if html is not None:  # before the work, not after it
+        check_output(html, [bundle_path, data], overwrite=overwrite, suffixes=HTML_SUFFIXES, label="--html")
+    # torch: imported once a command runs, so that `--help` answers at once.
+    from mtlcompress.bundle.format import load_bundle
+    from mtlcompress.report.html import write_html_report
+    from mtlcompress.report.inspect import inspect_bundle
+
     bundle = load_bundle(bundle_path)
-    report = inspect_bundle(bundle, bundle_path, data=data, max_images=max_images)
+    report = inspect_bundle(bundle, bundle_path, data=data, max_images=max_images,
+                            show_progress=not (quiet or as_json))
     if html is not None:
         write_html_report(report, html)
-        info(f"wrote {html}", quiet=as_json)
+        info(f"wrote {html}", quiet=quiet or as_json)
     emit(report, as_json, *_tables(report), note="\n".join(report["notes"]) or None)
 
 

@@ -20,6 +20,7 @@ from mtlcompress.cli import sparsify as sparsify_cli
 from mtlcompress.cli import train as train_cli
 from mtlcompress.cli._output import err_console, print_json
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.progress import progress_bars_disabled
 
 app = typer.Typer(
     name="mtlcompress",
@@ -59,8 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     # Read before parsing: a usage error must come out as JSON too.
     as_json = "--json" in args
+    # Also silences progress no command asked for (the first-run kernel calibration).
+    silent = as_json or "--quiet" in args or "-q" in args
     try:
-        app(args=args, standalone_mode=False)
+        with progress_bars_disabled(silent):
+            app(args=args, standalone_mode=False)
     except MtlCompressError as exc:
         if os.environ.get("MTLCOMPRESS_DEBUG"):
             raise

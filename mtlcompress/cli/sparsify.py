@@ -6,21 +6,19 @@ import functools
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mtlcompress.cli._options import DataOpt, JsonOpt, OverwriteOpt, QuietOpt, ResumeOpt
-from mtlcompress.cli._output import emit, info, make_table, stage_table
-from mtlcompress.sparsify.common import StageResult
-from mtlcompress.sparsify.pipeline import run_plan
-from mtlcompress.sparsify.plan import load_plan
-from mtlcompress.sparsify.stage_activations import sparsify_activations
-from mtlcompress.sparsify.config import STAGE_CONFIGS, OptionSpec, StageConfig
-from mtlcompress.sparsify.stage_finetune import finetune_deltas
-from mtlcompress.sparsify.stage_temporal import sparsify_temporal
-from mtlcompress.sparsify.stage_weights import sparsify_weights
-from mtlcompress.training.loop import TrainConfig
+from mtlcompress.cli._output import emit, info, stage_table
+from mtlcompress.io.outputs import SAFETENSORS_SUFFIXES, check_output
+from mtlcompress.sparsify.config import STAGE_CONFIGS, OptionSpec, StageConfig  # torch-free: the options
+from mtlcompress.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from mtlcompress.sparsify.common import StageResult
+    from mtlcompress.sparsify.plan import Plan
 
 app = typer.Typer(help="Learn sparse weight deltas and sparse activation deltas against a base task.",
                   no_args_is_help=True)
@@ -89,6 +87,9 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 def weights(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig, training: TrainConfig,
             supervision: SupervisionOpt = "auto", resume: ResumeOpt = True, overwrite: OverwriteOpt = False,
             as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    check_output(out, [base, task, data], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
+    from mtlcompress.sparsify.stage_weights import sparsify_weights  # torch: only once a command runs
+
     result = sparsify_weights(base=base, task=task, data=data, out=out, **options.as_kwargs(), supervision=supervision,
                               config=training, resume=resume, overwrite=overwrite,
                               show_progress=_progress(quiet, as_json))
@@ -100,6 +101,9 @@ def weights(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, options: S
 def finetune(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig, training: TrainConfig,
              supervision: SupervisionOpt = "auto", resume: ResumeOpt = True, overwrite: OverwriteOpt = False,
              as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    check_output(out, [base, task, data], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
+    from mtlcompress.sparsify.stage_finetune import finetune_deltas  # torch: only once a command runs
+
     result = finetune_deltas(base=base, task=task, data=data, out=out, **options.as_kwargs(), supervision=supervision,
                              config=training, resume=resume, overwrite=overwrite,
                              show_progress=_progress(quiet, as_json))
@@ -111,6 +115,9 @@ def finetune(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, options: 
 def activations(base: BaseOpt, task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig,
                 training: TrainConfig, supervision: SupervisionOpt = "auto", resume: ResumeOpt = True,
                 overwrite: OverwriteOpt = False, as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    check_output(out, [base, task, data], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
+    from mtlcompress.sparsify.stage_activations import sparsify_activations  # torch: only once a command runs
+
     result = sparsify_activations(base=base, task=task, data=data, out=out, **options.as_kwargs(),
                                   supervision=supervision, config=training, resume=resume, overwrite=overwrite,
                                   show_progress=_progress(quiet, as_json))
@@ -124,6 +131,9 @@ def temporal(task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig, tr
                                                        "the base task itself.")] = None,
              supervision: SupervisionOpt = "auto", resume: ResumeOpt = True, overwrite: OverwriteOpt = False,
              as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    check_output(out, [base, task, data], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
+    from mtlcompress.sparsify.stage_temporal import sparsify_temporal  # torch: only once a command runs
+
     result = sparsify_temporal(task=task, base=base, data=data, out=out, **options.as_kwargs(),
                                supervision=supervision, config=training, resume=resume, overwrite=overwrite,
                                show_progress=_progress(quiet, as_json))
@@ -134,8 +144,24 @@ def temporal(task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig, tr
 def run_all(plan: Annotated[Path, typer.Option("--plan", help="Plan file (TOML); see docs/plan.md.")],
             as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
     """Run every stage for every sub-task from one plan; re-run to resume."""
+    # torch: imported once a command runs, so that `--help` answers at once.
+    from mtlcompress.sparsify.pipeline import run_plan
+    from mtlcompress.sparsify.plan import load_plan
+
     parsed = load_plan(plan)
+    check_plan_outputs(parsed)
     silent = quiet or as_json
     result = run_plan(parsed, show_progress=not silent, log=lambda message: info(message, silent))
     _report(result.results, as_json, f"sparsify all (base: {result.base})",
             extra={k: v for k, v in result.to_dict().items() if k != "stages"})
+
+
+def check_plan_outputs(plan: Plan) -> None:
+    """The plan's ``out`` is a folder, and no stage output is one of the plan's checkpoints
+    or its data. Existing stage outputs are finished stages (a re-run resumes), not clashes."""
+    inputs = [plan.data, *plan.tasks.values()]
+    check_output(plan.out, inputs, folder=True, overwrite=True, label="the plan's out")
+    for task in plan.tasks:
+        for stage in STAGE_CONFIGS:
+            check_output(plan.stage_output(task, stage), inputs, overwrite=True, suffixes=SAFETENSORS_SUFFIXES,
+                         label=f"the {stage} output of {task}")

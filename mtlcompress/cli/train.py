@@ -7,15 +7,10 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress.cli._options import DataOpt, JsonOpt, OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt
+from mtlcompress.cli._options import TASK_NAMES, DataOpt, JsonOpt, OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt
 from mtlcompress.cli._output import emit, info, make_table
-from mtlcompress.data.layouts import open_dataset
-from mtlcompress.models.checkpoint import load_checkpoint
-from mtlcompress.tasks.registry import get_task, task_names
-from mtlcompress.training.evaluate import evaluate_model
-from mtlcompress.training.loop import TrainConfig
-from mtlcompress.training.pretrain import pretrain_backbone
-from mtlcompress.training.single_task import train_single_task
+from mtlcompress.io.outputs import SAFETENSORS_SUFFIXES, check_output
+from mtlcompress.training.config import TrainConfig
 
 StepsOpt = Annotated[int, typer.Option(min=1, help="Optimiser steps.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Global batch size (split across ranks under torchrun).")]
@@ -39,18 +34,25 @@ def pretrain(
     lr: LrOpt = 1e-3,
     seed: SeedOpt = 0,
     resume: ResumeOpt = True,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train one backbone on all tasks: the shared initialisation for `train --init`."""
+    check_output(out, [data], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
+    from mtlcompress.training.pretrain import pretrain_backbone  # torch: only once a command runs
+
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=10**9)
     selected = [t for t in tasks.split(",") if t] or None
     result = pretrain_backbone(data=data, out=out, backbone=backbone, tasks=selected, config=config,
-                               resume=resume, show_progress=not quiet)
-    info(f"wrote {out} ({result.describe()})", quiet)
+                               resume=resume, show_progress=not (quiet or as_json))
+    if as_json:
+        emit({"init": str(out), "backbone": result.to_dict()}, as_json)
+    info(f"wrote {out} ({result.describe()})", quiet or as_json)
 
 
 def train(
-    task: Annotated[str, typer.Option(help=f"Task to train: {', '.join(task_names())}.")],
+    task: Annotated[str, typer.Option(help=f"Task to train: {', '.join(TASK_NAMES)}.")],
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Single-task checkpoint to write (.safetensors).")],
     init: Annotated[Path | None, typer.Option(help="Shared initial weights: an `mtlcompress pretrain` file or "
@@ -68,6 +70,11 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune one single-task model (runs unchanged under torchrun for DDP)."""
+    check_output(out, [data, init], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
+    # torch and timm: imported once a command runs, so that `--help` answers at once.
+    from mtlcompress.tasks.registry import get_task
+    from mtlcompress.training.single_task import train_single_task
+
     get_task(task)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
                          checkpoint_every=checkpoint_every)
@@ -83,12 +90,19 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "val",
     batch_size: BatchOpt = 32,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Print a checkpoint's task metrics on a dataset split."""
+    from mtlcompress.data.layouts import open_dataset
+    from mtlcompress.models.checkpoint import load_checkpoint
+    from mtlcompress.tasks.registry import get_task
+    from mtlcompress.training.evaluate import evaluate_model
+
     model, ckpt = load_checkpoint(checkpoint)
     spec = get_task(ckpt.task)
     dataset = open_dataset(data, split=split, tasks=[ckpt.task], size=ckpt.backbone.img_size)
-    metrics = evaluate_model(model, dataset, spec, ckpt.num_classes, batch_size=batch_size)
+    metrics = evaluate_model(model, dataset, spec, ckpt.num_classes, batch_size=batch_size,
+                             show_progress=not (quiet or as_json))
     emit({"checkpoint": str(checkpoint), "task": ckpt.task, "split": split, "images": len(dataset),
           "metrics": metrics}, as_json,
          make_table(f"{ckpt.task} on {data} ({split}, {len(dataset)} images)", ["metric", "value"],

@@ -13,9 +13,8 @@ import torch
 from torch import Tensor
 
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.models.granularities import GRANULARITIES
 
-# "element": each activation entry is kept or skipped; "token": whole token rows.
-GRANULARITIES = ("element", "token")
 Granularity = Literal["element", "token"]
 
 

@@ -26,6 +26,7 @@ from mtlcompress.data.layouts import list_video_clips, open_clip, open_dataset
 from mtlcompress.errors import BundleError, DataError
 from mtlcompress.io.container import read_container_header
 from mtlcompress.models.taps import shared_linear_names
+from mtlcompress.progress import progress_bar
 from mtlcompress.report import flops
 from mtlcompress.runtime.engines import make_engine
 from mtlcompress.tasks.registry import get_task
@@ -36,7 +37,8 @@ _TOKEN_TENSORS = ("cls_token", "reg_token", "pos_embed")
 
 
 def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | os.PathLike,
-                   data: str | os.PathLike | None = None, max_images: int = 64) -> dict[str, Any]:
+                   data: str | os.PathLike | None = None, max_images: int = 64,
+                   show_progress: bool = False) -> dict[str, Any]:
     """The full report of ``bundle`` (see ``docs/inspect-schema.md``).
 
     Args:
@@ -46,9 +48,10 @@ def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | o
         data: a dataset folder; with it activation densities, kernel paths and
             accuracy are measured through the shared engine.
         max_images: images of the val split to run (the first ones).
+        show_progress: count the images (and clip frames) run on stderr.
     """
     path, manifest = _manifest(manifest_or_path)
-    measured = measure_on_data(bundle, data, max_images) if data is not None else None
+    measured = measure_on_data(bundle, data, max_images, show_progress=show_progress) if data is not None else None
     task_density = measured["activation_density"] if measured else None
     flop = flops.flops_report(bundle, task_density, ASSUMED_DENSITY)
     tasks = {task: _task_report(bundle, manifest, task, measured, flop) for task in bundle.tasks}
@@ -218,7 +221,7 @@ def _totals(tasks: Mapping[str, dict[str, Any]], flop: dict[str, Any]) -> dict[s
 
 @torch.inference_mode()
 def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 64,
-                    batch_size: int = 16) -> dict[str, Any]:
+                    batch_size: int = 16, show_progress: bool = False) -> dict[str, Any]:
     """Run the shared engine on the first ``max_images`` val images and the first clip.
 
     Returns activation densities (task domain, from the images only), temporal
@@ -247,10 +250,12 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
         raise DataError(f"{data}: no images to inspect in the '{split}' split")
     engine = make_engine(bundle, "shared")
     metrics = {t: get_task(t).metric(bundle.task(t).info.num_classes) for t in labelled}
-    for batch in DataLoader(subset, batch_size=batch_size):
-        outputs = engine.predict(batch["image"])
-        for task, metric in metrics.items():
-            metric.update(get_task(task).predict(outputs[task]), batch[task])
+    with progress_bar("inspect: images", len(subset), enabled=show_progress) as advance:
+        for batch in DataLoader(subset, batch_size=batch_size):
+            outputs = engine.predict(batch["image"])
+            for task, metric in metrics.items():
+                metric.update(get_task(task).predict(outputs[task]), batch[task])
+            advance(len(batch["image"]))
     task_density = {k: v for k, v in engine.stats.mean().items() if "/" not in k}
     paths = {k: dict(v) for k, v in (getattr(engine, "layer_paths", None) or {}).items()}
     if not hasattr(engine, "layer_paths"):
@@ -261,7 +266,9 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
     if clips:
         clip = open_clip(clips[0], tasks=[], size=size)
         frames = [clip[i]["image"].unsqueeze(0) for i in range(len(clip))]
-        list(engine.stream(frames))
+        with progress_bar("inspect: clip frames", len(frames), enabled=show_progress) as advance:
+            for _ in engine.stream(frames):
+                advance(1)
         temporal = {k: v for k, v in engine.stats.mean().items() if k.endswith("/temporal")}
         paths.update({k: dict(v) for k, v in (getattr(engine, "layer_paths", None) or {}).items()
                       if k.endswith("/temporal")})

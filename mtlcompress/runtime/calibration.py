@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from scipy.optimize import nnls
 
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.progress import progress_bar, progress_bars_enabled
 from mtlcompress.runtime import kernels
 from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
 
@@ -101,13 +102,14 @@ def _random_mask(shape: tuple[int, ...], density: float, gen: torch.Generator) -
 
 def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
               in_features: int = 384, out_features: int = 1536, tokens: int = 197,
-              repeats: int = 10) -> KernelTimings:
+              repeats: int = 10, show_progress: bool | None = None) -> KernelTimings:
     """Time every path on synthetic data and fit one cost line per path.
 
     Defaults are ViT-S/16 fc1 at batch 1. ``repeats`` is capped at 50; with the
     defaults this takes a few seconds on a CPU. Every call is timed with cold caches
     (see ``_EVICT_BYTES``). Uses its own random generator, so the global RNG state is
-    untouched.
+    untouched. Progress goes to stderr unless ``show_progress`` is False (``None``:
+    the process-wide switch of ``mtlcompress.progress``).
     """
     device = torch.device(device)
     repeats = max(1, min(int(repeats), _MAX_REPEATS))
@@ -121,11 +123,18 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
     macs = in_features * out_features
     evict = torch.zeros(_EVICT_BYTES // 4, dtype=torch.float32, device=device)
 
-    def measure(fn: Callable[[], object]) -> float:
-        return _measure(fn, device, repeats, evict)
+    rows = sorted({max(1, round(f * tokens)) for f in _DENSE_ROW_FRACTIONS} | {r for r in _FEW_ROWS if r < tokens})
+    points = [(density, tokens) for density in _WEIGHT_DENSITIES] + [(0.02, r) for r in _FEW_ROWS if r < tokens]
+    calls = len(rows) + len(_TOKEN_DENSITIES) + len(_ELEMENT_DENSITIES) + len(points)
+    enabled = progress_bars_enabled() if show_progress is None else show_progress
 
-    with torch.inference_mode():
-        rows = sorted({max(1, round(f * tokens)) for f in _DENSE_ROW_FRACTIONS} | {r for r in _FEW_ROWS if r < tokens})
+    with torch.inference_mode(), progress_bar(f"calibrating kernels for {in_features}x{out_features} layers "
+                                              "(first run only)", calls, enabled=enabled) as advance:
+        def measure(fn: Callable[[], object]) -> float:
+            seconds = _measure(fn, device, repeats, evict)
+            advance(1)
+            return seconds
+
         dense = _fit_line([r * macs for r in rows],
                           [measure(lambda r=r: F.linear(x[:r], weight)) for r in rows])
 
@@ -145,7 +154,6 @@ def calibrate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
         element = _fit_line(units, secs)
 
         units, secs = [], []
-        points = [(density, tokens) for density in _WEIGHT_DENSITIES] + [(0.02, r) for r in _FEW_ROWS if r < tokens]
         for density, count in points:
             mask = _random_mask((out_features, in_features), density, gen).to(device)
             dw = kernels.to_csr(torch.where(mask, weight, torch.zeros((), dtype=dtype, device=device)))

@@ -16,6 +16,8 @@ from mtlcompress.models.backbone import backbone_signature
 from mtlcompress.data.base import DenseDataset
 from mtlcompress.data.layouts import open_dataset
 from mtlcompress.errors import CheckpointError, MtlCompressError
+from mtlcompress.io.outputs import SAFETENSORS_SUFFIXES
+from mtlcompress.io.outputs import check_output as check_writable_output
 from mtlcompress.models.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint
 from mtlcompress.models.single_task import SingleTaskModel
 from mtlcompress.sparsify.supervision import resolve_supervision
@@ -134,10 +136,9 @@ def write_stage_output(model: SingleTaskModel, info: CheckpointInfo, out: str | 
 
 
 def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise MtlCompressError(f"{out} already exists; pass --overwrite to replace it")
-    return out
+    """A stage's checkpoint output: a ``.safetensors`` file, replaced only with ``overwrite``
+    (the CLI also checks it against the stage's inputs)."""
+    return check_writable_output(out, overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
 
 
 def finish_stage(*, stage: str, model: SingleTaskModel, base_model: SingleTaskModel, info: CheckpointInfo,

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from mtlcompress.models.activation_sparsity import GRANULARITIES
+from mtlcompress.models.granularities import GRANULARITIES
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.training.loop import TrainConfig
+from mtlcompress.training.config import TrainConfig
 
 
 @dataclass(frozen=True)

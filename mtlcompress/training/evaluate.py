@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mtlcompress.progress import progress_bar
 from mtlcompress.tasks.registry import TaskSpec
 
 
@@ -18,19 +19,27 @@ def evaluate_predictor(
     num_classes: int | None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    show_progress: bool = False,
 ) -> dict[str, float]:
-    """Run ``predict_raw(images) -> raw maps`` over ``dataset`` and compute the task metric."""
+    """Run ``predict_raw(images) -> raw maps`` over ``dataset`` and compute the task metric.
+
+    ``show_progress`` counts images on stderr (off by default: the training loops
+    evaluate between steps, under their own bar).
+    """
     metric = spec.metric(num_classes)
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        raw = predict_raw(batch["image"].to(device))
-        metric.update(spec.predict(raw).cpu(), batch[spec.name])
+    with progress_bar(f"evaluating {spec.name}", len(dataset), enabled=show_progress) as advance:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            raw = predict_raw(batch["image"].to(device))
+            metric.update(spec.predict(raw).cpu(), batch[spec.name])
+            advance(len(raw))
     return {k: float(v) for k, v in metric.compute().items()}
 
 
 def evaluate_model(model: torch.nn.Module, dataset: Dataset, spec: TaskSpec, num_classes: int | None,
-                   batch_size: int = 32, device: str | torch.device = "cpu") -> dict[str, float]:
+                   batch_size: int = 32, device: str | torch.device = "cpu",
+                   show_progress: bool = False) -> dict[str, float]:
     model.eval()
-    return evaluate_predictor(model, dataset, spec, num_classes, batch_size, device)
+    return evaluate_predictor(model, dataset, spec, num_classes, batch_size, device, show_progress)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, default_collate
 
 from mtlcompress.progress import progress_bar
 from mtlcompress.errors import TrainingDiverged
+from mtlcompress.training.config import TrainConfig
 from mtlcompress.training.augment import random_hflip
 from mtlcompress.training.state import (
     TrainingStateSnapshot,
@@ -30,25 +31,6 @@ from mtlcompress.training.state import (
     snapshot_training_state,
     write_training_state,
 )
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters shared by every training stage."""
-
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_every: int = 100
-    checkpoint_every: int = 50
-    augment: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
