@@ -33,7 +33,13 @@ img.map{image-rendering:pixelated;width:128px;height:128px;border:1px solid #ddd
 
 
 def write_html_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write ``report`` (from ``inspect_bundle``) as one HTML file, atomically."""
+    """Write ``report`` as one self-contained HTML file that opens the same anywhere.
+
+    Args:
+        report: from ``inspect_bundle`` (with ``examples=N`` the page shows example
+            predictions, bundle vs original model).
+        path: the HTML file, written atomically (its folder is created).
+    """
     write_text_atomic(path, render_html(report))
 
 
