@@ -169,8 +169,12 @@ def sparsified(tmp_path_factory) -> dict:
 
 def test_sparsified_task_is_compared_with_its_pre_sparsification_checkpoint(sparsified, data):
     bundle = load_bundle(sparsified["bundle"])
-    accuracy = inspect_bundle(bundle, sparsified["bundle"], data=data, max_images=2)["tasks"]["depth"]["accuracy"]
+    report = inspect_bundle(bundle, sparsified["bundle"], data=data, max_images=2, examples=1)
+    accuracy = report["tasks"]["depth"]["accuracy"]
     assert accuracy["original_from"] == "checkpoint"
+    # The example pictures come from the same two models.
+    maps = report["examples"][0]["tasks"]["depth"]
+    assert maps["original"] is not None and maps["original"] != maps["bundle"]
     assert accuracy["original_path"] == str(sparsified["original"])
     assert accuracy["original_same_images"] == pytest.approx(_score(sparsified["original_model"], data, "depth", 2))
     # Not the sparsified weights that Bundle.task_model rebuilds.
