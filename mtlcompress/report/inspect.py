@@ -266,7 +266,10 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
     kept: list[dict[str, Any]] = []
     for batch in DataLoader(subset, batch_size=batch_size):
         outputs = engine.predict(batch["image"])
-        original_outputs = {t: None if o.model is None else o.model(batch["image"]) for t, o in originals.items()}
+        # Unlabelled tasks' originals only run while example pictures are still wanted.
+        wanted = [t for t, o in originals.items() if o.model is not None and (t in original_metrics or
+                                                                              len(kept) < examples)]
+        original_outputs = {t: o.model(batch["image"]) if t in wanted else None for t, o in originals.items()}
         for task, metric in metrics.items():
             metric.update(get_task(task).predict(outputs[task]), batch[task])
             if task in original_metrics:
