@@ -35,6 +35,7 @@ class BundleTask:
 
     @property
     def name(self) -> str:
+        """The task name (from its checkpoint info)."""
         return self.info.task
 
 
@@ -49,6 +50,7 @@ class Bundle:
 
     @property
     def sub_tasks(self) -> list[str]:
+        """Every task but the base, in bundle order."""
         return [name for name in self.tasks if name != self.base_task]
 
     def task_weights(self, name: str) -> dict[str, torch.Tensor]:
@@ -57,12 +59,17 @@ class Bundle:
         return {k: (w + delta[k]) if k in delta else w for k, w in self.base_weights.items()}
 
     def task(self, name: str) -> BundleTask:
+        """The task's entry; an unknown name raises ``MtlCompressError`` listing the tasks."""
         if name not in self.tasks:
             raise MtlCompressError(f"task '{name}' is not in this bundle (it has {', '.join(self.tasks)})")
         return self.tasks[name]
 
     def task_model(self, name: str) -> SingleTaskModel:
-        """A dense single-task model equal to the task's source checkpoint."""
+        """A dense single-task model equal to the checkpoint the task was built from.
+
+        For a sparsified sub-task that is the *sparsified* model (base + sparse delta),
+        not the original fine-tuned one; ``provenance["sparsity"]["source"]`` names that.
+        """
         entry = self.task(name)
         model = build_model(entry.info)
         state = {f"backbone.{k}": v for k, v in self.task_weights(name).items()}
@@ -78,7 +85,16 @@ class Bundle:
 
     @classmethod
     def from_checkpoints(cls, base: str | os.PathLike, tasks: Sequence[str | os.PathLike]) -> Bundle:
-        """Combine a base checkpoint and sub-task checkpoints (any delta density)."""
+        """Combine a base checkpoint and sub-task checkpoints (any delta density).
+
+        Args:
+            base: the base task's checkpoint; its backbone is stored dense.
+            tasks: the other tasks' checkpoints (same architecture); each keeps only
+                where its backbone differs from the base.
+
+        Raises:
+            BundleError: two checkpoints for one task, or different architectures.
+        """
         paths = [Path(base), *[Path(p) for p in tasks if Path(p) != Path(base)]]
         loaded = [(path, *load_checkpoint(path)) for path in paths]
         _, base_model, base_info = loaded[0]

@@ -49,7 +49,18 @@ _CORRUPT = "the file is damaged or was edited; re-export it with `mtlcompress ex
 
 
 def save_bundle(bundle: Bundle, path: str | os.PathLike) -> dict[str, Any]:
-    """Write ``bundle`` to ``path`` atomically and return its manifest."""
+    """Write ``bundle`` to ``path`` atomically and return its manifest.
+
+    Each sub-task's delta is stored in the layout (dense, bitmask, CSR, COO) that
+    takes the fewest bytes, with checksums that ``load_bundle`` verifies.
+
+    Args:
+        bundle: the bundle to write.
+        path: the file; an interrupted write leaves no partial file.
+
+    Returns:
+        The manifest written into the file's metadata (docs/formats.md).
+    """
     path = Path(path)
     if bundle.base_task not in bundle.tasks:
         raise BundleError(f"{path}: base task '{bundle.base_task}' is not among the tasks ({', '.join(bundle.tasks)})")
@@ -108,7 +119,14 @@ def _density(deltas: Mapping[str, Mapping[str, Any]], total: int) -> float:
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
-    """Read and fully verify a bundle file; every problem raises one-line ``BundleError``."""
+    """Read and fully verify a bundle file, before any tensor is used.
+
+    Args:
+        path: a bundle written by ``save_bundle`` or ``export_bundle``.
+
+    Raises:
+        BundleError: one line naming the problem (version, checksum, shape, index).
+    """
     path = Path(path)
     manifest = _read_manifest(path)
     try:
@@ -262,8 +280,14 @@ def _decode_delta(path: Path, task: str, name: str, entry: Mapping[str, Any], ba
 def export_bundle(base: str | os.PathLike, tasks: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
     """Build a bundle from checkpoints, save it to ``out`` and return its size summary.
 
-    The summary has per task the delta density, delta bytes, head bytes and layout
-    counts, and totals comparing the bundle file with the source checkpoint files.
+    Args:
+        base: the base task's checkpoint (its backbone is stored dense).
+        tasks: the sub-tasks' checkpoints (sparsified or not; ``base`` is skipped if listed).
+        out: the bundle file.
+
+    Returns:
+        Per task the delta density, delta bytes, head bytes and layout counts, and
+        totals comparing the bundle file with the source checkpoint files.
     """
     bundle = Bundle.from_checkpoints(base, tasks)
     manifest = save_bundle(bundle, out)

@@ -11,6 +11,8 @@ from mtlcompress.cli._options import JsonOpt, OverwriteOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.outputs import HTML_SUFFIXES, check_output
+from mtlcompress.report.html import write_html_report
+from mtlcompress.report.inspect import HTML_EXAMPLES, inspect_bundle
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +41,8 @@ def inspect(
 
     bundle = load_bundle(bundle_path)
     report = inspect_bundle(bundle, bundle_path, data=data, max_images=max_images,
-                            show_progress=not (quiet or as_json))
+                            show_progress=not (quiet or as_json),
+                            examples=HTML_EXAMPLES if html is not None else 0)
     if html is not None:
         write_html_report(report, html)
         info(f"wrote {html}", quiet=quiet or as_json)
@@ -80,7 +83,8 @@ def _tables(report: dict[str, Any]) -> list:
 def _accuracy(accuracy: dict[str, Any] | None) -> str | None:
     if not accuracy:
         return None
-    original, bundled = accuracy["original"], accuracy["bundle"]
+    # Same images as the bundle when the original model was found; else the stored number.
+    original, bundled = accuracy.get("original_same_images") or accuracy["original"], accuracy["bundle"]
     shared = [k for k in bundled if k in original] or list(bundled)
     if not shared:
         return None

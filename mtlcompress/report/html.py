@@ -1,8 +1,8 @@
 """One self-contained HTML page for an ``inspect_bundle`` report.
 
-Everything is inline: CSS in a ``<style>`` block and charts as SVG drawn here, with
-no JavaScript, fonts or network, so the file can be mailed or archived and still
-open the same way. Hovering a heat-map cell or bar shows its exact value (SVG
+Everything is inline: CSS in a ``<style>`` block, charts as SVG drawn here and example
+predictions as base64 PNG ``data:`` images, with no JavaScript, fonts or network, so
+the file can be mailed or archived and still open the same way. Hovering a heat-map cell or bar shows its exact value (SVG
 ``<title>``).
 """
 
@@ -27,11 +27,19 @@ p.meta{color:#555;margin:2px 0}.note{background:#fff8e1;border-left:4px solid #f
 table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}svg{display:block;margin:6px 0}
 svg text{font-family:inherit}.small{font-size:12px;color:#666}
+figure{display:inline-block;margin:0 6px 6px 0;text-align:center}figcaption{font-size:11px;color:#555}
+img.map{image-rendering:pixelated;width:128px;height:128px;border:1px solid #ddd}
 """
 
 
 def write_html_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write ``report`` (from ``inspect_bundle``) as one HTML file, atomically."""
+    """Write ``report`` as one self-contained HTML file that opens the same anywhere.
+
+    Args:
+        report: from ``inspect_bundle`` (with ``examples=N`` the page shows example
+            predictions, bundle vs original model).
+        path: the HTML file, written atomically (its folder is created).
+    """
     write_text_atomic(path, render_html(report))
 
 
@@ -85,9 +93,16 @@ def render_html(report: Mapping[str, Any]) -> str:
     accuracy = {t: v["accuracy"] for t, v in tasks.items() if v.get("accuracy")}
     if accuracy:
         sections += ["<h2>Accuracy vs activation density</h2>",
-                     "<p class=small>Original checkpoint (dense, density 1) against the bundle through the shared "
-                     "engine at its measured mean activation density.</p>",
+                     f"<p class=small>The original single-task model (dense, density 1) against the bundle through "
+                     f"the shared engine at its measured mean activation density, both on the same "
+                     f"{report['data']['images']} image(s). A hollow point is a stored number, measured on other "
+                     f"images (the original model was not found): not a like-for-like comparison.</p>",
                      _accuracy_charts(report, accuracy, colors)]
+    if report.get("examples"):
+        sections += ["<h2>Example predictions</h2>",
+                     "<p class=small>The bundle's prediction next to the original single-task model's, in each "
+                     "task's colour map.</p>",
+                     _example_grid(report["examples"])]
     body = "\n".join(sections)
     return (f"<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n"
             f"<title>mtlcompress report: {escape(str(info['path'] or 'bundle'))}</title>\n"
@@ -176,8 +191,17 @@ def _stacked_bars(bars: Sequence[tuple[str, Mapping[str, float]]], colors: Mappi
     return "".join(parts)
 
 
+def _original_point(accuracy: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
+    """The original's metrics to plot, and whether they were measured on the same images
+    (reports written before ``original_same_images`` existed only have stored ones)."""
+    measured = accuracy.get("original_same_images")
+    if measured is not None:
+        return measured, True
+    return accuracy.get("stored") or accuracy.get("original") or {}, False
+
+
 def _primary_metric(accuracy: Mapping[str, Mapping[str, float]]) -> str | None:
-    original, bundled = accuracy.get("original") or {}, accuracy.get("bundle") or {}
+    original, bundled = _original_point(accuracy)[0], accuracy.get("bundle") or {}
     shared = [k for k in bundled if k in original and _finite(original[k]) and _finite(bundled[k])]
     usable = shared or [k for k in bundled if _finite(bundled[k])]
     return usable[0] if usable else None
@@ -192,9 +216,13 @@ def _accuracy_charts(report: Mapping[str, Any], accuracy: Mapping[str, Any], col
             continue
         t = report["tasks"][task]
         density = 1.0 if t["role"] == "base" or t["activation_density"] is None else t["activation_density"]
-        points = [("bundle", density, acc["bundle"][metric], colors[task])]
-        if _finite(acc["original"].get(metric)):
-            points.insert(0, ("original", 1.0, acc["original"][metric], "#555"))
+        points = [("bundle", density, acc["bundle"][metric], colors[task], True)]
+        original, same_images = _original_point(acc)
+        if _finite(original.get(metric)):
+            points.insert(0, ("original" if same_images else "original (stored)", 1.0, original[metric], "#555",
+                              same_images))
+        if len(points) == 2 and points[0][1:3] == points[1][1:3] and same_images:  # e.g. the base task
+            points = [("original = bundle", density, acc["bundle"][metric], colors[task], True)]
         values = [p[2] for p in points]
         lo, hi = min(values), max(values)
         span = (hi - lo) or max(abs(hi), 1.0) * 0.1
@@ -210,16 +238,35 @@ def _accuracy_charts(report: Mapping[str, Any], accuracy: Mapping[str, Any], col
                  f'<text x="{(w + pad) / 2}" y="{h - 8}" font-size="10" text-anchor="middle">activation density</text>',
                  f'<text x="{pad - 4}" y="{24}" font-size="10" text-anchor="end">{hi:.3g}</text>',
                  f'<text x="{pad - 4}" y="{h - 40}" font-size="10" text-anchor="end">{lo:.3g}</text>']
-        for name, x_value, y_value, color in points:
+        for name, x_value, y_value, color, filled in points:
             x = pad + (w - pad - 10) * x_value
             y = 20 + (h - 60) * (hi - y_value) / (hi - lo)
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{color}"><title>{escape(name)}: '
+            paint = f'fill="{color}"' if filled else f'fill="white" stroke="{color}" stroke-width="2"'
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" {paint}><title>{escape(name)}: '
                          f'{escape(metric)} {y_value:.4g} at density {x_value:.3g}</title></circle>'
                          f'<text x="{x + (-8 if x_value > 0.5 else 8):.1f}" y="{y - 8:.1f}" font-size="10" '
-                         f'text-anchor="{"end" if x_value > 0.5 else "start"}">{name}</text>')
+                         f'text-anchor="{"end" if x_value > 0.5 else "start"}">{escape(name)}</text>')
         parts.append("</svg>")
         charts.append("".join(parts))
     return "<div>" + "".join(charts) + "</div>"
+
+
+def _figure(png: str | None, caption: str) -> str:
+    image = ('<div class="map small">not available</div>' if png is None else
+             f'<img class=map alt="{escape(caption)}" src="data:image/png;base64,{png}">')
+    return f"<figure>{image}<figcaption>{escape(caption)}</figcaption></figure>"
+
+
+def _example_grid(examples: Sequence[Mapping[str, Any]]) -> str:
+    """One row per image: the photo, then per task the bundle's and the original's map."""
+    rows = []
+    for example in examples:
+        cells = [_figure(example["image"], str(example["stem"]))]
+        for task, maps in example["tasks"].items():
+            cells.append(_figure(maps["bundle"], f"{task}: bundle"))
+            cells.append(_figure(maps.get("original"), f"{task}: original"))
+        rows.append("<div>" + "".join(cells) + "</div>")
+    return "".join(rows)
 
 
 # ------------------------------------------------------------------ formatting

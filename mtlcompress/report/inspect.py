@@ -28,17 +28,20 @@ from mtlcompress.io.container import read_container_header
 from mtlcompress.models.taps import shared_linear_names
 from mtlcompress.progress import progress_bar
 from mtlcompress.report import flops
+from mtlcompress.report.examples import example_entry
+from mtlcompress.report.originals import find_original
 from mtlcompress.runtime.engines import make_engine
 from mtlcompress.tasks.registry import get_task
 
 SCHEMA_VERSION = 1
 ASSUMED_DENSITY = 1.0
+HTML_EXAMPLES = 3  # example images the HTML report shows (with --data)
 _TOKEN_TENSORS = ("cls_token", "reg_token", "pos_embed")
 
 
 def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | os.PathLike,
                    data: str | os.PathLike | None = None, max_images: int = 64,
-                   show_progress: bool = False) -> dict[str, Any]:
+                   show_progress: bool = False, examples: int = 0) -> dict[str, Any]:
     """The full report of ``bundle`` (see ``docs/inspect-schema.md``).
 
     Args:
@@ -49,9 +52,13 @@ def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | o
             accuracy are measured through the shared engine.
         max_images: images of the val split to run (the first ones).
         show_progress: count the images (and clip frames) run on stderr.
+        examples: with ``data``, keep this many of those images with every task's
+            predicted map from the bundle and from the original model, as base64 PNGs
+            (for the HTML report; 0 keeps the JSON small).
     """
     path, manifest = _manifest(manifest_or_path)
-    measured = measure_on_data(bundle, data, max_images, show_progress=show_progress) if data is not None else None
+    measured = measure_on_data(bundle, data, max_images, show_progress=show_progress,
+                                          examples=examples) if data is not None else None
     task_density = measured["activation_density"] if measured else None
     flop = flops.flops_report(bundle, task_density, ASSUMED_DENSITY)
     tasks = {task: _task_report(bundle, manifest, task, measured, flop) for task in bundle.tasks}
@@ -77,6 +84,7 @@ def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | o
         "activation_density_source": "measured" if measured else "assumed",
         "assumed_density": None if measured else ASSUMED_DENSITY,
         "data": None if measured is None else measured["data"],
+        "examples": None if measured is None else measured["examples"],
         "flops_convention": ("2 FLOPs per multiply-add (as torch.utils.flop_counter); counted: patch-embed conv, "
                              "qkv/proj/fc1/fc2 linears, attention QK^T and AV matmuls, head convs; not counted: "
                              "biases, norms, softmax, GELU, residual adds, layer scale, pixel shuffle"),
@@ -221,13 +229,16 @@ def _totals(tasks: Mapping[str, dict[str, Any]], flop: dict[str, Any]) -> dict[s
 
 @torch.inference_mode()
 def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 64,
-                    batch_size: int = 16, show_progress: bool = False) -> dict[str, Any]:
+                    batch_size: int = 16, show_progress: bool = False, examples: int = 0) -> dict[str, Any]:
     """Run the shared engine on the first ``max_images`` val images and the first clip.
 
     Returns activation densities (task domain, from the images only), temporal
     densities (from the clip), the engine's ``layer_paths`` when it has them,
-    accuracy of labelled tasks and a ``data`` summary. Not ``report.check``'s
-    ``compare_engines``: that runs the dense engine too and the whole split.
+    accuracy of labelled tasks, the first ``examples`` images with their predicted
+    maps, and a ``data`` summary. The original single-task models
+    (``report.originals``) run on the same batches, so their accuracy compares like
+    with like. Not ``report.check``'s ``compare_engines``: that runs the dense engine
+    too and the whole split.
     """
     if max_images < 1:
         raise DataError(f"max_images must be >= 1, got {max_images}")
@@ -250,11 +261,26 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
         raise DataError(f"{data}: no images to inspect in the '{split}' split")
     engine = make_engine(bundle, "shared")
     metrics = {t: get_task(t).metric(bundle.task(t).info.num_classes) for t in labelled}
+    originals = {t: find_original(bundle, t) for t in (bundle.tasks if examples > 0 else labelled)}
+    original_metrics = {t: get_task(t).metric(bundle.task(t).info.num_classes)
+                        for t in labelled if originals[t].model is not None}
+    notes += [f"task '{o.task}': {o.reason}; its 'original' accuracy is the stored number, measured on other "
+              "images than the bundle's" for o in originals.values() if o.task in labelled and o.model is None]
+    kept: list[dict[str, Any]] = []
     with progress_bar("inspect: images", len(subset), enabled=show_progress) as advance:
         for batch in DataLoader(subset, batch_size=batch_size):
             outputs = engine.predict(batch["image"])
+            # Unlabelled tasks' originals only run while example pictures are still wanted.
+            wanted = [t for t, o in originals.items() if o.model is not None and (t in original_metrics or
+                                                                                  len(kept) < examples)]
+            original_outputs = {t: o.model(batch["image"]) if t in wanted else None for t, o in originals.items()}
             for task, metric in metrics.items():
                 metric.update(get_task(task).predict(outputs[task]), batch[task])
+                if task in original_metrics:
+                    original_metrics[task].update(get_task(task).predict(original_outputs[task]), batch[task])
+            for i in range(min(examples - len(kept), len(batch["image"]))):
+                kept.append(example_entry(batch["stem"][i], batch["image"][i], {t: o[i] for t, o in outputs.items()},
+                                          {t: None if o is None else o[i] for t, o in original_outputs.items()}))
             advance(len(batch["image"]))
     task_density = {k: v for k, v in engine.stats.mean().items() if "/" not in k}
     paths = {k: dict(v) for k, v in (getattr(engine, "layer_paths", None) or {}).items()}
@@ -275,13 +301,22 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
         clip_summary = {"clip": clips[0].name, "frames": len(frames)}
     accuracy = {}
     for task, metric in metrics.items():
-        accuracy[task] = {"original": _finite_or_none(bundle.task(task).provenance.get("metrics") or {}),
-                          "bundle": _finite_or_none(metric.compute())}
+        original = originals[task]
+        accuracy[task] = {
+            "original": _finite_or_none(bundle.task(task).provenance.get("metrics") or {}),
+            "bundle": _finite_or_none(metric.compute()),
+            "original_same_images": (_finite_or_none(original_metrics[task].compute())
+                                     if task in original_metrics else None),
+            "original_from": original.source,
+            "original_path": original.path,
+            "stored": _finite_or_none(original.stored_metrics),
+        }
     return {
         "activation_density": task_density,
         "temporal_density": temporal,
         "layer_paths": paths,
         "accuracy": accuracy,
+        "examples": kept if examples > 0 else None,
         "data": {"path": str(data), "split": split, "images": len(subset), "labelled_tasks": labelled,
                  **clip_summary},
         "notes": notes,

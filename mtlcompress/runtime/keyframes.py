@@ -16,6 +16,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class KeyframePolicy:
+    """When a video stream recomputes a frame in full instead of from the previous one.
+
+    Args:
+        keyframe_every: a keyframe at least every this many frames (1: every frame).
+        max_drift: also a keyframe after a frame whose measured drift exceeds this.
+    """
+
     keyframe_every: int = 16
     max_drift: float = 0.25
 

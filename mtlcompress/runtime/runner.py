@@ -57,6 +57,19 @@ class BundleRunner:
 
 def load(path: str | os.PathLike, engine: str = "shared", device: str | torch.device = "cpu",
          tasks: Sequence[str] | None = None) -> BundleRunner:
-    """Read and fully verify a bundle file (any problem raises ``BundleError``) and build
-    its engine."""
+    """Read and fully verify a bundle file and build its engine, once.
+
+    Args:
+        path: a bundle written by ``export_bundle`` / ``mtlcompress export``.
+        engine: ``"shared"`` (computes the base once and each sub-task's deltas) or
+            ``"dense"`` (every task as its own model: the reference).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        tasks: tasks to return (default: all); the base task always runs.
+
+    Returns:
+        A ``BundleRunner``: call ``predict`` and ``stream`` on it.
+
+    Raises:
+        BundleError: the file is damaged, edited or of an unknown version (one line).
+    """
     return BundleRunner(load_bundle(path), engine=engine, device=device, tasks=tasks)

@@ -50,6 +50,7 @@ class StageResult:
         return change if self.higher_is_better else -change
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with ``relative_change`` and the stage's extra fields."""
         return {"stage": self.stage, "task": self.task, "out": self.out, "delta_density": self.delta_density,
                 "metrics": self.metrics, "original_metrics": self.original_metrics, "primary": self.primary,
                 "relative_change": self.relative_change, **self.extra}

@@ -26,12 +26,16 @@ STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
 
 @dataclass
 class PlanResult:
+    """What ``run_plan`` did: the base task (and why), each stage's result, and the
+    final checkpoint of every task."""
+
     base: str
     base_reason: str
     results: list[StageResult]
     final: dict[str, Path]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (what ``sparsify all --json`` prints)."""
         return {"base": self.base, "base_reason": self.base_reason, "stages": [r.to_dict() for r in self.results],
                 "final_checkpoints": {task: str(path) for task, path in self.final.items()}}
 
@@ -46,6 +50,20 @@ def resolve_base(plan: Plan) -> tuple[str, str]:
 
 
 def run_plan(plan: Plan, *, show_progress: bool = True, log: Callable[[str], None] = lambda _: None) -> PlanResult:
+    """Run every stage of ``plan`` for every sub-task against the base (``sparsify all``).
+
+    A stage whose output already exists is skipped, so re-running after an
+    interruption continues where it stopped.
+
+    Args:
+        plan: from ``load_plan``.
+        show_progress: draw progress bars while training.
+        log: called with one line per step (base choice, each stage started or skipped).
+
+    Returns:
+        The base, why it was chosen, every stage's result and the final checkpoints
+        (pass them to ``export_bundle``).
+    """
     base, reason = resolve_base(plan)
     log(f"base task: {base} ({reason})")
     plan.out.mkdir(parents=True, exist_ok=True)

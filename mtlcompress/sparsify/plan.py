@@ -79,7 +79,14 @@ class Plan:
 
 
 def load_plan(path: str | os.PathLike) -> Plan:
-    """Parse and validate a plan; every problem is a one-line ``PlanError``."""
+    """Parse and validate a plan file (docs/plan.md) before any work starts.
+
+    Args:
+        path: the TOML plan; relative paths inside it are relative to its folder.
+
+    Raises:
+        PlanError: one line naming the problem (unknown key, missing file, bad value).
+    """
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"{path}: plan file not found")

@@ -45,9 +45,30 @@ def sparsify_activations(
 ) -> StageResult:
     """Fine-tune with the activation-delta penalty, then calibrate thresholds.
 
-    ``tolerance`` is the allowed relative drop of the task metric from thresholding
-    (measured on ``calibration_images`` training images); ``token_density`` instead
-    asks for a measured delta density and ignores the tolerance.
+    Stage 3: makes the sub-task's activations close to the base task's on the same
+    image, so the runtime computes only the (token or element) deltas above a per-layer
+    threshold.
+
+    Args:
+        base: the base task's checkpoint; the output differs from it only in the delta.
+        task: the sub-task's checkpoint (the original, or the previous stage's output).
+        data: dataset folder (labels are optional with ``supervision="distill"``).
+        out: where the sparsified checkpoint is written.
+        granularity: ``"token"`` (whole tokens: real smaller matmuls) or ``"element"``.
+        strength: activation-delta penalty strength (deeper layers x2).
+        tolerance: allowed relative drop of the task metric from thresholding, measured
+            on ``calibration_images`` training images.
+        token_density: instead of a tolerance, calibrate to this measured delta density.
+        calibration_images: training images the thresholds are calibrated on.
+        supervision: ``"labels"``, ``"distill"`` (from the original checkpoint) or
+            ``"auto"`` (labels when the data has them).
+        config: optimiser settings; default: this stage's defaults (``sparsify.config``).
+        resume: continue from ``<out>.resume.safetensors`` when an interrupted run left one.
+        overwrite: replace an existing ``out`` instead of refusing.
+        show_progress: draw a progress bar while training.
+
+    Returns:
+        The stage's ``StageResult``: achieved density and metrics against the original.
     """
     ActivationsConfig(granularity=granularity, strength=strength, tolerance=tolerance, token_density=token_density,
                       calibration_images=calibration_images).validate()

@@ -27,7 +27,26 @@ def finetune_deltas(
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> StageResult:
-    """Fine-tune the non-zero deltas (and the head) of a stage-1 checkpoint."""
+    """Fine-tune the non-zero deltas (and the head) of a stage-1 checkpoint.
+
+    Stage 2: the support of the delta is fixed; training only its values recovers the
+    accuracy that pruning the rest lost.
+
+    Args:
+        base: the base task's checkpoint; the output differs from it only in the delta.
+        task: the sub-task's checkpoint (the original, or the previous stage's output).
+        data: dataset folder (labels are optional with ``supervision="distill"``).
+        out: where the sparsified checkpoint is written.
+        supervision: ``"labels"``, ``"distill"`` (from the original checkpoint) or
+            ``"auto"`` (labels when the data has them).
+        config: optimiser settings; default: this stage's defaults (``sparsify.config``).
+        resume: continue from ``<out>.resume.safetensors`` when an interrupted run left one.
+        overwrite: replace an existing ``out`` instead of refusing.
+        show_progress: draw a progress bar while training.
+
+    Returns:
+        The stage's ``StageResult``: achieved density and metrics against the original.
+    """
     config = config or FinetuneConfig.train_config()
     out = check_output(out, overwrite)
     base_model, _, task_model, task_info = load_pair(base, task)

@@ -46,7 +46,32 @@ def sparsify_temporal(
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> StageResult:
-    """Temporal fine-tuning + calibration. Without ``base`` the checkpoint is treated as the base task."""
+    """Temporal fine-tuning + calibration: compute only what changed since the previous frame.
+
+    Stage 4 (video): like stage 3, against the previous frame instead of the base
+    task. Needs at least two clips in ``data``.
+
+    Args:
+        task: the checkpoint to make temporally sparse (a sub-task's previous stage
+            output, or the base task's checkpoint).
+        data: dataset folder with video clips.
+        out: where the checkpoint is written.
+        base: the base task's checkpoint; ``None`` treats ``task`` as the base task.
+        granularity: ``"token"`` or ``"element"``.
+        strength: temporal-delta penalty strength.
+        tolerance: allowed relative drop of the task metric from thresholding.
+        token_density: instead of a tolerance, calibrate to this measured delta density.
+        max_offset: largest frame offset sampled for training pairs.
+        supervision: ``"labels"``, ``"distill"`` (from the original checkpoint) or
+            ``"auto"`` (labels when the data has them).
+        config: optimiser settings; default: this stage's defaults (``sparsify.config``).
+        resume: continue from ``<out>.resume.safetensors`` when an interrupted run left one.
+        overwrite: replace an existing ``out`` instead of refusing.
+        show_progress: draw a progress bar while training.
+
+    Returns:
+        The stage's ``StageResult``: achieved density and metrics against the original.
+    """
     TemporalConfig(granularity=granularity, strength=strength, tolerance=tolerance, token_density=token_density,
                    max_offset=max_offset).validate()
     config = config or TemporalConfig.train_config()

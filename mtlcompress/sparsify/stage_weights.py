@@ -64,7 +64,32 @@ def sparsify_weights(
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> StageResult:
-    """Write a checkpoint whose backbone differs from the base in ``density`` of its weights."""
+    """Write a checkpoint whose backbone differs from the base in ``density`` of its weights.
+
+    Stage 1: learn which weights of ``W_t - W_0`` to keep (L0 gates, or magnitude), so
+    the bundle stores a sparse delta instead of a second backbone. Records the original
+    checkpoint as ``sparsity.source`` for the later stages' distillation and reports.
+
+    Args:
+        base: the base task's checkpoint; the output differs from it only in the delta.
+        task: the sub-task's checkpoint (the original, or the previous stage's output).
+        data: dataset folder (labels are optional with ``supervision="distill"``).
+        out: where the sparsified checkpoint is written.
+        density: target fraction of backbone weights that differ from the base.
+        method: ``"l0"`` (learned hard-concrete gates) or ``"magnitude"`` (largest deltas).
+        gate_lr: learning rate of the gates' log-alpha.
+        init_delta: start the delta at the sub-task's own ``W_t - W_0`` (``"checkpoint"``) or at 0.
+        per_tensor_gates: also learn one gate per tensor.
+        supervision: ``"labels"``, ``"distill"`` (from the original checkpoint) or
+            ``"auto"`` (labels when the data has them).
+        config: optimiser settings; default: this stage's defaults (``sparsify.config``).
+        resume: continue from ``<out>.resume.safetensors`` when an interrupted run left one.
+        overwrite: replace an existing ``out`` instead of refusing.
+        show_progress: draw a progress bar while training.
+
+    Returns:
+        The stage's ``StageResult``: achieved density and metrics against the original.
+    """
     WeightsConfig(density=density, method=method, gate_lr=gate_lr, init_delta=init_delta,
                   per_tensor_gates=per_tensor_gates).validate()
     config = config or WeightsConfig.train_config()

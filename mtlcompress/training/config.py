@@ -24,4 +24,5 @@ class TrainConfig:
     augment: bool = True
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; stored in checkpoints so a resume can refuse other settings."""
         return asdict(self)

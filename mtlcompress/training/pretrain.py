@@ -32,7 +32,24 @@ def pretrain_backbone(
     resume: bool = True,
     show_progress: bool = True,
 ) -> BackboneConfig:
-    """Train a multi-head model on ``tasks`` (default: all labelled) and save its backbone."""
+    """Train a multi-head model on ``tasks`` (default: all labelled) and save its backbone.
+
+    The single-task models all start from this backbone, so their weights stay close
+    and the deltas against the base task stay sparse.
+
+    Args:
+        data: dataset folder.
+        out: where the backbone file (``mtlcompress.backbone`` format) is written.
+        backbone: a preset name (``micro``, ``tiny``, ...) or timm ViT name, or a
+            ``BackboneConfig``.
+        tasks: the tasks whose heads train the backbone; default: every labelled task.
+        config: optimiser settings (``TrainConfig``); default: its defaults.
+        resume: continue from ``<out>.resume.safetensors`` when an interrupted run left one.
+        show_progress: draw a progress bar while training.
+
+    Returns:
+        The backbone's architecture.
+    """
     config = config or TrainConfig()
     backbone_config = backbone if isinstance(backbone, BackboneConfig) else resolve_backbone(backbone)
     train = open_dataset(data, split="train", tasks=list(tasks) if tasks else None, size=backbone_config.img_size)

@@ -32,9 +32,20 @@ def train_single_task(
 ) -> CheckpointInfo:
     """Train ``task`` on ``data`` and write a single-task checkpoint to ``out``.
 
-    With an ``init`` made by ``pretrain_backbone`` the backbone architecture comes from
-    that file; otherwise from ``backbone`` (a preset or timm ViT name). The returned
-    info carries the validation metrics that were also stored in the checkpoint.
+    Args:
+        task: a registered task name (``semseg``, ``depth``, ``normals``, ...).
+        data: dataset folder with labels for ``task``.
+        out: where the checkpoint is written.
+        init: a backbone from ``pretrain_backbone`` (its architecture is used), or
+            ``None`` to start from ``backbone``.
+        backbone: a preset or timm ViT name, used without ``init``.
+        config: optimiser settings (``TrainConfig``); default: its defaults.
+        resume: continue from ``<out>.resume.safetensors`` when an interrupted run left one.
+        overwrite: replace an existing ``out`` instead of refusing.
+        show_progress: draw a progress bar while training.
+
+    Returns:
+        The checkpoint's info, carrying the validation metrics also stored in the file.
     """
     config = config or TrainConfig()
     out = Path(out)

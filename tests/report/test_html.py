@@ -1,8 +1,10 @@
-"""The HTML report: one self-contained file (no scripts, no URLs) with its SVG charts,
-readable in a real browser when one is installed."""
+"""The HTML report: one self-contained file (no scripts, no URLs) with its SVG charts and
+example predictions, readable in a real browser when one is installed."""
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -63,7 +65,7 @@ def report(tmp_path_factory) -> dict:
         save_bundle(Bundle.from_checkpoints(folder / "semseg.safetensors", paths), folder / "b.safetensors")
         generate_scenes(folder / "data", images=8, videos=1, frames=3, size=32)
         return inspect_bundle(load_bundle(folder / "b.safetensors"), folder / "b.safetensors",
-                              data=folder / "data", max_images=4)
+                              data=folder / "data", max_images=4, examples=2)
 
 
 def test_html_is_self_contained_and_has_every_chart(report, tmp_path):
@@ -78,8 +80,13 @@ def test_html_is_self_contained_and_has_every_chart(report, tmp_path):
     assert parser.tags.count("svg") >= 5  # weight, activation, temporal heat-maps; FLOPs; bytes; accuracy
     assert parser.tags.count("rect") >= 3 * len(report["bundle"]["layers"])
     assert parser.tags.count("circle") >= 4  # original + bundle point for each labelled task
-    for heading in ("Weight-delta density", "activation-delta density", "FLOPs per image", "Bytes", "Accuracy"):
+    for heading in ("Weight-delta density", "activation-delta density", "FLOPs per image", "Bytes", "Accuracy",
+                    "Example predictions"):
         assert heading in text
+    # Per example: the photo, then the bundle's and the original's map of every task, inline.
+    images = [link for link in parser.links if link.startswith("data:image/png;base64,")]
+    assert len(images) == parser.tags.count("img") == 2 * (1 + 2 * len(report["tasks"]))
+    assert text.count(">depth: bundle<") == text.count(">depth: original<") == 2
     assert not list(path.parent.glob(".*.tmp"))  # atomic write leaves no temp file
 
 
@@ -99,3 +106,24 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert shot.is_file(), result.stderr[-2000:]
     assert not _png_is_blank(shot)
+
+
+def _colours(image: Image.Image) -> set[tuple[int, int, int]]:
+    return {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 24)}
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium is not installed (apt-get install chromium to render the report headless)")
+def test_example_predictions_are_drawn_by_the_browser(report, tmp_path):
+    """Decoded and painted, not a broken-image icon: the class colours of the first
+    semseg map appear on screen (the page holds only the examples, so they are in view)."""
+    page, shot = tmp_path / "examples.html", tmp_path / "shot.png"
+    only_examples = {**report, "tasks": {}, "notes": [], "bundle": {**report["bundle"], "layers": []},
+                     "totals": {**report["totals"], "flops": {**report["totals"]["flops"]}}}
+    write_html_report(only_examples, page)
+    subprocess.run(["chromium", "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
+                    "--window-size=1200,1200", page.resolve().as_uri()], capture_output=True, timeout=60)
+    with Image.open(io.BytesIO(base64.b64decode(report["examples"][0]["tasks"]["semseg"]["bundle"]))) as expected, \
+            Image.open(shot) as screen:
+        wanted = _colours(expected)
+        assert len(wanted) >= 2 and wanted <= _colours(screen)

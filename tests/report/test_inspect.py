@@ -17,7 +17,9 @@ from mtlcompress.cli.main import main
 from mtlcompress.data.synth import CLASS_NAMES, generate_scenes
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
+from mtlcompress.data.layouts import open_dataset
 from mtlcompress.report.inspect import SCHEMA_VERSION, inspect_bundle
+from mtlcompress.tasks.registry import get_task
 from mtlcompress.runtime.calibration import default_cache_path, save_timings
 from mtlcompress.runtime.cost_model import KernelTimings, LinearCost
 
@@ -27,7 +29,7 @@ K = {"blocks.0.attn.qkv.weight": 7, "blocks.1.mlp.fc1.weight": 3, "blocks.0.norm
 # A threshold no activation delta reaches: the measured density is exactly 0.
 THRESHOLDS = {"blocks.0.attn.qkv": 1e9, "blocks.1.mlp.fc1": 1e9}
 TOP_KEYS = {"schema", "mtlcompress_version", "bundle", "tasks", "totals", "activation_density_source",
-            "assumed_density", "data", "flops_convention", "notes"}
+            "assumed_density", "data", "examples", "flops_convention", "notes"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -114,6 +116,102 @@ def test_measured_densities_accuracy_and_paths_with_data(saved, data):
         assert qkv["path"] in {"dense", "token", "element"}
         assert depth["layers"]["blocks.0.mlp.fc1"]["path"] == "exact"
     json.dumps(report, allow_nan=False)  # strict JSON: NaN metrics are null
+
+
+# ------------------------------------------------------------------ like against like
+
+
+def _score(model: torch.nn.Module, data: Path, task: str, images: int) -> dict:
+    """``model``'s metric on the first ``images`` val images, computed by hand."""
+    dataset = open_dataset(data, split="val", tasks=[task], size=MICRO.img_size)
+    metric = get_task(task).metric(None)
+    with torch.inference_mode():
+        batch = torch.stack([dataset[i]["image"] for i in range(images)])
+        labels = torch.stack([dataset[i][task] for i in range(images)])
+        metric.update(get_task(task).predict(model(batch)), labels)
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+def test_base_task_original_and_bundle_read_equal_on_the_same_images(saved, data):
+    accuracy = inspect_bundle(load_bundle(saved), saved, data=data, max_images=3)["tasks"]["semseg"]["accuracy"]
+    assert accuracy["original_from"] == "bundle"
+    assert accuracy["original_same_images"] == accuracy["bundle"]  # identical computation, identical images
+    assert accuracy["stored"] == accuracy["original"] == {"miou": 42.0}  # stored numbers kept, labelled
+
+
+@pytest.fixture(scope="module")
+def sparsified(tmp_path_factory) -> dict:
+    """semseg base; depth sparsified from an original checkpoint that differs from it
+    everywhere, whose path the sparsified checkpoint records as ``sparsity.source``."""
+    folder = tmp_path_factory.mktemp("sparsified")
+    torch.manual_seed(1)
+    base_info = CheckpointInfo(task="semseg", backbone=MICRO, out_channels=len(CLASS_NAMES), head_hidden=16,
+                               num_classes=len(CLASS_NAMES), metrics={"miou": 42.0})
+    base = build_model(base_info)
+    save_checkpoint(base, base_info, folder / "semseg.safetensors")
+    original_info = CheckpointInfo(task="depth", backbone=MICRO, out_channels=1, head_hidden=8, metrics={"rmse": 0.7})
+    original = build_model(original_info)
+    save_checkpoint(original, original_info, folder / "depth.original.safetensors")
+    info = CheckpointInfo(task="depth", backbone=MICRO, out_channels=1, head_hidden=8, metrics={"rmse": 0.9},
+                          sparsity={"source": str(folder / "depth.original.safetensors"),
+                                    "original_metrics": {"rmse": 0.7}, "stage": "weights"})
+    model = build_model(info)
+    weights = {k: v.clone() for k, v in base.backbone.state_dict().items()}
+    weights["blocks.0.attn.qkv.weight"].view(-1)[:5] += 0.5
+    model.backbone.load_state_dict(weights)
+    model.head.load_state_dict(original.head.state_dict())
+    save_checkpoint(model, info, folder / "depth.safetensors")
+    save_bundle(Bundle.from_checkpoints(folder / "semseg.safetensors", [folder / "depth.safetensors"]),
+                folder / "b.safetensors")
+    return {"bundle": folder / "b.safetensors", "original": folder / "depth.original.safetensors",
+            "original_model": original.eval()}
+
+
+def test_sparsified_task_is_compared_with_its_pre_sparsification_checkpoint(sparsified, data):
+    bundle = load_bundle(sparsified["bundle"])
+    report = inspect_bundle(bundle, sparsified["bundle"], data=data, max_images=2, examples=1)
+    accuracy = report["tasks"]["depth"]["accuracy"]
+    assert accuracy["original_from"] == "checkpoint"
+    # The example pictures come from the same two models.
+    maps = report["examples"][0]["tasks"]["depth"]
+    assert maps["original"] is not None and maps["original"] != maps["bundle"]
+    assert accuracy["original_path"] == str(sparsified["original"])
+    assert accuracy["original_same_images"] == pytest.approx(_score(sparsified["original_model"], data, "depth", 2))
+    # Not the sparsified weights that Bundle.task_model rebuilds.
+    assert accuracy["original_same_images"] != pytest.approx(_score(bundle.task_model("depth"), data, "depth", 2))
+    assert accuracy["stored"] == {"rmse": 0.7} and accuracy["original"] == {"rmse": 0.9}
+
+
+def test_missing_original_checkpoint_is_said_plainly(sparsified, data, tmp_path):
+    moved = tmp_path / "b.safetensors"
+    moved.write_bytes(sparsified["bundle"].read_bytes())
+    bundle = load_bundle(moved)
+    bundle.tasks["depth"].provenance["sparsity"]["source"] = str(tmp_path / "gone.safetensors")
+    report = inspect_bundle(bundle, moved, data=data, max_images=2)
+    accuracy = report["tasks"]["depth"]["accuracy"]
+    assert accuracy["original_from"] == "stored" and accuracy["original_same_images"] is None
+    assert accuracy["stored"] == {"rmse": 0.7}
+    assert any("gone.safetensors not found" in note and "stored" in note for note in report["notes"])
+
+
+def test_examples_hold_the_photo_and_both_maps_per_task(saved, data):
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert inspect_bundle(load_bundle(saved), saved, data=data, max_images=2)["examples"] is None
+    report = inspect_bundle(load_bundle(saved), saved, data=data, max_images=4, examples=2)
+    examples = report["examples"]
+    assert len(examples) == 2 and examples[0]["stem"] != examples[1]["stem"]
+    for example in examples:
+        assert set(example["tasks"]) == {"semseg", "depth"}
+        for png in [example["image"], *(m for maps in example["tasks"].values() for m in maps.values())]:
+            with Image.open(io.BytesIO(base64.b64decode(png))) as image:
+                assert image.format == "PNG" and image.width >= MICRO.img_size
+    # The base task's original is the identical computation: identical pictures.
+    assert examples[0]["tasks"]["semseg"]["bundle"] == examples[0]["tasks"]["semseg"]["original"]
+    json.dumps(report, allow_nan=False)
 
 
 # ------------------------------------------------------------------ CLI
