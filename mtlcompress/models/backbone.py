@@ -197,7 +197,7 @@ def config_from_timm(model: torch.nn.Module, arch: str) -> BackboneConfig:
     check_buildable(model, arch)
     block = model.blocks[0]
     ls = getattr(block, "ls1", None)
-    init_values = float(ls.gamma.flatten()[0]) if hasattr(ls, "gamma") and not ls.gamma.is_meta else None
+    init_values = float(ls.gamma.detach().flatten()[0]) if hasattr(ls, "gamma") and not ls.gamma.is_meta else None
     if hasattr(ls, "gamma") and init_values is None:
         init_values = 1e-5
     pretrained = getattr(model, "pretrained_cfg", None) or {}
