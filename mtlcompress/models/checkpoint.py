@@ -109,16 +109,16 @@ class CheckpointInfo:
         return info
 
 
-def build_model(info: CheckpointInfo) -> SingleTaskModel:
-    return SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, head_type=info.head_type)
+def build_model(info: CheckpointInfo, *, initialise: bool = True) -> SingleTaskModel:
+    return SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=initialise,
+                           head_type=info.head_type)
 
 
 def checkpoint_tensor_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]:
     """The {name: shape} a checkpoint described by ``info`` must hold, from a model on
     the meta device: costs no memory and no weight init, whatever sizes ``info`` claims."""
     with torch.device("meta"):
-        model = SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=False,
-                                head_type=info.head_type)
+        model = build_model(info, initialise=False)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 

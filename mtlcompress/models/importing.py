@@ -146,8 +146,8 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
                               f"{spec.channels}; is this the right task or --head type?")
     info = CheckpointInfo(task=task, backbone=config, out_channels=out_channels, head_hidden=hidden,
                           num_classes=num_classes, head_type=head)
-    model = build_model(info)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: the weights come from the source
+        expected = build_model(info).state_dict()
     provided = {f"backbone.{k}": v for k, v in backbone_state.items()}
     provided.update({f"head.{k}": v for k, v in head_state.items()})
     resampled = _resample_pos_embed(provided, expected, config)
@@ -165,9 +165,18 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
                 raise CheckpointError(f"{source}: '{origin.get(name, name)}' has shape {tuple(tensor.shape)}, "
                                       f"'{name}' needs {tuple(expected[name].shape)} (another architecture? "
                                       "check --backbone and --head)")
-            if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            # One reduction first: a full isfinite pass over a ViT-B costs seconds.
+            if not tensor.is_floating_point() or (not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all()):
                 raise CheckpointError(f"{source}: '{origin.get(name, name)}' is not finite floating point")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in provided.items() if k in expected}, strict=False)
+    if initialised:  # model keys left at a fresh initialisation need a real, initialised model
+        model = build_model(info)
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in provided.items() if k in expected},
+                              strict=False)
+    else:
+        with torch.device("meta"):
+            model = build_model(info, initialise=False)
+        model.load_state_dict({k: v.to(expected[k].dtype).contiguous() for k, v in provided.items()
+                               if k in expected}, assign=True)
     info.training = {"stage": "import", "source": str(source), "source_format": source_format,
                      "ignored": ignored, "initialised": initialised}
     save_checkpoint(model, info, out)
