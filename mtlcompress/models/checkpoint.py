@@ -118,7 +118,8 @@ def checkpoint_tensor_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]
     """The {name: shape} a checkpoint described by ``info`` must hold, from a model on
     the meta device: costs no memory and no weight init, whatever sizes ``info`` claims."""
     with torch.device("meta"):
-        model = build_model(info, initialise=False)
+        model = SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=False,
+                                head_type=info.head_type)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
