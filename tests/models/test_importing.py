@@ -211,3 +211,15 @@ def test_backbone_config_refuses_bad_normalisation():
     with pytest.raises(CheckpointError, match="'mean' must be three finite numbers"):
         BackboneConfig.from_dict({"mean": [0.5, 0.5]})
     assert BackboneConfig.from_dict({}).mean == (0.485, 0.456, 0.406)  # files from before the field
+
+
+def test_a_bare_linear_probe_is_the_linear_head(tmp_path):
+    """``decoder.weight``/``decoder.bias`` of an ``nn.Linear`` probe: the same 1x1 map."""
+    vit, head, config = make_source("linear", channels=4)
+    probe = {"decoder.weight": head.proj.weight.detach()[:, :, 0, 0].clone(), "decoder.bias": head.proj.bias.detach()}
+    save_file({**vit.state_dict(), **probe}, tmp_path / "s.safetensors")
+    import_model(tmp_path / "s.safetensors", "semseg", tmp_path / "o.safetensors", backbone=config, head="linear",
+                 head_prefix="decoder.", mean=MEAN, std=STD)
+    images = torch.rand(1, 3, 32, 32)
+    assert torch.allclose(imported_prediction(tmp_path / "o.safetensors", images),
+                          source_prediction(vit, head, config, images), atol=1e-5)
