@@ -125,7 +125,7 @@ _DELTA_ENTRY = _record({"layout": _one_of(layouts.LAYOUTS), "shape": _list_of(_c
 _TASK_ENTRY = _record({
     "checkpoint": _record({
         "task": _task_name, "backbone": _json_object,
-        "head": _record({"out_channels": _positive, "hidden": _positive}),
+        "head": _record({"type": _text, "out_channels": _positive, "hidden": _positive}, optional=("type",)),
         "num_classes": _optional(_positive), "class_names": _list_of(_text), "training": _json_object,
         "metrics": _json_object, "sparsity": _json_object, "mtlcompress_version": _text,
     }, optional=("mtlcompress_version",)),

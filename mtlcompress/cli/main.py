@@ -14,6 +14,7 @@ from mtlcompress.cli import bench as bench_cli
 from mtlcompress.cli import data as data_cli
 from mtlcompress.cli import demo as demo_cli
 from mtlcompress.cli import export as export_cli
+from mtlcompress.cli import import_model as import_cli
 from mtlcompress.cli import inspect as inspect_cli
 from mtlcompress.cli import run as run_cli
 from mtlcompress.cli import sparsify as sparsify_cli
@@ -33,6 +34,7 @@ app = typer.Typer(
 demo_cli.register(app)
 app.add_typer(data_cli.app, name="data")
 train_cli.register(app)
+import_cli.register(app)
 app.add_typer(sparsify_cli.app, name="sparsify")
 export_cli.register(app)
 run_cli.register(app)

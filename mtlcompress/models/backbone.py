@@ -2,21 +2,27 @@
 
 Every task model, bundle and runtime needs to rebuild the exact same timm
 ``VisionTransformer``; ``BackboneConfig`` is the one description of it that travels
-inside our files. We support the plain timm ViT family (class token, pre-norm blocks,
-fused qkv, optional register tokens and layer scale), which is what the runtime's
-shared execution understands.
+inside our files. We support the plain timm ViT family (pre-norm blocks, fused qkv,
+LayerNorm, GELU MLP; with or without class token, register tokens, layer scale,
+CLIP-style pre-norm, a final norm; any patch and image size). Blocks with qk-norm are
+built too, but the shared engine cannot share them: bundles with them run by the
+dense path (``dense_path_reason``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
+import torch.nn as nn
+from timm.layers import LayerNorm, Mlp
+from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
 
 from mtlcompress.errors import CheckpointError
 
@@ -29,6 +35,12 @@ MAX_DEPTH = 128
 MAX_REG_TOKENS = 256
 MAX_MLP_RATIO = 64.0
 MAX_ARCH_NAME = 200
+
+# The normalisation a backbone expects when nothing else is known (timm's ImageNet
+# default); a model's own statistics travel in its ``BackboneConfig``.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_TRIPLES = ("mean", "std")
 
 
 def check_int_range(what: str, value: Any, low: int, high: int) -> None:
@@ -54,6 +66,22 @@ class BackboneConfig:
     class_token: bool = True
     reg_tokens: int = 0
     init_values: float | None = None
+    # CLIP-style: a LayerNorm before the blocks, and a patch embedding without bias.
+    pre_norm: bool = False
+    # Position embedding for the patch tokens only (dinov2, register-token ViTs).
+    no_embed_class: bool = False
+    # False for average-pooling ViTs, whose norm sits after the pooling (``fc_norm``).
+    final_norm: bool = True
+    qk_norm: bool = False
+    norm_eps: float = 1e-6
+    # The per-channel statistics the model was trained with, for images in [0, 1].
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def dense_path_reason(self) -> str | None:
+        """Why the shared engine cannot share this backbone's blocks (None: it can)."""
+        return "qk-norm blocks, which the shared engine cannot share" if self.qk_norm else None
 
     @property
     def grid_size(self) -> int:
@@ -64,7 +92,8 @@ class BackboneConfig:
         return int(self.class_token) + self.reg_tokens
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON values (the triples as lists), equal to what a file reads back."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Any) -> BackboneConfig:
@@ -81,6 +110,9 @@ class BackboneConfig:
             raise CheckpointError(f"backbone config has unknown fields: {', '.join(unknown)}")
         kwargs = {}
         for name, value in data.items():
+            if name in _TRIPLES:
+                kwargs[name] = _float_triple(name, value)
+                continue
             expected = type(getattr(cls(), name)) if name != "init_values" else (float, type(None))
             if isinstance(value, bool) and expected is not bool:
                 raise CheckpointError(f"backbone config field '{name}' has the wrong type")
@@ -110,12 +142,26 @@ class BackboneConfig:
             raise CheckpointError("backbone config gives an MLP with no hidden units (embed_dim * mlp_ratio < 1)")
         if self.init_values is not None and not math.isfinite(self.init_values):
             raise CheckpointError(f"backbone config field 'init_values' is {self.init_values}, not a finite number")
+        if not (math.isfinite(self.norm_eps) and 0 < self.norm_eps <= 1):
+            raise CheckpointError(f"backbone config field 'norm_eps' is {self.norm_eps}, which is not in (0, 1]")
+        for name in _TRIPLES:
+            _float_triple(name, getattr(self, name))
+        if not all(s > 0 for s in self.std):
+            raise CheckpointError("backbone config field 'std' must be positive")
         if self.img_size % self.patch_size or self.embed_dim % self.num_heads:
             raise CheckpointError("backbone config is inconsistent (img/patch or dim/heads)")
 
     def describe(self) -> str:
         return (f"{self.arch} ({self.img_size}px, patch {self.patch_size}, dim {self.embed_dim}, "
                 f"depth {self.depth}, heads {self.num_heads})")
+
+
+def _float_triple(name: str, value: Any) -> tuple[float, float, float]:
+    """Three finite numbers (one per RGB channel), or one ``CheckpointError`` line."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise CheckpointError(f"backbone config field '{name}' must be three finite numbers (R, G, B)")
+    return tuple(float(v) for v in value)
 
 
 # CPU-friendly preset for the demo and tests; the named timm ViTs are derived from
@@ -144,14 +190,17 @@ def resolve_backbone(name: str, img_size: int | None = None) -> BackboneConfig:
 
 
 def config_from_timm(model: torch.nn.Module, arch: str) -> BackboneConfig:
-    """Read a timm ViT's hyper-parameters off the module itself."""
+    """Read a timm ViT's hyper-parameters off the module itself, and its normalisation
+    off its ``pretrained_cfg`` (ImageNet's when it has none)."""
     if not isinstance(model, VisionTransformer):
         raise CheckpointError(f"'{arch}' is not a plain timm VisionTransformer")
+    check_buildable(model, arch)
     block = model.blocks[0]
     ls = getattr(block, "ls1", None)
-    init_values = float(ls.gamma.flatten()[0]) if hasattr(ls, "gamma") and not ls.gamma.is_meta else None
+    init_values = float(ls.gamma.detach().flatten()[0]) if hasattr(ls, "gamma") and not ls.gamma.is_meta else None
     if hasattr(ls, "gamma") and init_values is None:
         init_values = 1e-5
+    pretrained = getattr(model, "pretrained_cfg", None) or {}
     return BackboneConfig(
         arch=arch,
         img_size=int(model.patch_embed.img_size[0]),
@@ -164,7 +213,41 @@ def config_from_timm(model: torch.nn.Module, arch: str) -> BackboneConfig:
         class_token=model.cls_token is not None,
         reg_tokens=int(model.num_reg_tokens),
         init_values=init_values,
+        pre_norm=not isinstance(model.norm_pre, nn.Identity),
+        no_embed_class=bool(model.no_embed_class),
+        final_norm=not isinstance(model.norm, nn.Identity),
+        qk_norm=not isinstance(block.attn.q_norm, nn.Identity),
+        norm_eps=float(block.norm1.eps),
+        mean=_float_triple("mean", pretrained.get("mean", IMAGENET_MEAN)),
+        std=_float_triple("std", pretrained.get("std", IMAGENET_STD)),
     )
+
+
+def check_buildable(model: VisionTransformer, arch: str) -> None:
+    """Refuse, in one line, the ViTs ``build_backbone`` would not rebuild exactly: another
+    block, MLP (SwiGLU), norm (RMSNorm), activation, non-square patches or images, or a
+    patch bias that does not follow timm's pre-norm rule."""
+    embed = model.patch_embed
+    reasons = []
+    if embed.img_size[0] != embed.img_size[1] or embed.patch_size[0] != embed.patch_size[1]:
+        reasons.append("non-square image or patch size")
+    if (embed.proj.bias is None) != (not isinstance(model.norm_pre, nn.Identity)):
+        reasons.append("a patch-embedding bias that does not follow timm's pre-norm rule")
+    for index, block in enumerate(model.blocks):
+        norms = (block.norm1, block.norm2, *([] if isinstance(model.norm, nn.Identity) else [model.norm]))
+        if type(block) is not Block or type(block.attn) is not Attention or type(block.mlp) is not Mlp:
+            reasons.append(f"block {index} is {type(block).__name__} with {type(block.mlp).__name__} "
+                           "(only timm's plain Block, Attention and Mlp)")
+        elif not all(isinstance(n, nn.LayerNorm) and n.elementwise_affine and n.bias is not None for n in norms):
+            reasons.append(f"block {index} uses {type(block.norm1).__name__} (only LayerNorm with bias)")
+        elif type(block.mlp.act) is not nn.GELU or block.mlp.act.approximate != "none":
+            reasons.append(f"block {index} uses the activation {block.mlp.act!r} (only exact GELU)")
+        elif not isinstance(block.mlp.norm, nn.Identity) or not isinstance(block.attn.norm, nn.Identity):
+            reasons.append(f"block {index} has a norm inside its MLP or attention")
+        if reasons:
+            break
+    if reasons:
+        raise CheckpointError(f"'{arch}' cannot be rebuilt as a plain timm ViT: {reasons[0]}")
 
 
 def build_backbone(config: BackboneConfig, *, initialise: bool = True) -> VisionTransformer:
@@ -181,9 +264,14 @@ def build_backbone(config: BackboneConfig, *, initialise: bool = True) -> Vision
         num_heads=config.num_heads,
         mlp_ratio=config.mlp_ratio,
         qkv_bias=config.qkv_bias,
+        qk_norm=config.qk_norm,
         class_token=config.class_token,
         reg_tokens=config.reg_tokens,
+        no_embed_class=config.no_embed_class,
+        pre_norm=config.pre_norm,
+        final_norm=config.final_norm,
         init_values=config.init_values,
+        norm_layer=functools.partial(LayerNorm, eps=config.norm_eps),
         num_classes=0,
         global_pool="",
         weight_init="" if initialise else "skip",

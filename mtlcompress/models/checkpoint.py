@@ -3,7 +3,7 @@
 Document layout (format ``mtlcompress.single_task``, version 1)::
 
     {"task": "depth", "num_classes": null, "class_names": [...],
-     "backbone": BackboneConfig, "head": {"out_channels": 1, "hidden": 128},
+     "backbone": BackboneConfig, "head": {"type": "dense", "out_channels": 1, "hidden": 128},
      "training": {...}, "metrics": {...}, "sparsity": {...}, "mtlcompress_version": "0.1.0"}
 
 Loading validates the document, the task, and every tensor name and shape against the
@@ -30,7 +30,7 @@ from mtlcompress.io.container import (
     write_container,
 )
 from mtlcompress.models.backbone import BackboneConfig, check_int_range
-from mtlcompress.models.heads import MAX_HEAD_CHANNELS, head_sizes_from_dict
+from mtlcompress.models.heads import MAX_HEAD_CHANNELS, head_sizes_from_dict, head_type_from_dict
 from mtlcompress.models.single_task import SingleTaskModel
 from mtlcompress.tasks.registry import get_task
 
@@ -52,12 +52,13 @@ class CheckpointInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     # Set by `sparsify`: base checkpoint, delta density, activation thresholds.
     sparsity: dict[str, Any] = field(default_factory=dict)
+    head_type: str = "dense"  # a name in ``models.heads.HEADS``
 
     def to_document(self) -> dict[str, Any]:
         return {
             "task": self.task,
             "backbone": self.backbone.to_dict(),
-            "head": {"out_channels": self.out_channels, "hidden": self.head_hidden},
+            "head": {"type": self.head_type, "out_channels": self.out_channels, "hidden": self.head_hidden},
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "training": self.training,
@@ -77,6 +78,7 @@ class CheckpointInfo:
             if not isinstance(task, str):
                 raise CheckpointError("metadata field 'task' must be a string")
             out_channels, head_hidden = head_sizes_from_dict(doc["head"])
+            head_type = head_type_from_dict(doc["head"])
             num_classes = doc.get("num_classes")
             if num_classes is not None:
                 check_int_range("metadata field 'num_classes'", num_classes, 1, MAX_HEAD_CHANNELS)
@@ -89,7 +91,8 @@ class CheckpointInfo:
                 if not isinstance(sections[name], dict):
                     raise CheckpointError(f"metadata field '{name}' must be a JSON object")
             info = cls(task=task, backbone=backbone, out_channels=out_channels, head_hidden=head_hidden,
-                       num_classes=num_classes, class_names=list(class_names), **sections)
+                       num_classes=num_classes, class_names=list(class_names), head_type=head_type,
+                       **sections)
         except KeyError as exc:
             raise CheckpointError(f"{path}: metadata is missing the field {exc}") from None
         except CheckpointError as exc:
@@ -106,15 +109,17 @@ class CheckpointInfo:
         return info
 
 
-def build_model(info: CheckpointInfo) -> SingleTaskModel:
-    return SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden)
+def build_model(info: CheckpointInfo, *, initialise: bool = True) -> SingleTaskModel:
+    return SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=initialise,
+                           head_type=info.head_type)
 
 
 def checkpoint_tensor_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]:
     """The {name: shape} a checkpoint described by ``info`` must hold, from a model on
     the meta device: costs no memory and no weight init, whatever sizes ``info`` claims."""
     with torch.device("meta"):
-        model = SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=False)
+        model = SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=False,
+                                head_type=info.head_type)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 

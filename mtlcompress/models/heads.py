@@ -1,4 +1,8 @@
-"""Dense task heads: patch tokens -> a full-resolution prediction map."""
+"""Task heads: patch tokens -> a full-resolution prediction map.
+
+A head is chosen by name (``HEADS``, stored in checkpoint metadata as ``head.type``)
+and rebuilt from its sizes only: files carry weights, never code.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,14 @@ def head_sizes_from_dict(head: Any, default_hidden: int = 128) -> tuple[int, int
     return out_channels, hidden
 
 
+def head_type_from_dict(head: Any) -> str:
+    """The head record's ``type`` (files written before heads had types: ``"dense"``)."""
+    kind = head.get("type", "dense") if isinstance(head, dict) else None
+    if kind not in HEADS:
+        raise CheckpointError(f"head field 'type' is {kind!r}; known head types: {', '.join(HEADS)}")
+    return kind
+
+
 class DenseHead(nn.Module):
     """3x3 conv on the token grid, then a 1x1 conv to ``channels * patch**2`` and a
     pixel shuffle, so every pixel of a patch gets its own output.
@@ -53,3 +65,32 @@ class DenseHead(nn.Module):
         size = self.patch_size
         blocks = self.proj(features).view(batch, self.out_channels, size, size, grid_size, grid_size)
         return blocks.permute(0, 1, 4, 2, 5, 3).reshape(batch, self.out_channels, grid_size * size, grid_size * size)
+
+
+class LinearHead(nn.Module):
+    """A 1x1 convolution on the token grid, bilinearly upsampled to the image: the
+    linear probe most ViT dense-prediction papers report. ``hidden`` is unused (kept so
+    every head is built from the same sizes)."""
+
+    def __init__(self, embed_dim: int, out_channels: int, patch_size: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.patch_size = patch_size
+        self.hidden = hidden
+        self.proj = nn.Conv2d(embed_dim, out_channels, kernel_size=1)
+
+    def forward(self, patch_tokens: torch.Tensor, grid_size: int) -> torch.Tensor:
+        batch, _, dim = patch_tokens.shape
+        grid = patch_tokens.transpose(1, 2).reshape(batch, dim, grid_size, grid_size)
+        size = grid_size * self.patch_size
+        return F.interpolate(self.proj(grid), size=(size, size), mode="bilinear", align_corners=False)
+
+
+# Head name -> class, every class built as ``cls(embed_dim, out_channels, patch_size, hidden)``.
+HEADS: dict[str, type[nn.Module]] = {"dense": DenseHead, "linear": LinearHead}
+
+
+def build_head(kind: str, embed_dim: int, out_channels: int, patch_size: int, hidden: int = 128) -> nn.Module:
+    if kind not in HEADS:
+        raise CheckpointError(f"unknown head type '{kind}'; known head types: {', '.join(HEADS)}")
+    return HEADS[kind](embed_dim, out_channels, patch_size, hidden)

@@ -66,14 +66,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: timm_vit.VisionTrans
 
     Returns a new dict; the input is not modified.
     """
-    state: Any = state_dict
-    while isinstance(state, dict) and len(state) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        nested = next((state[k] for k in _NESTING_KEYS if isinstance(state.get(k), dict)), None)
-        if nested is None:
-            break
-        state = nested
-    if not isinstance(state, dict):
-        raise CheckpointError("weights file does not contain a state dict")
+    state = unwrap_state_dict(state_dict)
     cleaned: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
@@ -87,12 +80,26 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: timm_vit.VisionTrans
     return timm_vit.checkpoint_filter_fn(cleaned, model)
 
 
+def unwrap_state_dict(state_dict: Any) -> dict[str, Any]:
+    """The state dict inside the wrappers training frameworks save (``{"model": ...}``,
+    ``{"state_dict": ...}``, ...): descends while no value is a tensor."""
+    state: Any = state_dict
+    while isinstance(state, dict) and len(state) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        nested = next((state[k] for k in _NESTING_KEYS if isinstance(state.get(k), dict)), None)
+        if nested is None:
+            break
+        state = nested
+    if not isinstance(state, dict):
+        raise CheckpointError("weights file does not contain a state dict")
+    return state
+
+
 def load_initial_backbone(model: timm_vit.VisionTransformer, path: str | os.PathLike) -> dict[str, Any]:
     """Load shared initial weights into ``model`` in place; returns provenance info."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: file not found")
-    state = _read_any_weights(path)
+    state = read_weights_file(path)
     try:
         adapted = checkpoint_filter_fn(state, model)
     except CheckpointError as exc:
@@ -125,7 +132,9 @@ def is_backbone_init(path: Path) -> bool:
         return False
 
 
-def _read_any_weights(path: Path) -> dict[str, Any]:
+def read_weights_file(path: Path) -> dict[str, Any]:
+    """Tensors of an init file, a ``.safetensors`` file or a torch pickle read with
+    ``weights_only=True`` (nothing in the file can run code)."""
     if is_backbone_init(path):
         read_backbone_config(path)
         return read_container_tensors(path, error=CheckpointError)

@@ -16,8 +16,11 @@ ENGINES = ("shared", "dense")
 
 def make_engine(bundle: Bundle, kind: str, tasks: Sequence[str] | None = None,
                 device: str | torch.device = "cpu") -> SharedEngine | DenseEngine:
-    """``"shared"``: real shared computation; ``"dense"``: the simulated reference."""
-    if kind == "dense":
+    """``"shared"``: real shared computation; ``"dense"``: the simulated reference.
+
+    A backbone the shared engine cannot share (``BackboneConfig.dense_path_reason``,
+    e.g. qk-norm blocks) runs by the dense path whichever engine is asked for."""
+    if kind == "dense" or (kind == "shared" and bundle.backbone.dense_path_reason):
         return DenseEngine(bundle, tasks, device)
     if kind == "shared":
         return SharedEngine(bundle, tasks, device)

@@ -254,7 +254,7 @@ class SharedEngine:
     @torch.inference_mode()
     def _task_domain(self, images: Tensor) -> dict[str, Tensor]:
         check_images(images, self.bundle.backbone.img_size)
-        pixels = normalize_images(images)
+        pixels = normalize_images(images, self.bundle.backbone)
         measured: list[tuple[str, str, Tensor, Tensor]] = []
         x0 = self._embed(self._base, pixels, _BASE)
         embeds = [x0, *(x0 if task.shares_embedding else self._embed(task, pixels, _SUB) for task in self._subs)]
@@ -273,7 +273,7 @@ class SharedEngine:
         ``stream`` (new, empty) records what later frames start from; on other frames
         every task propagates what changed since the last one. Returns the outputs and
         the frame's drift."""
-        pixels = normalize_images(frame)
+        pixels = normalize_images(frame, self.bundle.backbone)
         measured: list[tuple[str, str, Tensor, Tensor]] = []
         drifts: list[Tensor] = []
         outputs: dict[str, Tensor] = {}

@@ -1,0 +1,116 @@
+"""``mtlcompress import`` through the command line: fine-tuned models saved elsewhere
+become checkpoints that go through `sparsify`, `export` and `run`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from mtlcompress.bundle.format import load_bundle
+from mtlcompress.cli.main import app, main
+from mtlcompress.models.backbone import PRESETS, build_backbone
+from mtlcompress.models.checkpoint import load_checkpoint, read_checkpoint_info
+from mtlcompress.models.heads import DenseHead, LinearHead
+from mtlcompress.models.single_task import normalize_images
+from mtlcompress.runtime.dense_engine import DenseEngine
+from mtlcompress.runtime.shared_engine import SharedEngine
+
+MICRO = PRESETS["micro"]
+runner = CliRunner()
+
+
+def _import(*args) -> dict:
+    result = runner.invoke(app, ["import", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """A micro ViT with a linear depth head (plain safetensors) and the same ViT, 5% of
+    its weights moved, with a dense normals head, wrapped as multi-task codebases save it."""
+    folder = tmp_path_factory.mktemp("import")
+    torch.manual_seed(0)
+    vit, depth_head = build_backbone(MICRO).eval(), LinearHead(32, 1, 8).eval()
+    save_file({**vit.state_dict(), **{f"head.{k}": v for k, v in depth_head.state_dict().items()}},
+              folder / "depth.safetensors")
+    tuned = build_backbone(MICRO).eval()
+    tuned.load_state_dict({k: v + (torch.rand_like(v) < 0.05) * torch.randn_like(v) * 0.1
+                           for k, v in vit.state_dict().items()})
+    normals_head = DenseHead(32, 3, 8, 16).eval()
+    torch.save({"model": {**{f"backbone.{k}": v for k, v in tuned.state_dict().items()},
+                          **{f"decoder.{k}": v for k, v in normals_head.state_dict().items()}}, "epoch": 7},
+               folder / "normals.pth")
+    return {"folder": folder, "depth": (vit, depth_head), "normals": (tuned, normals_head)}
+
+
+def test_import_keeps_backbone_and_head_exactly(sources, tmp_path):
+    folder = sources["folder"]
+    summary = _import(folder / "depth.safetensors", "--task", "depth", "--backbone", "micro", "--head", "linear",
+                      "--out", tmp_path / "depth.safetensors")
+    assert summary["head"] == "linear" and summary["source_format"] == "timm" and summary["ignored"] == []
+    _import(folder / "normals.pth", "--task", "normals", "--backbone", "micro", "--head-prefix", "decoder.",
+            "--out", tmp_path / "normals.safetensors")
+    images = torch.rand(2, 3, 32, 32)
+    for task in ("depth", "normals"):
+        vit, head = sources[task]
+        model, _ = load_checkpoint(tmp_path / f"{task}.safetensors")
+        with torch.no_grad():
+            expected = head(vit.forward_features(normalize_images(images, MICRO))[:, 1:], 4)
+            assert torch.allclose(model(images), expected, atol=1e-5)
+
+
+def test_leftover_keys_exit_2_with_one_line_unless_ignored(sources, tmp_path, monkeypatch, capsys):
+    vit, head = sources["depth"]
+    state = {**vit.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()},
+             "head_drop.x": torch.zeros(1), "pooler.weight": torch.zeros(2)}
+    save_file(state, tmp_path / "extra.safetensors")
+    args = ["import", str(tmp_path / "extra.safetensors"), "--task", "depth", "--backbone", "micro", "--head",
+            "linear", "--out", str(tmp_path / "out.safetensors")]
+    monkeypatch.setattr(sys, "argv", ["mtlcompress", *args, "--json"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    error = json.loads(capsys.readouterr().out)
+    assert error["error"] and "2 source keys unused: head_drop.x, pooler.weight" in error["message"]
+    assert "\n" not in error["message"]
+    summary = _import(*args[1:], "--ignore", "^pooler", "--ignore", "head_drop")
+    assert summary["ignored"] == ["head_drop.x", "pooler.weight"]
+
+
+def test_imported_checkpoints_sparsify_export_and_run(sources, quick_demo, tmp_path, fixed_timings):
+    folder = sources["folder"]
+    depth, normals = tmp_path / "depth.safetensors", tmp_path / "normals.safetensors"
+    _import(folder / "depth.safetensors", "--task", "depth", "--backbone", "micro", "--head", "linear", "--out", depth)
+    _import(folder / "normals.pth", "--task", "normals", "--backbone", "micro", "--head-prefix", "decoder.",
+            "--out", normals)
+    sparse = tmp_path / "normals.weights.safetensors"
+    result = runner.invoke(app, ["sparsify", "weights", "--base", str(depth), "--task", str(normals), "--data",
+                                 str(quick_demo["data"]), "--out", str(sparse), "--method", "magnitude",
+                                 "--steps", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint_info(sparse).head_type == "dense"
+    result = runner.invoke(app, ["export", "--base", str(depth), "--task", str(sparse), "--out",
+                                 str(tmp_path / "bundle.safetensors"), "--json"])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "bundle.safetensors")
+    assert bundle.task("depth").info.head_type == "linear"
+    images = torch.rand(2, 3, 32, 32)
+    shared = SharedEngine(bundle, timings=fixed_timings).predict(images)
+    dense = DenseEngine(bundle).predict(images)
+    for task in ("depth", "normals"):
+        assert torch.allclose(shared[task], dense[task], atol=1e-4)
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+        tmp_path / "imgs" / "a.png")
+    result = runner.invoke(app, ["run", str(tmp_path / "bundle.safetensors"), str(tmp_path / "imgs"), "--out",
+                                 str(tmp_path / "out"), "--engine", "dense", "--json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "a" / "depth.png").is_file()
