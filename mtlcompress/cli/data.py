@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, OverwriteOpt, QuietOpt, SeedOpt
+from mtlcompress.cli._options import JsonOpt, QuietOpt, SeedOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.io.outputs import check_output
 from mtlcompress.progress import progress_bar

@@ -7,12 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, OverwriteOpt, QuietOpt
+from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.outputs import HTML_SUFFIXES, check_output
-from mtlcompress.report.html import write_html_report
-from mtlcompress.report.inspect import HTML_EXAMPLES, inspect_bundle
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +35,7 @@ def inspect(
     # torch: imported once a command runs, so that `--help` answers at once.
     from mtlcompress.bundle.format import load_bundle
     from mtlcompress.report.html import write_html_report
-    from mtlcompress.report.inspect import inspect_bundle
+    from mtlcompress.report.inspect import HTML_EXAMPLES, inspect_bundle
 
     bundle = load_bundle(bundle_path)
     report = inspect_bundle(bundle, bundle_path, data=data, max_images=max_images,

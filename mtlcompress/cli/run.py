@@ -10,7 +10,7 @@ import typer
 from mtlcompress.cli._options import JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.io.images import MAX_PIXELS
+from mtlcompress.io.limits import MAX_PIXELS
 
 ENGINE_NAMES = ("shared", "dense")  # checked against runtime.engines.ENGINES inside the command
 

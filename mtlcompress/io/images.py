@@ -21,16 +21,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.io.limits import MAX_PIXELS as DEFAULT_MAX_PIXELS
 from mtlcompress.io.output_paths import output_names
 from mtlcompress.io.video import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
-# The default pixel limit (width x height). 50 MP covers every camera photo short of
-# medium format, while a declared 20000x20000 header (400 MP, a few bytes on disk) or a
-# 12000x12000 scan (~700 MB once decoded) is refused. Set this, or pass ``max_pixels``
-# (``mtlcompress run --max-pixels``), to read bigger images on purpose.
-MAX_PIXELS = 50_000_000
+# The pixel limit (width x height). Set this, or pass ``max_pixels`` (``mtlcompress run --max-pixels``), to read bigger
+# images on purpose; the default and why it is that size: ``io.limits``.
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 
 _RAISE_HINT = ("if it is genuine, raise the limit (mtlcompress run --max-pixels, or "
                "mtlcompress.io.images.MAX_PIXELS)")

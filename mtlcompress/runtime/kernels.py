@@ -28,7 +28,6 @@ Sparsity of dx comes in two granularities (see :func:`threshold_delta`):
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Literal

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mtlcompress.tasks.losses import check_same_shape
-from mtlcompress.tasks.metrics import StreamingMetric, ratio_or_nan
+from mtlcompress.tasks.metrics import StreamingMetric
 
 __all__ = ["EdgeFMeasure", "SaliencyMaxF"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -218,10 +217,8 @@ def test_load_or_calibrate_uses_the_cache_and_replaces_a_corrupt_one(calibration
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_calibrate_tiny_shapes_gives_positive_finite_timings_quickly(dtype):
-    start = time.perf_counter()
+def test_calibrate_tiny_shapes_gives_positive_finite_timings(dtype):
     t = calibrate("cpu", dtype, in_features=16, out_features=32, tokens=8, repeats=3)
-    assert time.perf_counter() - start < 5.0
     for path in (t.dense, t.token, t.element, t.sparse_weight):
         assert math.isfinite(path.overhead_s) and path.overhead_s >= 0
         assert math.isfinite(path.per_unit_s) and path.per_unit_s > 0
