@@ -31,6 +31,7 @@ from mtlcompress.cli.main import app
 from mtlcompress.data.synth import generate_scenes
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
+from mtlcompress.models.importing import read_key_map
 from mtlcompress.runtime.calibration import default_cache_path, save_timings
 from mtlcompress.sparsify.plan import parse_plan
 from mtlcompress.tasks.registry import get_task
@@ -138,8 +139,18 @@ def test_examples_predict_script_runs(example_folder, monkeypatch, capsys):
     assert "semseg" in out and "keyframe=True" in out
 
 
-PLANS = [(path, body) for path in DOCS for body in blocks(path, {"toml"})]
+TOML_BLOCKS = [(path, body) for path in DOCS for body in blocks(path, {"toml"})]
+# A TOML block whose only table is [keys] is an `mtlcompress import --key-map` file.
+KEY_MAPS = [(path, body) for path, body in TOML_BLOCKS if set(tomllib.loads(body)) == {"keys"}]
+PLANS = [(path, body) for path, body in TOML_BLOCKS if (path, body) not in KEY_MAPS]
 PLANS += [(ROOT / "examples" / "plan.toml", (ROOT / "examples" / "plan.toml").read_text(encoding="utf-8"))]
+
+
+@pytest.mark.parametrize("key_map", KEY_MAPS, ids=[f"{p.name} key map {i}" for i, (p, _) in enumerate(KEY_MAPS)])
+def test_key_map_examples_read(key_map, tmp_path):
+    doc, text = key_map
+    (tmp_path / "map.toml").write_text(text, encoding="utf-8")
+    assert read_key_map(tmp_path / "map.toml"), f"{doc.name}: the key map example has no rules"
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=[f"{p.name} plan {i}" for i, (p, _) in enumerate(PLANS)])
