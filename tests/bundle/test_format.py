@@ -13,12 +13,13 @@ from safetensors.torch import load_file
 
 import mtlcompress.io.atomic as atomic
 from mtlcompress.bundle.bundle import Bundle
-from mtlcompress.bundle.format import FORMAT_NAME, load_bundle, manifest_sha256, payload_sha256, save_bundle
+from mtlcompress.bundle.format import load_bundle, payload_sha256, save_bundle
 from mtlcompress.bundle.layouts import LAYOUTS, layout_nbytes
 from mtlcompress.errors import BundleError
-from mtlcompress.io.container import write_container
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
+
+from .conftest import rewrite
 
 MICRO = PRESETS["micro"]
 ACTIVATION = {"granularity": "token", "task_thresholds": {"blocks.0.attn.qkv": 0.15, "blocks.1.mlp.fc2": 0.05},
@@ -179,18 +180,6 @@ def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
     path.write_bytes(bytes(data))
 
 
-def rewrite(path: Path, edit, *, checksums: bool = True, version: int = 1, name: str = FORMAT_NAME) -> None:
-    """Re-write a bundle with ``edit(tensors, manifest)`` applied, checksums recomputed."""
-    tensors = load_file(path)
-    with safe_open(str(path), framework="pt") as handle:
-        manifest = json.loads(handle.metadata()["document"])
-    edit(tensors, manifest)
-    if checksums:
-        manifest["payload_sha256"] = payload_sha256(tensors)
-        manifest["manifest_sha256"] = manifest_sha256(manifest)
-    write_container(path, tensors, format_name=name, version=version, document=manifest)
-
-
 def load_error(path: Path) -> str:
     with pytest.raises(BundleError) as info:
         load_bundle(path)
@@ -322,7 +311,13 @@ def test_missing_tensor(saved):
 def test_wrong_base_shape(saved):
     path, _ = saved
     rewrite(path, lambda t, m: t.update({"base.norm.bias": torch.zeros(33)}))
-    assert "tensor 'base.norm.bias' is float32 (33,)" in load_error(path)
+    assert "tensor 'base.norm.bias' has shape (33,), the manifest's architecture needs (32,)" in load_error(path)
+
+
+def test_wrong_dtype(saved):
+    path, _ = saved
+    rewrite(path, lambda t, m: t.update({"head.depth.conv.bias": t["head.depth.conv.bias"].double()}))
+    assert "tensor 'head.depth.conv.bias' is float64, the manifest's architecture needs one of" in load_error(path)
 
 
 def test_huge_declared_delta_shape_is_refused_before_allocating(saved):
