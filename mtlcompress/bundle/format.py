@@ -33,17 +33,25 @@ from mtlcompress.bundle.bundle import Bundle, BundleTask
 from mtlcompress.bundle.checksums import manifest_sha256, payload_sha256
 from mtlcompress.bundle.manifest import FORMAT_VERSION, SchemaError, validate_manifest
 from mtlcompress.errors import BundleError, MtlCompressError
-from mtlcompress.io.container import check_tensor_names, read_container_header, read_container_tensors, write_container
+from mtlcompress.io.container import (
+    check_tensor_names,
+    read_container_header,
+    read_container_shapes,
+    read_container_tensors,
+    write_container,
+)
 from mtlcompress.models.activation_sparsity import ActivationSparsity
-from mtlcompress.models.backbone import BackboneConfig, backbone_signature
+from mtlcompress.models.backbone import BackboneConfig, backbone_signature, backbone_tensor_shapes
 from mtlcompress.models.checkpoint import FORMAT_NAME as CHECKPOINT_FORMAT_NAME
-from mtlcompress.models.checkpoint import CheckpointInfo, build_model
+from mtlcompress.models.checkpoint import CheckpointInfo
+from mtlcompress.models.heads import DenseHead
 from mtlcompress.version import __version__
 
 FORMAT_NAME = "mtlcompress.bundle"
 SUPPORTED_VERSIONS = (1,)
 
 _CORRUPT = "the file is damaged or was edited; re-export it with `mtlcompress export`"
+_NOT_WRITTEN = "no bundle was written (every output would be NaN); check the source checkpoints"
 
 # ------------------------------------------------------------------------ save
 
@@ -65,6 +73,8 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> dict[str, Any]:
     if bundle.base_task not in bundle.tasks:
         raise BundleError(f"{path}: base task '{bundle.base_task}' is not among the tasks ({', '.join(bundle.tasks)})")
     base_weights = bundle.base_weights
+    for name, w in base_weights.items():
+        _check_finite(path, f"base.{name}", w, _NOT_WRITTEN)
     tensors: dict[str, torch.Tensor] = {f"base.{name}": w for name, w in base_weights.items()}
     total = sum(w.numel() for w in base_weights.values())
     tasks: dict[str, Any] = {}
@@ -81,10 +91,14 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> dict[str, Any]:
             nnz = int(torch.count_nonzero(delta))
             if nnz == 0:
                 continue
+            _check_finite(path, f"delta.{task}.{name}", delta, _NOT_WRITTEN)
+            _check_finite(path, f"base.{name} + delta.{task}.{name}", base_weights[name] + delta, _NOT_WRITTEN)
             encoded = layouts.encode(delta.detach().cpu(), "auto")
             tensors.update(layouts.encoded_to_state(f"delta.{task}.{name}", encoded))
             deltas[name] = {"layout": encoded.layout, "shape": list(encoded.shape),
                             "dtype": layouts.dtype_to_str(encoded.dtype), "nnz": nnz, "bytes": encoded.nbytes}
+        for name, h in entry.head.items():
+            _check_finite(path, f"head.{task}.{name}", h, _NOT_WRITTEN)
         tensors.update({f"head.{task}.{name}": h for name, h in entry.head.items()})
         tasks[task] = {
             "checkpoint": entry.info.to_document(),
@@ -119,13 +133,17 @@ def _density(deltas: Mapping[str, Mapping[str, Any]], total: int) -> float:
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
-    """Read and fully verify a bundle file, before any tensor is used.
+    """Read and fully verify a bundle file; every problem raises one-line ``BundleError``.
+
+    Order matters: every manifest number is validated first, then the header's tensor
+    shapes are compared with the architecture (built on the meta device), and only then
+    is tensor data read, so a file that claims a huge model costs nothing to refuse.
 
     Args:
         path: a bundle written by ``save_bundle`` or ``export_bundle``.
 
     Raises:
-        BundleError: one line naming the problem (version, checksum, shape, index).
+        BundleError: one line naming the problem (version, checksum, number, shape, index).
     """
     path = Path(path)
     manifest = _read_manifest(path)
@@ -133,17 +151,23 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         validate_manifest(manifest)
     except (SchemaError, MtlCompressError) as exc:
         raise BundleError(f"{path}: {exc}; {_CORRUPT}") from None
-    try:
-        backbone = BackboneConfig.from_dict(manifest["backbone"])
-    except MtlCompressError as exc:
-        raise BundleError(f"{path}: manifest field 'backbone': {exc}; {_CORRUPT}") from None
     if manifest_sha256(manifest) != manifest["manifest_sha256"]:
         raise BundleError(f"{path}: manifest checksum mismatch; {_CORRUPT}")
+    backbone = BackboneConfig.from_dict(manifest["backbone"])  # validated above
+    infos = _task_infos(path, manifest, backbone)
+    backbone_shapes = backbone_tensor_shapes(backbone)  # meta device: no memory, whatever the manifest claims
+    expected = _expected_shapes(path, manifest, backbone_shapes, infos)
+    header = _guarded(path, "not a readable safetensors file", lambda: read_container_shapes(path, error=BundleError))
+    check_tensor_names(expected, header, path, error=BundleError, hint=f"; {_CORRUPT}")
+    for name, shape in header.items():
+        if not name.startswith("delta.") and tuple(shape) != expected[name]:  # delta parts: the layout decoder
+            raise BundleError(f"{path}: tensor '{name}' has shape {tuple(shape)}, the manifest's architecture "
+                              f"needs {expected[name]}; {_CORRUPT}")
     state = _guarded(path, "tensor data is truncated or corrupt",
                      lambda: read_container_tensors(path, error=BundleError))
     if payload_sha256(state) != manifest["payload_sha256"]:
         raise BundleError(f"{path}: payload checksum mismatch (tensor bytes changed); {_CORRUPT}")
-    return _build(path, manifest, backbone, state)
+    return _build(path, manifest, backbone, list(backbone_shapes), infos, state)
 
 
 def _guarded(path: Path, what: str, read: Callable[[], Any]) -> Any:
@@ -195,8 +219,7 @@ def _declared_version(path: Path) -> int | None:
         return None
 
 
-def _build(path: Path, manifest: dict[str, Any], backbone: BackboneConfig, state: dict[str, torch.Tensor]) -> Bundle:
-    """Check every tensor against the model the manifest describes; assemble the Bundle."""
+def _task_infos(path: Path, manifest: dict[str, Any], backbone: BackboneConfig) -> dict[str, CheckpointInfo]:
     infos: dict[str, CheckpointInfo] = {}
     for task in manifest["task_order"]:
         doc = manifest["tasks"][task]["checkpoint"]
@@ -207,15 +230,23 @@ def _build(path: Path, manifest: dict[str, Any], backbone: BackboneConfig, state
         if backbone_signature(infos[task].backbone) != backbone_signature(backbone):
             raise BundleError(f"{path}: task '{task}' has backbone {infos[task].backbone.describe()}, the bundle "
                               f"{backbone.describe()}; {_CORRUPT}")
-    with torch.device("meta"):
-        models = {task: build_model(info) for task, info in infos.items()}
-    backbone_shapes = {n: tuple(t.shape) for n, t in models[manifest["base_task"]].backbone.state_dict().items()}
-    head_shapes = {task: {n: tuple(t.shape) for n, t in model.head.state_dict().items()}
-                   for task, model in models.items()}
+    return infos
 
+
+def _head_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]:
+    """A head's tensor shapes from a meta-device head (the backbone is not rebuilt per task)."""
+    with torch.device("meta"):
+        head = DenseHead(info.backbone.embed_dim, info.out_channels, info.backbone.patch_size, info.head_hidden)
+    return {n: tuple(t.shape) for n, t in head.state_dict().items()}
+
+
+def _expected_shapes(path: Path, manifest: dict[str, Any], backbone_shapes: Mapping[str, tuple[int, ...]],
+                     infos: Mapping[str, CheckpointInfo]) -> dict[str, tuple[int, ...]]:
+    """Every tensor the manifest's architecture needs -> its shape (``()`` for a sparse
+    delta's parts, whose shapes only the layout decoder knows)."""
     expected: dict[str, tuple[int, ...]] = {f"base.{n}": s for n, s in backbone_shapes.items()}
     for task in manifest["task_order"]:
-        expected.update({f"head.{task}.{n}": s for n, s in head_shapes[task].items()})
+        expected.update({f"head.{task}.{n}": s for n, s in _head_shapes(infos[task]).items()})
         for name, entry in manifest["tasks"][task]["delta"].items():
             if name not in backbone_shapes:
                 raise BundleError(f"{path}: task '{task}' has a delta for '{name}', which the backbone does not "
@@ -224,34 +255,42 @@ def _build(path: Path, manifest: dict[str, Any], backbone: BackboneConfig, state
                 raise BundleError(f"{path}: task '{task}' delta '{name}' declares shape {tuple(entry['shape'])}, "
                                   f"the backbone weight is {backbone_shapes[name]}; {_CORRUPT}")
             expected.update({f"delta.{task}.{name}.{part}": () for part in layouts.part_names(entry["layout"])})
-    check_tensor_names(expected, state, path, error=BundleError, hint=f"; {_CORRUPT}")
+    return expected
+
+
+def _check_finite(path: Path, name: str, tensor: torch.Tensor, hint: str) -> None:
+    """One NaN or Inf weight turns every output into NaN: refuse it, naming the tensor."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise BundleError(f"{path}: tensor '{name}' holds NaN or Inf; {hint}")
+
+
+def _build(path: Path, manifest: dict[str, Any], backbone: BackboneConfig, weight_names: Sequence[str],
+           infos: Mapping[str, CheckpointInfo], state: dict[str, torch.Tensor]) -> Bundle:
+    """Check every tensor's dtype and values; decode the deltas; assemble the Bundle."""
     for name, tensor in state.items():
         if name.startswith("delta."):
             continue  # parts: checked by the layout decoder below
-        if tuple(tensor.shape) != expected[name] or tensor.dtype not in layouts.DTYPE_NAMES.values():
-            raise BundleError(f"{path}: tensor '{name}' is {str(tensor.dtype).removeprefix('torch.')} "
-                              f"{tuple(tensor.shape)}, the manifest's architecture needs {expected[name]} in one of "
-                              f"{', '.join(layouts.DTYPE_NAMES)}; {_CORRUPT}")
+        if tensor.dtype not in layouts.DTYPE_NAMES.values():
+            raise BundleError(f"{path}: tensor '{name}' is {str(tensor.dtype).removeprefix('torch.')}, the "
+                              f"manifest's architecture needs one of {', '.join(layouts.DTYPE_NAMES)}; {_CORRUPT}")
+        _check_finite(path, name, tensor, _CORRUPT)
 
-    base_weights = {n: state[f"base.{n}"] for n in backbone_shapes}
+    base_weights = {n: state[f"base.{n}"] for n in weight_names}  # the model's order
     tasks: dict[str, BundleTask] = {}
     for task in manifest["task_order"]:
         entry = manifest["tasks"][task]
         delta = {}
-        for name in backbone_shapes:  # base order, like Bundle.from_checkpoints
+        for name in base_weights:  # base order, like Bundle.from_checkpoints
             if name in entry["delta"]:
                 delta[name] = _decode_delta(path, task, name, entry["delta"][name], base_weights[name], state)
         if entry["delta_density"] != _density(entry["delta"], sum(w.numel() for w in base_weights.values())):
             raise BundleError(f"{path}: task '{task}' delta_density disagrees with its deltas; {_CORRUPT}")
-        try:
-            activation = ActivationSparsity.from_dict(entry["activation"])
-        except MtlCompressError as exc:
-            raise BundleError(f"{path}: task '{task}': {exc}; {_CORRUPT}") from None
+        heads = {n: state[f"head.{task}.{n}"] for n in _head_shapes(infos[task])}
         tasks[task] = BundleTask(
             info=infos[task],
-            head={n: state[f"head.{task}.{n}"] for n in head_shapes[task]},
+            head=heads,
             delta=delta,
-            activation=activation,
+            activation=ActivationSparsity.from_dict(entry["activation"]),  # validated with the manifest
             provenance=entry["provenance"],
         )
     return Bundle(backbone=backbone, base_task=manifest["base_task"], base_weights=base_weights, tasks=tasks)
@@ -271,6 +310,8 @@ def _decode_delta(path: Path, task: str, name: str, entry: Mapping[str, Any], ba
     nnz = int(torch.count_nonzero(delta))
     if nnz != entry["nnz"]:
         raise BundleError(f"{path}: tensor '{key}' has {nnz} non-zeros, the manifest says {entry['nnz']}; {_CORRUPT}")
+    _check_finite(path, key, delta, _CORRUPT)
+    _check_finite(path, f"base.{name} + {key}", base + delta, _CORRUPT)  # finite parts can still overflow
     return delta
 
 

@@ -7,11 +7,14 @@ A checker gets a value and its dotted location, and raises ``SchemaError``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from mtlcompress.bundle import layouts
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.models.activation_sparsity import GRANULARITIES
+from mtlcompress.models.activation_sparsity import GRANULARITIES, ActivationSparsity
+from mtlcompress.models.backbone import BackboneConfig, check_int_range
+from mtlcompress.models.heads import MAX_HEAD_CHANNELS, head_sizes_from_dict, head_type_from_dict
 from mtlcompress.tasks.registry import get_task
 
 FORMAT_VERSION = 1
@@ -48,6 +51,12 @@ def _number(value: Any, where: str) -> None:
         raise SchemaError(where, f"must be a number, got {value!r:.40}")
 
 
+def _fraction(value: Any, where: str) -> None:
+    _number(value, where)
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise SchemaError(where, f"must be a number in [0, 1], got {value!r:.40}")
+
+
 def _text(value: Any, where: str) -> None:
     if not isinstance(value, str):
         raise SchemaError(where, f"must be a string, got {value!r:.40}")
@@ -69,6 +78,28 @@ def _task_name(value: Any, where: str) -> None:
         get_task(value)
     except MtlCompressError as exc:
         raise SchemaError(where, f"names {exc}") from None
+
+
+def _checked_by(validate: Callable[[Any], Any]) -> _Check:
+    """A field whose type and range belong to the model code: the same validator
+    checkpoints go through, so a number is never checked two ways."""
+    def check(value: Any, where: str) -> None:
+        try:
+            validate(value)
+        except MtlCompressError as exc:
+            raise SchemaError(where, f"is invalid: {exc}") from None
+    return check
+
+
+def _any(value: Any, where: str) -> None:
+    """A key that must be present; its value is checked by the record's own validator."""
+
+
+def _all_of(*checks: _Check) -> _Check:
+    def check_all(value: Any, where: str) -> None:
+        for check in checks:
+            check(value, where)
+    return check_all
 
 
 def _one_of(choices: tuple[str, ...]) -> _Check:
@@ -120,23 +151,27 @@ def _record(fields: dict[str, _Check], optional: tuple[str, ...] = ()) -> _Check
     return check_record
 
 
+_BACKBONE = _checked_by(BackboneConfig.from_dict)
+_HEAD = _all_of(_record({"type": _any, "out_channels": _any, "hidden": _any}, optional=("type",)),
+                _checked_by(head_sizes_from_dict), _checked_by(head_type_from_dict))
+_NUM_CLASSES = _checked_by(lambda n: check_int_range("num_classes", n, 1, MAX_HEAD_CHANNELS))
+_ACTIVATION = _all_of(_record({"granularity": _one_of(GRANULARITIES), "task_thresholds": _any,
+                               "temporal_thresholds": _any}), _checked_by(ActivationSparsity.from_dict))
 _DELTA_ENTRY = _record({"layout": _one_of(layouts.LAYOUTS), "shape": _list_of(_count),
                         "dtype": _one_of(tuple(layouts.DTYPE_NAMES)), "nnz": _count, "bytes": _count})
 _TASK_ENTRY = _record({
     "checkpoint": _record({
-        "task": _task_name, "backbone": _json_object,
-        "head": _record({"type": _text, "out_channels": _positive, "hidden": _positive}, optional=("type",)),
-        "num_classes": _optional(_positive), "class_names": _list_of(_text), "training": _json_object,
-        "metrics": _json_object, "sparsity": _json_object, "mtlcompress_version": _text,
+        "task": _task_name, "backbone": _BACKBONE, "head": _HEAD,
+        "num_classes": _optional(_NUM_CLASSES), "class_names": _list_of(_text), "training": _json_object,
+        "metrics": _dict_of(_number), "sparsity": _json_object, "mtlcompress_version": _text,
     }, optional=("mtlcompress_version",)),
-    "activation": _record({"granularity": _one_of(GRANULARITIES), "task_thresholds": _dict_of(_number),
-                           "temporal_thresholds": _dict_of(_number)}),
+    "activation": _ACTIVATION,
     "provenance": _json_object,
-    "delta_density": _number,
+    "delta_density": _fraction,
     "delta": _dict_of(_DELTA_ENTRY),
 })
 _MANIFEST = _record({
-    "format_version": _positive, "mtlcompress_version": _text, "backbone": _json_object,
+    "format_version": _positive, "mtlcompress_version": _text, "backbone": _BACKBONE,
     "base_task": _task_name, "task_order": _list_of(_task_name, unique=True),
     "tasks": _dict_of(_TASK_ENTRY), "payload_sha256": _sha256, "manifest_sha256": _sha256,
 })

@@ -33,10 +33,27 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
         if durable:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+        # mkstemp's 0600 would make every output private; writers may also re-create tmp.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (setting it, even
+    briefly, would race with files other threads create)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

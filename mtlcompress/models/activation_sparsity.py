@@ -42,8 +42,9 @@ class ActivationSparsity:
         def thresholds(key: str) -> dict[str, float]:
             values = data.get(key) or {}
             if not isinstance(values, dict) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values.values()):
-                raise MtlCompressError(f"activation '{key}' must map layer names to non-negative numbers")
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf
+                    for v in values.values()):
+                raise MtlCompressError(f"activation '{key}' must map layer names to finite non-negative numbers")
             return {str(k): float(v) for k, v in values.items()}
         return cls(granularity=data.get("granularity", "token"), task_thresholds=thresholds("task_thresholds"),
                    temporal_thresholds=thresholds("temporal_thresholds"))

@@ -13,12 +13,13 @@ from safetensors.torch import load_file
 
 import mtlcompress.io.atomic as atomic
 from mtlcompress.bundle.bundle import Bundle
-from mtlcompress.bundle.format import FORMAT_NAME, load_bundle, manifest_sha256, payload_sha256, save_bundle
+from mtlcompress.bundle.format import load_bundle, payload_sha256, save_bundle
 from mtlcompress.bundle.layouts import LAYOUTS, layout_nbytes
 from mtlcompress.errors import BundleError
-from mtlcompress.io.container import write_container
 from mtlcompress.models.backbone import PRESETS
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
+
+from .conftest import rewrite
 
 MICRO = PRESETS["micro"]
 ACTIVATION = {"granularity": "token", "task_thresholds": {"blocks.0.attn.qkv": 0.15, "blocks.1.mlp.fc2": 0.05},
@@ -179,18 +180,6 @@ def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
     path.write_bytes(bytes(data))
 
 
-def rewrite(path: Path, edit, *, checksums: bool = True, version: int = 1, name: str = FORMAT_NAME) -> None:
-    """Re-write a bundle with ``edit(tensors, manifest)`` applied, checksums recomputed."""
-    tensors = load_file(path)
-    with safe_open(str(path), framework="pt") as handle:
-        manifest = json.loads(handle.metadata()["document"])
-    edit(tensors, manifest)
-    if checksums:
-        manifest["payload_sha256"] = payload_sha256(tensors)
-        manifest["manifest_sha256"] = manifest_sha256(manifest)
-    write_container(path, tensors, format_name=name, version=version, document=manifest)
-
-
 def load_error(path: Path) -> str:
     with pytest.raises(BundleError) as info:
         load_bundle(path)
@@ -322,7 +311,20 @@ def test_missing_tensor(saved):
 def test_wrong_base_shape(saved):
     path, _ = saved
     rewrite(path, lambda t, m: t.update({"base.norm.bias": torch.zeros(33)}))
-    assert "tensor 'base.norm.bias' is float32 (33,)" in load_error(path)
+    assert "tensor 'base.norm.bias' has shape (33,), the manifest's architecture needs (32,)" in load_error(path)
+
+
+def test_wrong_head_shape(saved):
+    path, _ = saved
+    rewrite(path, lambda t, m: t.update({"head.normals.conv.bias": torch.zeros(17)}))
+    assert "tensor 'head.normals.conv.bias' has shape (17,), the manifest's architecture needs (16,)" in (
+        load_error(path))
+
+
+def test_wrong_dtype(saved):
+    path, _ = saved
+    rewrite(path, lambda t, m: t.update({"head.depth.conv.bias": t["head.depth.conv.bias"].double()}))
+    assert "tensor 'head.depth.conv.bias' is float64, the manifest's architecture needs one of" in load_error(path)
 
 
 def test_huge_declared_delta_shape_is_refused_before_allocating(saved):
@@ -330,6 +332,67 @@ def test_huge_declared_delta_shape_is_refused_before_allocating(saved):
     rewrite(path, lambda t, m: m["tasks"]["depth"]["delta"]["blocks.1.attn.proj.bias"].update(
         shape=[2**40], bytes=layout_nbytes([2**40], torch.float32, 2, "coo")))
     assert "declares shape (1099511627776,), the backbone weight is (32,)" in load_error(path)
+
+
+@pytest.mark.parametrize("field", ["nnz", "shape", "bytes"])
+def test_schema_refuses_minus_one_in_a_delta_entry(saved, field):
+    path, _ = saved
+    entry = "tasks.depth.delta.blocks.1.attn.proj.bias"
+    rewrite(path, lambda t, m: m["tasks"]["depth"]["delta"]["blocks.1.attn.proj.bias"].update(
+        {field: [-1] if field == "shape" else -1}))
+    where = f"{entry}.shape[0]" if field == "shape" else f"{entry}.{field}"
+    assert f"'{where}' must be a non-negative integer, got -1" in load_error(path)
+
+
+def test_more_non_zeros_than_entries_is_refused(saved):
+    path, _ = saved
+    rewrite(path, lambda t, m: m["tasks"]["depth"]["delta"]["blocks.1.attn.proj.bias"].update(
+        nnz=33, bytes=layout_nbytes([32], torch.float32, 33, "coo")))
+    assert "nnz' is 33, more than the 32 entries of the tensor" in load_error(path)
+
+
+def test_a_delta_for_the_base_task_is_refused(saved):
+    path, _ = saved
+
+    def give_the_base_a_delta(tensors, manifest):
+        name = "blocks.1.attn.proj.bias"
+        manifest["tasks"]["semseg"]["delta"][name] = dict(manifest["tasks"]["depth"]["delta"][name])
+        for part in ("indices", "values"):
+            tensors[f"delta.semseg.{name}.{part}"] = tensors[f"delta.depth.{name}.{part}"].clone()
+    rewrite(path, give_the_base_a_delta)
+    assert "'tasks.semseg.delta' must be empty for the base task" in load_error(path)
+
+
+def test_task_order_must_name_the_same_tasks(saved):
+    path, _ = saved
+    rewrite(path, lambda t, m: m.update(task_order=["semseg", "edges", "normals"]))
+    assert "'task_order' lists ['edges', 'normals', 'semseg'] but 'tasks' has ['depth', 'normals', 'semseg']" in (
+        load_error(path))
+
+
+def test_a_task_entry_must_hold_its_own_tasks_checkpoint(saved):
+    path, _ = saved
+    rewrite(path, lambda t, m: m["tasks"]["depth"]["checkpoint"].update(task="edges"))  # also one channel
+    assert "'tasks.depth.checkpoint.task' is 'edges'" in load_error(path)
+
+
+def test_delta_dtype_must_be_its_base_weights(saved):
+    path, _ = saved
+
+    def half(tensors, manifest):
+        entry = manifest["tasks"]["depth"]["delta"]["blocks.1.attn.proj.bias"]
+        key = "delta.depth.blocks.1.attn.proj.bias.values"
+        tensors[key] = tensors[key].half()
+        entry.update(dtype="float16", bytes=layout_nbytes(entry["shape"], torch.float16, entry["nnz"], "coo"))
+    rewrite(path, half)
+    assert "'delta.depth.blocks.1.attn.proj.bias' is float16 but its base weight is torch.float32" in load_error(path)
+
+
+def test_delta_density_must_be_exactly_the_writers(saved):
+    path, manifest = saved
+    density = manifest["tasks"]["depth"]["delta_density"]
+    rewrite(path, lambda t, m: m["tasks"]["depth"].update(delta_density=density * 1.001))
+    assert "task 'depth' delta_density disagrees with its deltas" in load_error(path)
 
 
 def test_delta_nnz_must_match_its_parts(saved):

@@ -100,6 +100,36 @@ def test_penalty_value_and_damping_term() -> None:
     torch.testing.assert_close(damped.penalty(d), torch.tensor(0.52 + extra))
 
 
+@pytest.mark.parametrize("lambda1", [2.0, -2.0, 0.5])
+@pytest.mark.parametrize("density", [0.3, 0.05])
+def test_damping_restores_towards_target_whatever_the_multipliers_sign(lambda1: float, density: float) -> None:
+    # A gate can only reopen through a negative lambda1, so the damping term must use
+    # |lambda1|: it adds k |lambda1| / (2t) (d - t)^2 >= 0, never a negative multiplier.
+    target, k = 0.1, 10.0
+    ctrl = LagrangianDensityController(target, damping=k)
+    with torch.no_grad():
+        ctrl.lambda1.fill_(lambda1)
+    d = torch.tensor(density, requires_grad=True)
+    penalty = ctrl.penalty(d)
+    penalty.backward()
+    gap = density - target
+    torch.testing.assert_close(penalty.detach(), torch.tensor(lambda1 * gap + k * abs(lambda1) / (2 * target) * gap**2))
+    # d(penalty)/dd: the plain Lagrangian plus a restoring force proportional to the relative error.
+    torch.testing.assert_close(d.grad, torch.tensor(lambda1 + k * abs(lambda1) * gap / target))
+    # The damping term is detached from lambda1: the multiplier still ascends on the gap alone.
+    torch.testing.assert_close(ctrl.lambda1.grad, torch.tensor(gap))
+
+
+def test_damping_during_warmup_is_relative_to_the_ramped_target() -> None:
+    ctrl = LagrangianDensityController(0.1, warmup_steps=100, damping=10.0)
+    with torch.no_grad():
+        ctrl.lambda1.fill_(2.0)
+    target = ctrl.target_at(50)  # 0.55
+    gap = 0.8 - target
+    expected = 2.0 * gap + 10.0 * 2.0 / (2 * target) * gap**2
+    torch.testing.assert_close(ctrl.penalty(torch.tensor(0.8), step=50), torch.tensor(expected))
+
+
 def test_warmup_ramps_from_dense_to_target() -> None:
     lin = LagrangianDensityController(0.02, warmup_steps=100)
     assert lin.target_at(0) == 1.0
