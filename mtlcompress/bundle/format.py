@@ -43,8 +43,7 @@ from mtlcompress.io.container import (
 from mtlcompress.models.activation_sparsity import ActivationSparsity
 from mtlcompress.models.backbone import BackboneConfig, backbone_signature, backbone_tensor_shapes
 from mtlcompress.models.checkpoint import FORMAT_NAME as CHECKPOINT_FORMAT_NAME
-from mtlcompress.models.checkpoint import CheckpointInfo
-from mtlcompress.models.heads import DenseHead
+from mtlcompress.models.checkpoint import CheckpointInfo, head_tensor_shapes
 from mtlcompress.version import __version__
 
 FORMAT_NAME = "mtlcompress.bundle"
@@ -233,20 +232,13 @@ def _task_infos(path: Path, manifest: dict[str, Any], backbone: BackboneConfig) 
     return infos
 
 
-def _head_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]:
-    """A head's tensor shapes from a meta-device head (the backbone is not rebuilt per task)."""
-    with torch.device("meta"):
-        head = DenseHead(info.backbone.embed_dim, info.out_channels, info.backbone.patch_size, info.head_hidden)
-    return {n: tuple(t.shape) for n, t in head.state_dict().items()}
-
-
 def _expected_shapes(path: Path, manifest: dict[str, Any], backbone_shapes: Mapping[str, tuple[int, ...]],
                      infos: Mapping[str, CheckpointInfo]) -> dict[str, tuple[int, ...]]:
     """Every tensor the manifest's architecture needs -> its shape (``()`` for a sparse
     delta's parts, whose shapes only the layout decoder knows)."""
     expected: dict[str, tuple[int, ...]] = {f"base.{n}": s for n, s in backbone_shapes.items()}
     for task in manifest["task_order"]:
-        expected.update({f"head.{task}.{n}": s for n, s in _head_shapes(infos[task]).items()})
+        expected.update({f"head.{task}.{n}": s for n, s in head_tensor_shapes(infos[task]).items()})
         for name, entry in manifest["tasks"][task]["delta"].items():
             if name not in backbone_shapes:
                 raise BundleError(f"{path}: task '{task}' has a delta for '{name}', which the backbone does not "
@@ -285,7 +277,7 @@ def _build(path: Path, manifest: dict[str, Any], backbone: BackboneConfig, weigh
                 delta[name] = _decode_delta(path, task, name, entry["delta"][name], base_weights[name], state)
         if entry["delta_density"] != _density(entry["delta"], sum(w.numel() for w in base_weights.values())):
             raise BundleError(f"{path}: task '{task}' delta_density disagrees with its deltas; {_CORRUPT}")
-        heads = {n: state[f"head.{task}.{n}"] for n in _head_shapes(infos[task])}
+        heads = {n: state[f"head.{task}.{n}"] for n in head_tensor_shapes(infos[task])}
         tasks[task] = BundleTask(
             info=infos[task],
             head=heads,

@@ -30,7 +30,7 @@ from mtlcompress.io.container import (
     write_container,
 )
 from mtlcompress.models.backbone import BackboneConfig, check_int_range
-from mtlcompress.models.heads import MAX_HEAD_CHANNELS, head_sizes_from_dict, head_type_from_dict
+from mtlcompress.models.heads import MAX_HEAD_CHANNELS, build_head, head_sizes_from_dict, head_type_from_dict
 from mtlcompress.models.single_task import SingleTaskModel
 from mtlcompress.tasks.registry import get_task
 
@@ -121,6 +121,15 @@ def checkpoint_tensor_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]
         model = SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=False,
                                 head_type=info.head_type)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def head_tensor_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]:
+    """The head's {name: shape} alone, from a meta-device head of ``info.head_type``: for
+    files that store one backbone and many heads (bundles), without a backbone per head."""
+    with torch.device("meta"):
+        head = build_head(info.head_type, info.backbone.embed_dim, info.out_channels, info.backbone.patch_size,
+                          info.head_hidden)
+    return {name: tuple(tensor.shape) for name, tensor in head.state_dict().items()}
 
 
 def save_checkpoint(model: SingleTaskModel, info: CheckpointInfo, path: str | os.PathLike) -> None:
