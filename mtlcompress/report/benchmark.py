@@ -263,7 +263,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
     tasks = list(bundle.tasks)
     models = {t: bundle.task_model(t).to(device) for t in tasks}
     dense = DenseEngine(bundle, device=device)
-    shared = SharedEngine(bundle, device=device, timings=timings)
+    shared = SharedEngine(bundle, device=device, timings=timings, network_path="auto")
 
     @torch.inference_mode()
     def independent(batch: Tensor) -> None:
@@ -296,7 +296,8 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
     keyframes = 0
     if frames:
         # Measures its frames (and may fall back to full frames) as a self-calibrated engine does.
-        shared_video = SharedEngine(bundle, device=device, timings=shared.timings, measure=timings is None)
+        shared_video = SharedEngine(bundle, device=device, timings=shared.timings, network_path="auto",
+                                    measure=timings is None)
         last_keyframes: list[int] = []
         frame_kinds: dict[str, list[float]] = {kind: [] for kind in FRAME_KINDS}
 

@@ -44,7 +44,6 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -63,42 +62,18 @@ from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.layer_plan import EngineTask, LayerPlanner, build_engine_task
 from mtlcompress.runtime.lockstep import LockstepRows
 from mtlcompress.runtime.network_plan import NetworkChooser, NetworkPlan, price_network
+from mtlcompress.runtime.profiling import (NO_TIMER, PROFILE_KIND_OF_LAYER, PROFILE_KINDS, ROLE_ALL, ROLE_BASE,
+                                           ROLE_SUB, SectionTimer, relative_drift)
 from mtlcompress.runtime.results import DensityStats, FrameResult
 from mtlcompress.runtime.row_state import RowState
 from mtlcompress.runtime.stream_fallback import StreamFallback
+from mtlcompress.runtime.stream_state import StreamState, TaskStreamState
 from mtlcompress.runtime.task_domain import TaskDomainRows, attention_core
 
 __all__ = ["SharedEngine", "PROFILE_KINDS"]
 
-# Short names for the timing breakdown; the linear kinds follow ``models.taps``.
-_KIND = {"attn.qkv": "qkv", "attn.proj": "proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2"}
-PROFILE_KINDS = ("embed", "qkv", "attention", "proj", "fc1", "fc2", "norm_act", "head")
-_BASE, _SUB, _ALL = "base", "sub-tasks", "all tasks"  # roles in profiles; all: the lockstep row path
 
 Linear = Callable[[str, Tensor], Tensor]
-
-
-@dataclass
-class _StreamState:
-    """One task's memory of the last frame, for the temporal domain: per shared linear
-    layer, the last *propagated* input and its output (the reference every new frame's
-    delta is measured against); its patch embedding (if it has its own) and head, where
-    they can be updated where the frame changed (``None``: computed in full)."""
-
-    refs: dict[str, tuple[Tensor, Tensor]]
-    embed: PatchEmbedState | None = None
-    head: HeadState | None = None
-
-
-@dataclass
-class _Stream:
-    """A video stream's state: per task (references of element-granularity tasks,
-    embeddings and heads) and the token-granularity tasks' stacked rows. ``spare``: rows
-    of an earlier keyframe period, for the next keyframe to write over."""
-
-    tasks: dict[str, _StreamState]
-    rows: RowState | None = None
-    spare: RowState | None = None
 
 
 class SharedEngine:
@@ -113,9 +88,10 @@ class SharedEngine:
             machine's per layer shape, on first need only.
         profile: record seconds per layer kind and role in ``profile_seconds`` (adds
             a synchronisation around each part; use for benchmarks, not production).
-        network_path: ``"auto"``: per batch size, the shared paths or the tasks' own
-            models, whichever costs less; ``"shared"`` / ``"per-task"``: always that
-            (streams: always reuse frames / every frame through the tasks' models).
+        network_path: ``"shared"`` (default) / ``"per-task"``: always that (streams: always
+            reuse frames / every frame through the tasks' models); ``"auto"``: per batch
+            size, whichever costs less; not the default, as the tasks' own models give exact
+            (unthresholded) outputs, so its outputs would depend on the machine's timings.
         measure: let measured wall-clock decide (``network_plan``: once each side has
             run at a batch size; streams: delta against keyframes). Default: only
             when ``timings`` is ``None`` (given timings fix the prices).
@@ -136,7 +112,7 @@ class SharedEngine:
 
     def __init__(self, bundle: Bundle, tasks: Sequence[str] | None = None, device: str | torch.device = "cpu", *,
                  timings: KernelTimings | dict[tuple[int, int], KernelTimings] | None = None,
-                 profile: bool = False, network_path: str = "auto", measure: bool | None = None,
+                 profile: bool = False, network_path: str = "shared", measure: bool | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.bundle = bundle
         self.tasks = select_tasks(bundle, tasks)
@@ -151,9 +127,9 @@ class SharedEngine:
         tokens = bundle.backbone.grid_size ** 2 + bundle.backbone.num_prefix_tokens
         self.planner = LayerPlanner(self._base, self._subs, timings, self.device, tokens)
         token_tasks = [t for t in [self._base, *self._subs] if t.granularity == "token"]
-        self._lockstep = (LockstepRows(self.planner, token_tasks, lambda kind: self._timed(_ALL, kind))
+        self._lockstep = (LockstepRows(self.planner, token_tasks, lambda kind: self._timed(ROLE_ALL, kind))
                           if token_tasks else None)
-        self._task_rows = TaskDomainRows(self.planner, lambda kind: self._timed(_ALL, kind))
+        self._task_rows = TaskDomainRows(self.planner, lambda kind: self._timed(ROLE_ALL, kind))
         self._spare_rows: RowState | None = None  # a finished stream's rows, for the next one's first keyframe
         measure = timings is None if measure is None else measure
         self._clock = clock
@@ -188,7 +164,7 @@ class SharedEngine:
         ends the engine keeps that memory (what the stream held while it ran) for its
         next stream's first keyframe: fresh memory costs page faults."""
         policy = policy or KeyframePolicy()
-        stream: _Stream | None = None
+        stream: StreamState | None = None
         since_keyframe: int | None = None
         drift = 0.0
         try:
@@ -205,7 +181,7 @@ class SharedEngine:
                     if keyframe:
                         spare = stream.rows if stream is not None else self._spare_rows
                         self._spare_rows = None
-                        stream = _Stream(tasks={task.name: _StreamState(refs={})
+                        stream = StreamState(tasks={task.name: TaskStreamState(refs={})
                                                 for task in [self._base, *self._subs]}, spare=spare)
                         since_keyframe = 0
                     else:
@@ -256,10 +232,10 @@ class SharedEngine:
         check_images(images, self.bundle.backbone.img_size)
         pixels = normalize_images(images, self.bundle.backbone)
         measured: list[tuple[str, str, Tensor, Tensor]] = []
-        x0 = self._embed(self._base, pixels, _BASE)
-        embeds = [x0, *(x0 if task.shares_embedding else self._embed(task, pixels, _SUB) for task in self._subs)]
+        x0 = self._embed(self._base, pixels, ROLE_BASE)
+        embeds = [x0, *(x0 if task.shares_embedding else self._embed(task, pixels, ROLE_SUB) for task in self._subs)]
         finals = self._task_rows.run(embeds, measured)
-        outputs = {task.name: self._head(task, x, _BASE if task is self._base else _SUB)
+        outputs = {task.name: self._head(task, x, ROLE_BASE if task is self._base else ROLE_SUB)
                    for task, x in zip(self._task_rows.tasks, finals) if task.name in self.tasks}
         self._record(measured, temporal=False)
         return outputs
@@ -268,7 +244,7 @@ class SharedEngine:
     # Temporal domain: every task against its own previous (propagated) frame.
     # ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _stream_frame(self, frame: Tensor, stream: _Stream, keyframe: bool) -> tuple[dict[str, Tensor], float]:
+    def _stream_frame(self, frame: Tensor, stream: StreamState, keyframe: bool) -> tuple[dict[str, Tensor], float]:
         """One video frame: on a keyframe every task runs exactly and in full, and
         ``stream`` (new, empty) records what later frames start from; on other frames
         every task propagates what changed since the last one. Returns the outputs and
@@ -278,9 +254,9 @@ class SharedEngine:
         drifts: list[Tensor] = []
         outputs: dict[str, Tensor] = {}
         embeds: dict[str, Tensor] = {}
-        x0 = self._embed(self._base, pixels, _BASE, stream.tasks[self._base.name])
+        x0 = self._embed(self._base, pixels, ROLE_BASE, stream.tasks[self._base.name])
         for task in [self._base, *self._subs]:
-            role = _BASE if task is self._base else _SUB
+            role = ROLE_BASE if task is self._base else ROLE_SUB
             state = stream.tasks[task.name]
             x = x0 if task.shares_embedding or task is self._base else self._embed(task, pixels, role, state)
             if task.granularity == "token":  # below, with the other token tasks
@@ -305,11 +281,11 @@ class SharedEngine:
                 finals = lockstep.frame(stream.rows, inputs, kept, drifts)
             for task, x in zip(lockstep.tasks, finals):
                 if task.name in self.tasks:
-                    outputs[task.name] = self._head(task, x, _BASE if task is self._base else _SUB,
+                    outputs[task.name] = self._head(task, x, ROLE_BASE if task is self._base else ROLE_SUB,
                                                     stream.tasks[task.name])
             self._record_lockstep(kept, stream.rows.rows_per_task)
         self._record(measured, temporal=True)
-        return outputs, _relative_drift(drifts)
+        return outputs, relative_drift(drifts)
 
     def _temporal_linear(self, task: EngineTask, refs: dict, measured: list, drifts: list, role: str,
                          name: str, x: Tensor, keyframe: bool) -> Tensor:
@@ -317,7 +293,7 @@ class SharedEngine:
         keyframe, which sets the references)."""
         layer = task.layers[name]
         key = f"{task.name}/temporal"
-        with self._timed(role, _KIND[layer_kind(name)]):
+        with self._timed(role, PROFILE_KIND_OF_LAYER[layer_kind(name)]):
             if keyframe or layer.temporal_tau is None:
                 if not keyframe:
                     self.layer_paths.setdefault(key, {})[name] = "exact"
@@ -347,7 +323,7 @@ class SharedEngine:
     # ----------------------------------------------------------------------------------
     # The dense parts, exactly as timm runs them.
     # ----------------------------------------------------------------------------------
-    def _embed(self, task: EngineTask, pixels: Tensor, role: str, state: _StreamState | None = None) -> Tensor:
+    def _embed(self, task: EngineTask, pixels: Tensor, role: str, state: TaskStreamState | None = None) -> Tensor:
         """timm's embedding; with a stream ``state``, kept there (at a keyframe) or
         updated from it (later frames) where the backbone allows."""
         with self._timed(role, "embed"):
@@ -379,7 +355,7 @@ class SharedEngine:
             x_out = x_mid + block.ls2(h)
         return x_out
 
-    def _head(self, task: EngineTask, x: Tensor, role: str, state: _StreamState | None = None) -> Tensor:
+    def _head(self, task: EngineTask, x: Tensor, role: str, state: TaskStreamState | None = None) -> Tensor:
         """Final norm and head; with a stream ``state``, kept there (at a keyframe) or
         updated from it (later frames) where the head allows."""
         prefix, grid = self.bundle.backbone.num_prefix_tokens, self.bundle.backbone.grid_size
@@ -421,38 +397,4 @@ class SharedEngine:
                 self.planner.densities[(key, layer)] = value
 
     def _timed(self, role: str, kind: str) -> contextlib.AbstractContextManager:
-        return _Timer(self, role, kind) if self.profile else _NO_TIMER
-
-
-class _Timer:
-    def __init__(self, engine: SharedEngine, role: str, kind: str) -> None:
-        self.engine, self.role, self.kind = engine, role, kind
-
-    def _sync(self) -> None:
-        if self.engine.device.type == "cuda":
-            torch.cuda.synchronize(self.engine.device)
-
-    def __enter__(self) -> None:
-        self._sync()
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self._sync()
-        self.engine.profile_seconds[self.role][self.kind] += time.perf_counter() - self.start
-
-
-_NO_TIMER = contextlib.nullcontext()
-
-
-def _relative_drift(drifts: list[Tensor]) -> float:
-    """Largest ``||x - x_propagated|| / ||x||`` over layers and tasks (one sync). Entries
-    are either that ratio (a scalar) or ``[2, tasks, rows]`` per-row squared error and
-    squared norm."""
-    scalars = [d for d in drifts if d.dim() == 0]
-    squares = [d for d in drifts if d.dim() == 3]
-    parts = [torch.stack(scalars)] if scalars else []
-    if squares:
-        sums = torch.stack(squares).sum(dim=-1).sqrt()
-        parts.append((sums[:, 0] / sums[:, 1].clamp_min(1e-12)).flatten())
-    return float(torch.cat(parts).max()) if parts else 0.0
-
+        return SectionTimer(self.profile_seconds[role], kind, self.device) if self.profile else NO_TIMER

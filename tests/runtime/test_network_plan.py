@@ -50,12 +50,12 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def test_priced_choice_follows_the_kernel_timings(make_micro_bundle, fixed_timings):
     bundle = make_micro_bundle(SUB_TASKS)
-    cheap_sparse = SharedEngine(bundle, timings=fixed_timings)
+    cheap_sparse = SharedEngine(bundle, network_path="auto", timings=fixed_timings)
     cheap_sparse.predict(_images())
     plan = cheap_sparse.network_plan
     assert (plan.path, plan.source, plan.batch) == ("shared", "priced", 2)
     assert plan.shared_s < plan.per_task_s
-    gemms_only = SharedEngine(bundle, timings=GEMMS_ONLY)
+    gemms_only = SharedEngine(bundle, network_path="auto", timings=GEMMS_ONLY)
     outputs = gemms_only.predict(_images())
     plan = gemms_only.network_plan
     assert (plan.path, plan.source) == ("per-task", "priced") and plan.per_task_s < plan.shared_s
@@ -66,7 +66,7 @@ def test_priced_choice_follows_the_kernel_timings(make_micro_bundle, fixed_timin
 
 
 def test_price_grows_with_the_batch_on_both_sides(make_micro_bundle, fixed_timings):
-    engine = SharedEngine(make_micro_bundle(SUB_TASKS), timings=fixed_timings)
+    engine = SharedEngine(make_micro_bundle(SUB_TASKS), network_path="auto", timings=fixed_timings)
     one, eight = (price_network(engine.planner, batch=b, tokens=17) for b in (1, 8))
     assert all(eight[side] > one[side] > 0 for side in ("shared", "per-task"))
 
@@ -129,7 +129,7 @@ def _clock(seconds_at):
 def test_stream_falls_back_to_full_frames_when_delta_frames_measure_dearer(make_micro_bundle, fixed_timings):
     bundle = exact_thresholds(make_micro_bundle(SUB_TASKS))
     # Frame k takes 4k + 1 "seconds": every delta frame is dearer than the keyframe.
-    engine = SharedEngine(bundle, timings=fixed_timings, measure=True, clock=_clock(lambda n: n * n))
+    engine = SharedEngine(bundle, network_path="auto", timings=fixed_timings, measure=True, clock=_clock(lambda n: n * n))
     results = list(engine.stream(_frames(7), KeyframePolicy(keyframe_every=16)))
     reference = list(DenseEngine(bundle).stream(_frames(7), KeyframePolicy(keyframe_every=16)))
     # Frames 0-2 take 1, 5, 9: the switch; then the tasks' own models are timed once (13)
@@ -149,7 +149,7 @@ def test_stream_falls_back_to_full_frames_when_delta_frames_measure_dearer(make_
 def test_stream_keeps_reusing_frames_when_delta_frames_measure_cheaper(make_micro_bundle, fixed_timings):
     bundle = make_micro_bundle(SUB_TASKS)
     # Frame k takes 99 - 4k "seconds": delta frames are cheaper than the keyframe.
-    engine = SharedEngine(bundle, timings=fixed_timings, measure=True, clock=_clock(lambda n: 100 * n - n * n))
+    engine = SharedEngine(bundle, network_path="auto", timings=fixed_timings, measure=True, clock=_clock(lambda n: 100 * n - n * n))
     results = list(engine.stream(_frames(6), NO_DRIFT_KEYFRAMES))
     assert [r.path for r in results] == ["keyframe"] + ["delta"] * 5
     assert all(r.reason is None for r in results)
@@ -157,5 +157,5 @@ def test_stream_keeps_reusing_frames_when_delta_frames_measure_cheaper(make_micr
 
 
 def test_without_measuring_a_stream_never_falls_back(make_micro_bundle, fixed_timings):
-    engine = SharedEngine(make_micro_bundle(SUB_TASKS), timings=fixed_timings, clock=_clock(lambda n: n * n))
+    engine = SharedEngine(make_micro_bundle(SUB_TASKS), network_path="auto", timings=fixed_timings, clock=_clock(lambda n: n * n))
     assert [r.path for r in engine.stream(_frames(5), NO_DRIFT_KEYFRAMES)] == ["keyframe"] + ["delta"] * 4
