@@ -84,8 +84,19 @@ class BackboneConfig:
         return "qk-norm blocks, which the shared engine cannot share" if self.qk_norm else None
 
     @property
-    def grid_size(self) -> int:
-        return self.img_size // self.patch_size
+    def grid_size(self) -> tuple[int, int]:
+        """Patches down and across: ``(rows, cols)``, the grid heads take."""
+        return self.img_size // self.patch_size, self.img_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        rows, cols = self.grid_size
+        return rows * cols
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens every block sees: patches plus class/register tokens."""
+        return self.num_patches + self.num_prefix_tokens
 
     @property
     def num_prefix_tokens(self) -> int:

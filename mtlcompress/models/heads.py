@@ -57,14 +57,15 @@ class DenseHead(nn.Module):
         self.conv = nn.Conv2d(embed_dim, hidden, kernel_size=3, padding=1)
         self.proj = nn.Conv2d(hidden, out_channels * patch_size * patch_size, kernel_size=1)
 
-    def forward(self, patch_tokens: torch.Tensor, grid_size: int) -> torch.Tensor:
+    def forward(self, patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch tokens ``[B, gh * gw, D]`` (row-major) -> map ``[B, C, gh * p, gw * p]``."""
         batch, num_tokens, dim = patch_tokens.shape
-        grid = patch_tokens.transpose(1, 2).reshape(batch, dim, grid_size, grid_size)
-        features = F.gelu(self.conv(grid))
+        rows, cols = grid
+        features = F.gelu(self.conv(patch_tokens.transpose(1, 2).reshape(batch, dim, rows, cols)))
         # F.pixel_shuffle, as one strided copy: about 2.5x faster on CPU at our sizes.
         size = self.patch_size
-        blocks = self.proj(features).view(batch, self.out_channels, size, size, grid_size, grid_size)
-        return blocks.permute(0, 1, 4, 2, 5, 3).reshape(batch, self.out_channels, grid_size * size, grid_size * size)
+        blocks = self.proj(features).view(batch, self.out_channels, size, size, rows, cols)
+        return blocks.permute(0, 1, 4, 2, 5, 3).reshape(batch, self.out_channels, rows * size, cols * size)
 
 
 class LinearHead(nn.Module):
@@ -79,11 +80,13 @@ class LinearHead(nn.Module):
         self.hidden = hidden
         self.proj = nn.Conv2d(embed_dim, out_channels, kernel_size=1)
 
-    def forward(self, patch_tokens: torch.Tensor, grid_size: int) -> torch.Tensor:
+    def forward(self, patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch tokens ``[B, gh * gw, D]`` (row-major) -> map ``[B, C, gh * p, gw * p]``."""
         batch, _, dim = patch_tokens.shape
-        grid = patch_tokens.transpose(1, 2).reshape(batch, dim, grid_size, grid_size)
-        size = grid_size * self.patch_size
-        return F.interpolate(self.proj(grid), size=(size, size), mode="bilinear", align_corners=False)
+        rows, cols = grid
+        features = patch_tokens.transpose(1, 2).reshape(batch, dim, rows, cols)
+        size = (rows * self.patch_size, cols * self.patch_size)
+        return F.interpolate(self.proj(features), size=size, mode="bilinear", align_corners=False)
 
 
 # Head name -> class, every class built as ``cls(embed_dim, out_channels, patch_size, hidden)``.

@@ -303,7 +303,7 @@ def _resample_pos_embed(provided: dict[str, torch.Tensor], expected: dict[str, t
     side = int(round(tokens ** 0.5))
     if pos.dim() != 3 or side * side != tokens or pos.shape[2] != config.embed_dim:
         return None  # reported as a shape mismatch
-    provided[key] = resample_abs_pos_embed(pos, new_size=[config.grid_size] * 2, old_size=[side, side],
+    provided[key] = resample_abs_pos_embed(pos, new_size=list(config.grid_size), old_size=[side, side],
                                            num_prefix_tokens=prefix)
     return side, side
 

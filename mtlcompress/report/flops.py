@@ -10,7 +10,7 @@ multiply-add is 2 FLOPs, and only matrix products and convolutions are counted:
 * ``head``: the task head's 3x3 and 1x1 convolutions, ``2 * P * out * in * k^2`` each
   (padding is not discounted, as FlopCounterMode does not);
 
-with ``P = grid^2`` patches, ``N = P + prefix tokens`` and ``D`` the embedding width.
+with ``P = rows * cols`` patches, ``N = P + prefix tokens`` and ``D`` the embedding width.
 Biases, LayerNorm, softmax, GELU, residual adds, layer scale, pixel shuffle and the
 input normalisation are *not* counted (they are elementwise and small next to the
 products). Compare with FlopCounterMode on a model whose attention runs unfused
@@ -42,7 +42,7 @@ PATCH_EMBED_WEIGHT = "patch_embed.proj.weight"
 
 def token_count(config: BackboneConfig) -> int:
     """Tokens every block sees: patches plus class/register tokens."""
-    return config.grid_size**2 + config.num_prefix_tokens
+    return config.num_tokens
 
 
 def linear_shapes(config: BackboneConfig) -> dict[str, tuple[int, int]]:
@@ -59,7 +59,7 @@ def linear_flops(config: BackboneConfig, layer: str) -> int:
 
 
 def patch_embed_flops(config: BackboneConfig) -> int:
-    return 2 * config.grid_size**2 * config.embed_dim * 3 * config.patch_size**2
+    return 2 * config.num_patches * config.embed_dim * 3 * config.patch_size**2
 
 
 def attention_flops(config: BackboneConfig) -> int:
@@ -69,7 +69,7 @@ def attention_flops(config: BackboneConfig) -> int:
 
 def head_flops(config: BackboneConfig, out_channels: int, hidden: int) -> int:
     """``DenseHead``: 3x3 conv ``D -> hidden``, then 1x1 conv ``hidden -> out * p^2``."""
-    patches = config.grid_size**2
+    patches = config.num_patches
     return 2 * patches * hidden * config.embed_dim * 9 + 2 * patches * out_channels * config.patch_size**2 * hidden
 
 
@@ -139,7 +139,7 @@ def bundle_flops(bundle: Bundle, densities: Mapping[str, Mapping[str, float]] | 
                 fixed += linear_flops(config, layer)
             per_layer[layer] = sub_task_layer_flops(bundle, task, layer, density)
         parts = {
-            "patch_embed": 2 * _nnz(bundle, task, PATCH_EMBED_WEIGHT) * config.grid_size**2,
+            "patch_embed": 2 * _nnz(bundle, task, PATCH_EMBED_WEIGHT) * config.num_patches,
             "linear": sum(per_layer.values()),
             "attention": attention_flops(config),
             "head": _task_head_flops(bundle, task),

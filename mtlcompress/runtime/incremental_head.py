@@ -33,18 +33,18 @@ class HeadState:
         norm: the backbone's final norm (row-wise).
         head: the task's dense head.
         prefix: class and register tokens before the patch tokens (the head skips them).
-        grid: patches per side.
+        grid: patches down and across, ``(rows, cols)``.
         x: the keyframe's block output ``[B, N, C]``.
     """
 
-    def __init__(self, norm: nn.Module, head: DenseHead, prefix: int, grid: int, x: Tensor) -> None:
+    def __init__(self, norm: nn.Module, head: DenseHead, prefix: int, grid: tuple[int, int], x: Tensor) -> None:
         self.norm, self.head, self.prefix, self.grid = norm, head, prefix, grid
         self.x = x.clone()
         tokens = norm(x)[:, prefix:]
         self.output = head(tokens, grid)
         batch, _, channels = tokens.shape
-        self._padded = tokens.new_zeros(batch, grid + 2, grid + 2, channels)
-        self._padded[:, 1:-1, 1:-1] = tokens.view(batch, grid, grid, channels)
+        self._padded = tokens.new_zeros(batch, grid[0] + 2, grid[1] + 2, channels)
+        self._padded[:, 1:-1, 1:-1] = tokens.view(batch, *grid, channels)
         conv = head.conv
         # The 3x3 convolution as a linear map of a window gathered as [3, 3, C].
         self._conv_weight = conv.weight.permute(0, 2, 3, 1).flatten(1)
@@ -55,7 +55,7 @@ class HeadState:
         """The head's output for the new block output ``x`` (updated in place; clone it
         to keep it past the next frame)."""
         batch, grid, head = x.shape[0], self.grid, self.head
-        changed = (x[:, self.prefix:] != self.x[:, self.prefix:]).any(dim=-1).view(batch, grid, grid)
+        changed = (x[:, self.prefix:] != self.x[:, self.prefix:]).any(dim=-1).view(batch, *grid)
         # Positions whose 3x3 window holds a changed token.
         near = F.max_pool2d(changed.unsqueeze(1).float(), 3, stride=1, padding=1).squeeze(1).bool()
         b, row, col = near.nonzero().unbind(1)
@@ -64,17 +64,17 @@ class HeadState:
         self.x.copy_(x)
         if b.numel() > _FULL_ABOVE * near.numel():  # gathering windows costs more than the convolution
             tokens = self.norm(x)[:, self.prefix:]
-            self._padded[:, 1:-1, 1:-1] = tokens.view(batch, grid, grid, -1)
+            self._padded[:, 1:-1, 1:-1] = tokens.view(batch, *grid, -1)
             self.output = head(tokens, grid)
             return self.output
         where = changed.nonzero().unbind(1)
-        tokens = x[:, self.prefix:].reshape(batch, grid, grid, -1)[where]
+        tokens = x[:, self.prefix:].reshape(batch, *grid, -1)[where]
         self._padded[where[0], where[1] + 1, where[2] + 1] = self.norm(tokens)
         windows = self._padded[b.unsqueeze(1), row.unsqueeze(1) + self._window[0], col.unsqueeze(1) + self._window[1]]
         hidden = F.gelu(F.linear(windows.flatten(1), self._conv_weight, head.conv.bias))
         pixels = F.linear(hidden, head.proj.weight.flatten(1), head.proj.bias)
         size = head.patch_size
-        blocks = self.output.view(batch, head.out_channels, grid, size, grid, size).permute(0, 2, 4, 1, 3, 5)
+        blocks = self.output.view(batch, head.out_channels, grid[0], size, grid[1], size).permute(0, 2, 4, 1, 3, 5)
         blocks[b, row, col] = pixels.view(-1, head.out_channels, size, size)
         return self.output
 

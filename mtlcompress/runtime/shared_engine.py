@@ -124,8 +124,7 @@ class SharedEngine:
         order = [bundle.base_task, *[t for t in self.tasks if t != bundle.base_task]]
         self._base = build_engine_task(bundle, bundle.base_task, layer_names, self.device)
         self._subs = [build_engine_task(bundle, t, layer_names, self.device) for t in order[1:]]
-        tokens = bundle.backbone.grid_size ** 2 + bundle.backbone.num_prefix_tokens
-        self.planner = LayerPlanner(self._base, self._subs, timings, self.device, tokens)
+        self.planner = LayerPlanner(self._base, self._subs, timings, self.device, bundle.backbone.num_tokens)
         token_tasks = [t for t in [self._base, *self._subs] if t.granularity == "token"]
         self._lockstep = (LockstepRows(self.planner, token_tasks, lambda kind: self._timed(ROLE_ALL, kind))
                           if token_tasks else None)

@@ -29,6 +29,5 @@ def make_planner(fixed_timings):
         layers = shared_linear_names(bundle.backbone.depth)
         base = build_engine_task(bundle, bundle.base_task, layers, torch.device("cpu"))
         subs = [build_engine_task(bundle, t, layers, torch.device("cpu")) for t in bundle.sub_tasks]
-        tokens = bundle.backbone.grid_size ** 2 + bundle.backbone.num_prefix_tokens
-        return planner_class(base, subs, fixed_timings, torch.device("cpu"), tokens)
+        return planner_class(base, subs, fixed_timings, torch.device("cpu"), bundle.backbone.num_tokens)
     return make

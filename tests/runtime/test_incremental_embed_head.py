@@ -13,6 +13,7 @@ from mtlcompress.runtime.incremental_head import HeadState, supports_incremental
 
 IMG, PATCH, DIM = 24, 4, 32
 GRID = IMG // PATCH
+HEAD_GRID = (GRID, GRID - 2)  # rows, cols: a non-square grid finds any swapped axis
 
 
 def _backbone(**kwargs) -> VisionTransformer:
@@ -44,25 +45,26 @@ def test_only_plain_patch_embeddings_are_updated_incrementally():
     assert not supports_incremental_embed(torch.nn.Module())
 
 
-@pytest.mark.parametrize("moved", [0, 1, 3, GRID * GRID])  # none, one, a few (edges, corners), all tokens
+@pytest.mark.parametrize("moved", [0, 1, 3, GRID * (GRID - 2)])  # none, one, a few (edges, corners), all tokens
 def test_head_updates_equal_the_full_head(moved):
     torch.manual_seed(0)
     head, norm = DenseHead(DIM, 3, PATCH, hidden=16).eval(), torch.nn.LayerNorm(DIM)
     assert supports_incremental_head(norm, head)
     prefix = 1
+    patches = HEAD_GRID[0] * HEAD_GRID[1]
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(2, prefix + GRID * GRID, DIM, generator=gen)
+    x = torch.randn(2, prefix + patches, DIM, generator=gen)
 
     def full(x: torch.Tensor) -> torch.Tensor:
-        return head(norm(x)[:, prefix:], GRID)
+        return head(norm(x)[:, prefix:], HEAD_GRID)
 
     with torch.inference_mode():
-        state = HeadState(norm, head, prefix, GRID, x)
+        state = HeadState(norm, head, prefix, HEAD_GRID, x)
         torch.testing.assert_close(state.output, full(x))
         for step in range(3):
             x = x.clone()
             x[:, 0] += 1.0  # the class token never reaches the head
-            rows = torch.randperm(GRID * GRID, generator=gen)[:moved] + prefix
+            rows = torch.randperm(patches, generator=gen)[:moved] + prefix
             x[step % 2, rows] += torch.randn(moved, DIM, generator=gen)
             torch.testing.assert_close(state.update(x), full(x), atol=1e-5, rtol=1e-5)
 

@@ -88,7 +88,7 @@ def _frames(count: int = 7, batch: int = 1, noise: float = 0.01) -> list[torch.T
 
 def _moved_patches(frame: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     """``[B, grid, grid]``: the patches with any pixel that differs between two frames."""
-    patch = CONFIG.img_size // CONFIG.grid_size
+    patch = CONFIG.patch_size
     differs = (frame - previous).abs().amax(dim=1)
     return differs.unfold(1, patch, patch).unfold(2, patch, patch).amax(dim=(-1, -2)).ne(0)
 
@@ -299,8 +299,7 @@ def test_keyframes_are_each_task_exactly_and_the_next_frame_only_moves_changed_r
         exact = {t: bundle.task_model(t)(frames[0]) for t in bundle.tasks}
     assert keyframe.keyframe and _max_diff(keyframe.outputs, exact) <= TOL
     assert not after.keyframe
-    moved = float(_moved_patches(frames[1], frames[0]).float().mean()) * CONFIG.grid_size ** 2 / (
-        CONFIG.grid_size ** 2 + 1)
+    moved = float(_moved_patches(frames[1], frames[0]).float().mean()) * CONFIG.num_patches / CONFIG.num_tokens
     first = [engine.stats.mean()[f"{task}/temporal"]["blocks.0.attn.qkv"] for task in bundle.tasks]
     assert 0 < max(first) <= moved + 1e-6 and moved < 0.5  # the moved patches (and not the class token) at most
 
