@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, OverwriteOpt, QuietOpt
+from mtlcompress.cli._options import ImgSizeOpt, JsonOpt, OverwriteOpt, QuietOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -31,8 +31,7 @@ def import_command(
     mean: Annotated[tuple[float, float, float] | None, typer.Option(help="Per-channel mean the model was "
                                                                    "trained with (images in [0, 1]).")] = None,
     std: Annotated[tuple[float, float, float] | None, typer.Option(help="Per-channel std.")] = None,
-    img_size: Annotated[int | None, typer.Option(min=1, help="Input size to run at; position embeddings "
-                                                 "are resampled.")] = None,
+    img_size: ImgSizeOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,

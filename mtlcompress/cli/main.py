@@ -19,6 +19,7 @@ from mtlcompress.cli import inspect as inspect_cli
 from mtlcompress.cli import run as run_cli
 from mtlcompress.cli import sparsify as sparsify_cli
 from mtlcompress.cli import train as train_cli
+from mtlcompress.cli._options import join_img_size_arguments
 from mtlcompress.cli._output import err_console, print_json
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.progress import progress_bars_disabled
@@ -59,7 +60,7 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = join_img_size_arguments(sys.argv[1:] if argv is None else list(argv))
     # Read before parsing: a usage error must come out as JSON too.
     as_json = "--json" in args
     # Also silences progress no command asked for (the first-run kernel calibration).

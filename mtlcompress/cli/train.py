@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress.cli._options import TASK_NAMES, DataOpt, JsonOpt, OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt
+from mtlcompress.cli._options import (
+    TASK_NAMES,
+    DataOpt,
+    ImgSizeOpt,
+    JsonOpt,
+    OverwriteOpt,
+    QuietOpt,
+    ResumeOpt,
+    SeedOpt,
+)
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.io.outputs import SAFETENSORS_SUFFIXES, check_output
 from mtlcompress.training.config import TrainConfig
@@ -28,6 +37,7 @@ def pretrain(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Backbone initialisation to write (.safetensors).")],
     backbone: BackboneOpt = "tiny",
+    img_size: ImgSizeOpt = None,
     tasks: Annotated[str, typer.Option(help="Comma-separated tasks; default: every labelled task.")] = "",
     steps: StepsOpt = 800,
     batch_size: BatchOpt = 32,
@@ -44,8 +54,8 @@ def pretrain(
 
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=10**9)
     selected = [t for t in tasks.split(",") if t] or None
-    result = pretrain_backbone(data=data, out=out, backbone=backbone, tasks=selected, config=config,
-                               resume=resume, show_progress=not (quiet or as_json))
+    result = pretrain_backbone(data=data, out=out, backbone=backbone, img_size=img_size, tasks=selected,
+                               config=config, resume=resume, show_progress=not (quiet or as_json))
     if as_json:
         emit({"init": str(out), "backbone": result.to_dict()}, as_json)
     info(f"wrote {out} ({result.describe()})", quiet or as_json)
@@ -58,6 +68,7 @@ def train(
     init: Annotated[Path | None, typer.Option(help="Shared initial weights: an `mtlcompress pretrain` file or "
                                               "a timm ViT state dict (.safetensors/.pt/.pth).")] = None,
     backbone: BackboneOpt = "tiny",
+    img_size: ImgSizeOpt = None,
     steps: StepsOpt = 400,
     batch_size: BatchOpt = 32,
     lr: LrOpt = 3e-4,
@@ -78,8 +89,9 @@ def train(
     get_task(task)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
                          checkpoint_every=checkpoint_every)
-    result = train_single_task(task=task, data=data, out=out, init=init, backbone=backbone, config=config,
-                               resume=resume, overwrite=overwrite, show_progress=not (quiet or as_json))
+    result = train_single_task(task=task, data=data, out=out, init=init, backbone=backbone, img_size=img_size,
+                               config=config, resume=resume, overwrite=overwrite,
+                               show_progress=not (quiet or as_json))
     emit({"checkpoint": str(out), "task": task, "metrics": result.metrics}, as_json,
          make_table(f"{task} -> {out}", ["metric", "value"], sorted(result.metrics.items())))
 

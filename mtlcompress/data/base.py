@@ -15,9 +15,9 @@ batches (images of one dataset must share a size, or pass ``size``)::
     "saliency"  float32 [1,H,W] in {0,1}
 
 In general: categorical tasks (see the task registry) give int64 [H,W], other tasks
-float32 [C,H,W]. ``size`` resizes the image bilinearly (with antialiasing) and every
-label with nearest-neighbour sampling to ``size`` x ``size``, so ignore values and
-unit normals survive.
+float32 [C,H,W]. ``size`` (one number, or (height, width)) resizes the image
+bilinearly (with antialiasing) and every label with nearest-neighbour sampling to that
+size, so ignore values and unit normals survive.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from mtlcompress.data.readers import read_image_float
 from mtlcompress.errors import DataError
+from mtlcompress.io.image_size import SizeLike, image_size
 from mtlcompress.tasks.registry import get_task, task_names
 
 IGNORE_INDEX = 255
@@ -54,7 +55,7 @@ class DenseDataset(torch.utils.data.Dataset):
     stems: list[str]
 
     def __init__(self, root: Path, split: str, *, available_tasks: Sequence[str], tasks: Sequence[str] | None,
-                 size: int | None, class_names: dict[str, list[str]]) -> None:
+                 size: SizeLike | None, class_names: dict[str, list[str]]) -> None:
         self.root = root
         self.split = split
         self.available_tasks = tuple(available_tasks)
@@ -124,12 +125,9 @@ def existing_dir(root: str | os.PathLike) -> Path:
     return path
 
 
-def check_size(size: int | None) -> int | None:
-    if size is None:
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise DataError(f"size must be a positive integer number of pixels, got {size!r}")
-    return size
+def check_size(size: SizeLike | None) -> tuple[int, int] | None:
+    """``None`` (keep each image's size), or ``(height, width)`` from one number or two."""
+    return None if size is None else image_size(size, "size", DataError)
 
 
 def select_tasks(tasks: Sequence[str] | None, available: Sequence[str], root: Path) -> tuple[str, ...]:
@@ -161,18 +159,20 @@ def label_to_tensor(task: str, label: np.ndarray) -> torch.Tensor:
     return values.permute(2, 0, 1).contiguous() if label.ndim == 3 else values.unsqueeze(0)
 
 
-def resize_sample(sample: dict, size: int) -> dict:
-    """Image: bilinear with antialiasing. Labels: nearest, so ids and unit vectors stay exact."""
+def resize_sample(sample: dict, size: SizeLike) -> dict:
+    """To ``size`` (one number, or (height, width)). Image: bilinear with antialiasing.
+    Labels: nearest, so ids and unit vectors stay exact."""
     out = dict(sample)
+    size = image_size(size, "size", DataError)
     image = sample["image"].unsqueeze(0)
-    out["image"] = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False,
+    out["image"] = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
                                  antialias=True).squeeze(0).clamp_(0.0, 1.0)
     for task in task_names():
         if task not in sample:
             continue
         label = sample[task]
         as_float = (label.unsqueeze(0) if label.ndim == 2 else label).unsqueeze(0).float()
-        resized = F.interpolate(as_float, size=(size, size), mode="nearest-exact").squeeze(0)
+        resized = F.interpolate(as_float, size=size, mode="nearest-exact").squeeze(0)
         if get_task(task).categorical:
             out[task] = resized.squeeze(0).round().long()
         else:

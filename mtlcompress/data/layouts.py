@@ -18,6 +18,7 @@ from mtlcompress.data.nyud import NyudDataset
 from mtlcompress.data.pascal_context import PascalContextDataset
 from mtlcompress.data.scenes import ScenesDataset
 from mtlcompress.errors import DataError
+from mtlcompress.io.image_size import SizeLike
 
 LAYOUT_SCENES = "scenes"
 LAYOUT_PASCAL_CONTEXT = "pascal_context"
@@ -30,7 +31,7 @@ def detect_layout(root: str | os.PathLike) -> str:
 
 
 def open_dataset(root: str | os.PathLike, split: str = "train", tasks: Sequence[str] | None = None,
-                 size: int | None = None) -> DenseDataset:
+                 size: SizeLike | None = None) -> DenseDataset:
     """Open ``root`` in whichever known layout it is in.
 
     A folder that holds ``PASCAL_MT/`` or ``NYUD_MT/`` (the ATRC download folder) is
@@ -53,7 +54,7 @@ def list_video_clips(root: str | os.PathLike) -> list[Path]:
 
 
 def open_clip(clip_dir: str | os.PathLike, tasks: Sequence[str] | None = None,
-              size: int | None = None) -> DenseDataset:
+              size: SizeLike | None = None) -> DenseDataset:
     """The frames of one clip, in the temporal order of its ``splits/all.txt``."""
     return ScenesDataset(clip_dir, split="all", tasks=tasks, size=size)
 

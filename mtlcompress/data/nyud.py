@@ -33,6 +33,7 @@ import numpy as np
 from mtlcompress.data.base import IGNORE_INDEX, DenseDataset, existing_dir, select_tasks
 from mtlcompress.data.readers import read_depth_npy, read_index_png, read_normals_npy, read_npy, read_split
 from mtlcompress.errors import DataError
+from mtlcompress.io.image_size import SizeLike
 
 NYU40_CLASS_NAMES: tuple[str, ...] = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
@@ -55,7 +56,7 @@ class NyudDataset(DenseDataset):
     """NYUD-v2 multi-task data: semseg, depth, normals, edges."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train",
-                 tasks: Sequence[str] | None = None, size: int | None = None) -> None:
+                 tasks: Sequence[str] | None = None, size: SizeLike | None = None) -> None:
         root = existing_dir(root)
         available = tuple(t for t, (folder, _) in _LABEL_FILES.items() if (root / folder).is_dir())
         class_names = {"semseg": list(NYU40_CLASS_NAMES)} if "semseg" in available else {}

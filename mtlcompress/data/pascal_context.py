@@ -55,6 +55,7 @@ from scipy import ndimage
 from mtlcompress.data.base import IGNORE_INDEX, DenseDataset, existing_dir, select_tasks
 from mtlcompress.data.readers import read_index_png, read_rgb, read_split
 from mtlcompress.errors import DataError
+from mtlcompress.io.image_size import SizeLike
 from mtlcompress.tasks.labels import unit_normals
 from mtlcompress.tasks.registry import task_names
 
@@ -99,7 +100,7 @@ class PascalContextDataset(DenseDataset):
     """PASCAL-Context multi-task data: semseg, parts, normals, saliency, edges."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train",
-                 tasks: Sequence[str] | None = None, size: int | None = None) -> None:
+                 tasks: Sequence[str] | None = None, size: SizeLike | None = None) -> None:
         root = existing_dir(root)
         available = tuple(t for t in task_names() if _task_source_present(root, t))
         class_names = {}

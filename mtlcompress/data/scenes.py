@@ -31,6 +31,7 @@ from mtlcompress.data.base import DenseDataset, existing_dir, select_tasks
 from mtlcompress.data.manifest import find_manifest, manifest_tasks, scene_class_names
 from mtlcompress.data.readers import read_index_png, read_npy, read_split
 from mtlcompress.errors import DataError
+from mtlcompress.io.image_size import SizeLike
 from mtlcompress.io.images import IMAGE_SUFFIXES
 from mtlcompress.tasks.registry import get_task, task_names
 
@@ -39,7 +40,7 @@ class ScenesDataset(DenseDataset):
     """The mtlcompress scenes layout (see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train",
-                 tasks: Sequence[str] | None = None, size: int | None = None) -> None:
+                 tasks: Sequence[str] | None = None, size: SizeLike | None = None) -> None:
         root = existing_dir(root)
         meta_dirs = [root]
         if root.parent.name == "videos":

@@ -21,6 +21,7 @@ from mtlcompress.data.manifest import SCENES_FORMAT, SCENES_VERSION
 from mtlcompress.data.sample_writer import SampleWriter
 from mtlcompress.errors import DataError
 from mtlcompress.io.atomic import write_json_atomic
+from mtlcompress.io.image_size import SizeLike, image_size
 
 CLASS_NAMES: tuple[str, ...] = ("floor", "wall", "sphere", "box", "cylinder", "cone", "capsule")
 """Semantic classes; a class id is an index into this tuple."""
@@ -230,8 +231,9 @@ def _albedo(texture: Texture, points: np.ndarray) -> np.ndarray:
     return np.array(texture.color_a) * (1.0 - w[:, None]) + np.array(texture.color_b) * w[:, None]
 
 
-def render_scene(scene: Scene, size: int) -> dict[str, np.ndarray]:
-    """Ray-cast ``scene`` into a square image and its five label maps.
+def render_scene(scene: Scene, size: SizeLike) -> dict[str, np.ndarray]:
+    """Ray-cast ``scene`` into an image of ``size`` (one number, or (height, width); the
+    field of view is horizontal) and its five label maps.
 
     All outputs come from one hit per pixel centre, so they agree pixel for pixel.
     ``depth`` is the z-depth in metres along the camera's forward axis (not the ray
@@ -244,9 +246,11 @@ def render_scene(scene: Scene, size: int) -> dict[str, np.ndarray]:
         ``saliency`` uint8 [H,W] in {0, 1}.
     """
     cam_axes = _camera_axes(scene.camera)
-    focal = (size / 2.0) / math.tan(math.radians(scene.camera.fov_deg) / 2.0)
-    coords = (np.arange(size) + 0.5 - size / 2.0) / focal
-    d_cam = np.stack(np.broadcast_arrays(coords[None, :], coords[:, None], 1.0), axis=-1).reshape(-1, 3)
+    height, width = image_size(size, "size", DataError)
+    focal = (width / 2.0) / math.tan(math.radians(scene.camera.fov_deg) / 2.0)
+    across = (np.arange(width) + 0.5 - width / 2.0) / focal
+    down = (np.arange(height) + 0.5 - height / 2.0) / focal
+    d_cam = np.stack(np.broadcast_arrays(across[None, :], down[:, None], 1.0), axis=-1).reshape(-1, 3)
     d = d_cam @ cam_axes.T  # camera z component is 1, so the hit distance t is z-depth
     o = np.broadcast_to(np.array(scene.camera.position), d.shape)
 
@@ -290,15 +294,15 @@ def render_scene(scene: Scene, size: int) -> dict[str, np.ndarray]:
     shade = scene.ambient + (1.0 - scene.ambient) * lambert
     image = np.clip(albedo * shade[:, None] * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    hw = (size, size)
+    hw = (height, width)
     instance = instance.reshape(hw)
     depth = t.reshape(hw).astype(np.float32)
     semseg = class_of_instance[instance]
     return {
-        "image": image.reshape(size, size, 3),
+        "image": image.reshape(height, width, 3),
         "semseg": semseg,
         "depth": depth,
-        "normals": (normal @ cam_axes).reshape(size, size, 3).astype(np.float32),
+        "normals": (normal @ cam_axes).reshape(height, width, 3).astype(np.float32),
         "edges": _raycast.occlusion_edges(instance, depth).astype(np.uint8),
         "saliency": (semseg >= _FIRST_OBJECT_ID).astype(np.uint8),
     }
@@ -319,7 +323,7 @@ def generate_scenes(
     images: int,
     videos: int = 0,
     frames: int = 8,
-    size: int = 64,
+    size: SizeLike = 64,
     seed: int = 0,
     val_fraction: float = 0.2,
     progress: Callable[[int, int], None] | None = None,
@@ -330,11 +334,13 @@ def generate_scenes(
     output is byte-identical for the same arguments and item i does not depend on how
     many items are made. The last ``round(images * val_fraction)`` stems form the val
     split (items are i.i.d., so no shuffle is needed). ``manifest.json`` is written
-    last: a folder that has one is complete.
+    last: a folder that has one is complete. ``size`` is one number (square images) or
+    (height, width).
     """
+    height, width = image_size(size, "size", DataError)
     if images < 0 or videos < 0:
         raise DataError(f"images and videos must be >= 0, got images={images}, videos={videos}")
-    if frames < 1 or size < 8:
+    if frames < 1 or min(height, width) < 8:
         raise DataError(f"need frames >= 1 and size >= 8, got frames={frames}, size={size}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -361,7 +367,8 @@ def generate_scenes(
             _write_lines(clip_root / "splits" / "all.txt", frame_stems)
 
     manifest = {
-        "format": SCENES_FORMAT, "version": SCENES_VERSION, "seed": seed, "size": size,
+        "format": SCENES_FORMAT, "version": SCENES_VERSION, "seed": seed,
+        "size": height if height == width else [height, width],
         "tasks": list(TASKS), "class_names": list(CLASS_NAMES), "num_classes": len(CLASS_NAMES),
         "images": images, "splits": {"train": images - n_val, "val": n_val}, "videos": clips,
     }

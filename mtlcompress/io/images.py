@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.io.image_size import SizeLike, image_size
 from mtlcompress.io.limits import MAX_PIXELS as DEFAULT_MAX_PIXELS
 from mtlcompress.io.output_paths import output_names
 from mtlcompress.io.video import VIDEO_SUFFIXES
@@ -76,9 +77,14 @@ def rgb_array(img: Image.Image) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Photo:
-    """One input picture, seen twice: ``pixels`` is what the network reads (``[3, size,
-    size]`` float in [0, 1], resized to the bundle's image size), ``rgb`` the picture at
-    its own size (uint8 ``[H, W, 3]``), which every output map is resized back to."""
+    """One input picture, seen twice: ``pixels`` is what the network reads (``[3, h, w]``
+    float in [0, 1], resized to the bundle's image size ``(h, w)``), ``rgb`` the picture
+    at its own size (uint8 ``[H, W, 3]``), which every output map is resized back to.
+
+    The policy is a plain resize, not a letterbox: every pixel of the photo is seen and
+    every output pixel maps back onto the photo, at the cost of stretching a photo whose
+    aspect differs from the model's (train or import the model at the photos' aspect,
+    ``--img-size H W``, to avoid it)."""
 
     pixels: torch.Tensor
     rgb: np.ndarray
@@ -93,7 +99,7 @@ class Photo:
         return int(self.rgb.shape[1])
 
 
-def photo_from_image(img: Image.Image, size: int, label: str) -> Photo:
+def photo_from_image(img: Image.Image, size: SizeLike, label: str) -> Photo:
     """The network's view and the viewable RGB of a decoded picture; ``label`` names it
     in the notes about what was adjusted (colour conversion, resizing)."""
     notes: list[str] = []
@@ -108,10 +114,11 @@ def photo_from_image(img: Image.Image, size: int, label: str) -> Photo:
         rgb = np.repeat(np.round(grey * 255).astype(np.uint8)[:, :, None], 3, axis=2)
     else:
         rgb = np.asarray(img, dtype=np.uint8)
-    if img.size != (size, size):
-        notes.append(f"{label}: resized {img.size[0]}x{img.size[1]} to {size}x{size} "
-                     "(the bundle's image size)")
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    height, width = image_size(size)
+    if img.size != (width, height):
+        notes.append(f"{label}: resized {img.size[0]}x{img.size[1]} to {width}x{height} "
+                     "(the bundle's image size, width x height)")
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
     if img.mode == "F":
         array = np.repeat(np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)[:, :, None], 3, axis=2)
     else:
@@ -119,7 +126,7 @@ def photo_from_image(img: Image.Image, size: int, label: str) -> Photo:
     return Photo(torch.from_numpy(array).permute(2, 0, 1).contiguous(), rgb, tuple(notes))
 
 
-def read_photo(path: str | os.PathLike, size: int, max_pixels: int | None = None) -> Photo:
+def read_photo(path: str | os.PathLike, size: SizeLike, max_pixels: int | None = None) -> Photo:
     """Read one image file as a ``Photo``; any problem is one ``MtlCompressError`` line."""
     path = Path(path)
     try:
@@ -132,16 +139,17 @@ def read_photo(path: str | os.PathLike, size: int, max_pixels: int | None = None
         raise MtlCompressError(f"{path}: cannot read image ({exc}); use a valid PNG or JPEG") from None
 
 
-def read_image(path: str | os.PathLike, size: int, max_pixels: int | None = None
+def read_image(path: str | os.PathLike, size: SizeLike, max_pixels: int | None = None
                ) -> tuple[torch.Tensor, list[str]]:
-    """``[3, size, size]`` float in [0, 1] and the warnings about what was adjusted."""
+    """``[3, h, w]`` float in [0, 1] (``size`` is one number or (h, w)) and the warnings
+    about what was adjusted."""
     photo = read_photo(path, size, max_pixels)
     return photo.pixels, list(photo.notes)
 
 
-def read_images(paths: Sequence[str | os.PathLike], size: int, max_pixels: int | None = None
+def read_images(paths: Sequence[str | os.PathLike], size: SizeLike, max_pixels: int | None = None
                 ) -> tuple[torch.Tensor, list[str]]:
-    """A batch ``[N, 3, size, size]`` and all warnings."""
+    """A batch ``[N, 3, h, w]`` and all warnings."""
     tensors, notes = [], []
     for path in paths:
         tensor, adjusted = read_image(path, size, max_pixels)

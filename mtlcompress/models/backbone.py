@@ -25,6 +25,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from mtlcompress.errors import CheckpointError
+from mtlcompress.io.image_size import SizeLike, describe_image_size, image_size
 
 # Upper bounds for numbers read from files, well above any published ViT (the largest
 # timm ViTs have depth 48, width 1664, images of 518 px) and far below sizes whose
@@ -56,7 +57,8 @@ class BackboneConfig:
     """Everything needed to rebuild a timm ``VisionTransformer`` without weights."""
 
     arch: str = "tiny"
-    img_size: int = 64
+    # (height, width) in pixels; an int n (old files, callers) means (n, n).
+    img_size: tuple[int, int] = (64, 64)
     patch_size: int = 8
     embed_dim: int = 128
     depth: int = 4
@@ -78,6 +80,14 @@ class BackboneConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    def __post_init__(self) -> None:
+        # Shape only (n -> (n, n), a list -> a tuple); the values are checked by check_ranges.
+        size = self.img_size
+        if isinstance(size, int) and not isinstance(size, bool):
+            object.__setattr__(self, "img_size", (size, size))
+        elif isinstance(size, (list, tuple)) and len(size) in (1, 2):
+            object.__setattr__(self, "img_size", (size[0], size[-1]))
+
     @property
     def dense_path_reason(self) -> str | None:
         """Why the shared engine cannot share this backbone's blocks (None: it can)."""
@@ -86,7 +96,8 @@ class BackboneConfig:
     @property
     def grid_size(self) -> tuple[int, int]:
         """Patches down and across: ``(rows, cols)``, the grid heads take."""
-        return self.img_size // self.patch_size, self.img_size // self.patch_size
+        height, width = self.img_size
+        return height // self.patch_size, width // self.patch_size
 
     @property
     def num_patches(self) -> int:
@@ -124,6 +135,12 @@ class BackboneConfig:
             if name in _TRIPLES:
                 kwargs[name] = _float_triple(name, value)
                 continue
+            if name == "img_size":  # [H, W], or one int in files written before non-square sizes
+                if not isinstance(value, (int, list)) or isinstance(value, bool) or (
+                        isinstance(value, list) and len(value) != 2):
+                    raise CheckpointError("backbone config field 'img_size' must be [height, width] or one integer")
+                kwargs[name] = value
+                continue
             expected = type(getattr(cls(), name)) if name != "init_values" else (float, type(None))
             if isinstance(value, bool) and expected is not bool:
                 raise CheckpointError(f"backbone config field '{name}' has the wrong type")
@@ -138,8 +155,11 @@ class BackboneConfig:
 
     def check_ranges(self) -> None:
         """Refuse sizes no ViT has: each field in its range, then the fields' relations."""
-        check_int_range("backbone config field 'img_size'", self.img_size, 1, MAX_IMG_SIZE)
-        check_int_range("backbone config field 'patch_size'", self.patch_size, 1, self.img_size)
+        if not isinstance(self.img_size, tuple) or len(self.img_size) != 2:
+            raise CheckpointError("backbone config field 'img_size' must be two integers (height, width)")
+        for side in self.img_size:
+            check_int_range("backbone config field 'img_size'", side, 1, MAX_IMG_SIZE)
+        check_int_range("backbone config field 'patch_size'", self.patch_size, 1, min(self.img_size))
         check_int_range("backbone config field 'embed_dim'", self.embed_dim, 1, MAX_EMBED_DIM)
         check_int_range("backbone config field 'depth'", self.depth, 1, MAX_DEPTH)
         check_int_range("backbone config field 'num_heads'", self.num_heads, 1, self.embed_dim)
@@ -159,11 +179,11 @@ class BackboneConfig:
             _float_triple(name, getattr(self, name))
         if not all(s > 0 for s in self.std):
             raise CheckpointError("backbone config field 'std' must be positive")
-        if self.img_size % self.patch_size or self.embed_dim % self.num_heads:
+        if any(side % self.patch_size for side in self.img_size) or self.embed_dim % self.num_heads:
             raise CheckpointError("backbone config is inconsistent (img/patch or dim/heads)")
 
     def describe(self) -> str:
-        return (f"{self.arch} ({self.img_size}px, patch {self.patch_size}, dim {self.embed_dim}, "
+        return (f"{self.arch} ({describe_image_size(self.img_size)}, patch {self.patch_size}, dim {self.embed_dim}, "
                 f"depth {self.depth}, heads {self.num_heads})")
 
 
@@ -179,12 +199,13 @@ def _float_triple(name: str, value: Any) -> tuple[float, float, float]:
 # timm itself so their hyper-parameters are never written down twice.
 PRESETS: dict[str, BackboneConfig] = {
     "tiny": BackboneConfig(),
-    "micro": BackboneConfig(arch="micro", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    "micro": BackboneConfig(arch="micro", img_size=(32, 32), patch_size=8, embed_dim=32, depth=2, num_heads=2),
 }
 
 
-def resolve_backbone(name: str, img_size: int | None = None) -> BackboneConfig:
-    """A preset name or any timm ViT name -> config (timm models are built on 'meta')."""
+def resolve_backbone(name: str, img_size: SizeLike | None = None) -> BackboneConfig:
+    """A preset name or any timm ViT name -> config (timm models are built on 'meta'),
+    at ``img_size`` (one number, or (height, width)) when given."""
     if name in PRESETS:
         config = PRESETS[name]
     else:
@@ -193,11 +214,19 @@ def resolve_backbone(name: str, img_size: int | None = None) -> BackboneConfig:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False)
         config = config_from_timm(model, arch=name)
-    if img_size is not None and img_size != config.img_size:
-        config = dataclasses.replace(config, img_size=img_size)
-        if img_size % config.patch_size:
-            raise CheckpointError(f"image size {img_size} is not a multiple of patch size {config.patch_size}")
-    return config
+    return config if img_size is None else with_image_size(config, img_size)
+
+
+def with_image_size(config: BackboneConfig, img_size: SizeLike) -> BackboneConfig:
+    """``config`` at another input size: each side a multiple of the patch size, within
+    ``MAX_IMG_SIZE`` (position embeddings are resampled where weights are loaded)."""
+    size = image_size(img_size, "image size", CheckpointError)
+    if any(side % config.patch_size for side in size):
+        raise CheckpointError(f"image size {size[0]}x{size[1]} (height x width) is not a multiple of "
+                              f"patch size {config.patch_size} on each side")
+    if max(size) > MAX_IMG_SIZE:
+        raise CheckpointError(f"image size {size[0]}x{size[1]} is larger than {MAX_IMG_SIZE} px on a side")
+    return dataclasses.replace(config, img_size=size)
 
 
 def config_from_timm(model: torch.nn.Module, arch: str) -> BackboneConfig:
@@ -214,7 +243,7 @@ def config_from_timm(model: torch.nn.Module, arch: str) -> BackboneConfig:
     pretrained = getattr(model, "pretrained_cfg", None) or {}
     return BackboneConfig(
         arch=arch,
-        img_size=int(model.patch_embed.img_size[0]),
+        img_size=(int(model.patch_embed.img_size[0]), int(model.patch_embed.img_size[1])),
         patch_size=int(model.patch_embed.patch_size[0]),
         embed_dim=int(model.embed_dim),
         depth=len(model.blocks),
@@ -240,8 +269,8 @@ def check_buildable(model: VisionTransformer, arch: str) -> None:
     patch bias that does not follow timm's pre-norm rule."""
     embed = model.patch_embed
     reasons = []
-    if embed.img_size[0] != embed.img_size[1] or embed.patch_size[0] != embed.patch_size[1]:
-        reasons.append("non-square image or patch size")
+    if embed.patch_size[0] != embed.patch_size[1]:
+        reasons.append("non-square patches")
     if (embed.proj.bias is None) != (not isinstance(model.norm_pre, nn.Identity)):
         reasons.append("a patch-embedding bias that does not follow timm's pre-norm rule")
     for index, block in enumerate(model.blocks):

@@ -19,7 +19,7 @@ import os
 import re
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from timm.layers import resample_abs_pos_embed
 
 from mtlcompress.errors import CheckpointError, MtlCompressError
 from mtlcompress.models import hf_vit
-from mtlcompress.models.backbone import BackboneConfig, build_backbone, resolve_backbone
+from mtlcompress.io.image_size import SizeLike
+from mtlcompress.models.backbone import BackboneConfig, build_backbone, resolve_backbone, with_image_size
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from mtlcompress.models.heads import HEADS
 from mtlcompress.models.weights import read_weights_file, unwrap_state_dict
@@ -49,7 +50,7 @@ class ImportResult:
     loaded: int                      # model tensors filled from the source
     ignored: list[str] = field(default_factory=list)      # source keys an ignore pattern named
     initialised: list[str] = field(default_factory=list)  # model keys left at their fresh init (ignored)
-    resampled_pos_embed: tuple[int, int] | None = None    # source grid, when resampled
+    resampled_pos_embed: tuple[int, int] | None = None    # source grid (rows, cols), when resampled
 
     def describe(self) -> str:
         parts = [f"{self.info.task}, {self.info.head_type} head, {self.info.backbone.describe()}",
@@ -88,7 +89,7 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
                  backbone: str | BackboneConfig | None = None, head: str = "dense", head_prefix: str = "head.",
                  key_map: str | os.PathLike | None = None, ignore: Sequence[str] = (),
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 img_size: int | None = None) -> ImportResult:
+                 img_size: SizeLike | None = None) -> ImportResult:
     """Convert a fine-tuned model into a single-task checkpoint at ``out``.
 
     Args:
@@ -104,7 +105,8 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
         ignore: regular expressions; source keys (or missing model keys) they match are
             not an error (missing ones keep their fresh initialisation).
         mean, std: the model's normalisation, overriding the backbone's.
-        img_size: the input size to run at (position embeddings resampled).
+        img_size: the input size to run at, one number or (height, width); the
+            position embedding is resampled with timm's ``resample_abs_pos_embed``.
     """
     if head not in HEADS:
         raise CheckpointError(f"unknown head type '{head}'; known head types: {', '.join(HEADS)}")
@@ -133,8 +135,9 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
     if mean is not None or std is not None:
         config = BackboneConfig.from_dict({**config.to_dict(), **({"mean": list(mean)} if mean is not None else {}),
                                            **({"std": list(std)} if std is not None else {})})
-    if img_size is not None and img_size != config.img_size:
-        config = resolve_backbone_size(config, img_size)
+    source_grid = config.grid_size  # the grid the source's position embedding was trained on
+    if img_size is not None:
+        config = with_image_size(config, img_size)
 
     head_state, backbone_state = _split_head(state, origin, head_prefix, head)
     expected_backbone = set(_backbone_keys(config))
@@ -150,7 +153,7 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
         expected = build_model(info).state_dict()
     provided = {f"backbone.{k}": v for k, v in backbone_state.items()}
     provided.update({f"head.{k}": v for k, v in head_state.items()})
-    resampled = _resample_pos_embed(provided, expected, config)
+    resampled = _resample_pos_embed(provided, expected, config, source_grid)
 
     unused = sorted(k for k in provided if k not in expected)
     missing = sorted(k for k in expected if k not in provided)
@@ -182,12 +185,6 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
     save_checkpoint(model, info, out)
     return ImportResult(info=info, source_format=source_format, loaded=len(expected) - len(missing),
                         ignored=ignored, initialised=initialised, resampled_pos_embed=resampled)
-
-
-def resolve_backbone_size(config: BackboneConfig, img_size: int) -> BackboneConfig:
-    if img_size % config.patch_size:
-        raise CheckpointError(f"image size {img_size} is not a multiple of patch size {config.patch_size}")
-    return replace(config, img_size=img_size)
 
 
 def _compile_ignores(ignore: Sequence[str]) -> list[re.Pattern[str]]:
@@ -292,20 +289,28 @@ def _head_sizes(head_state: dict[str, torch.Tensor], head: str, config: Backbone
 
 
 def _resample_pos_embed(provided: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-                        config: BackboneConfig) -> tuple[int, int] | None:
-    """Resize a position embedding trained at another image size (timm's helper)."""
+                        config: BackboneConfig, source_grid: tuple[int, int]) -> tuple[int, int] | None:
+    """Resize a position embedding trained at another image size (timm's helper). The
+    source grid is the source architecture's (its config) when the token count fits it,
+    else a square one (timm's own assumption)."""
     key = "backbone.pos_embed"
-    if key not in provided or key not in expected or provided[key].shape == expected[key].shape:
+    if key not in provided or key not in expected:
         return None
     pos = provided[key]
     prefix = 0 if config.no_embed_class else config.num_prefix_tokens
-    tokens = pos.shape[1] - prefix
-    side = int(round(tokens ** 0.5))
-    if pos.dim() != 3 or side * side != tokens or pos.shape[2] != config.embed_dim:
+    tokens = pos.shape[1] - prefix if pos.dim() == 3 else -1
+    if tokens == source_grid[0] * source_grid[1]:
+        old = source_grid
+    else:
+        side = int(round(max(tokens, 0) ** 0.5))
+        old = (side, side)
+    if pos.dim() != 3 or old[0] * old[1] != tokens or pos.shape[2] != config.embed_dim:
         return None  # reported as a shape mismatch
-    provided[key] = resample_abs_pos_embed(pos, new_size=list(config.grid_size), old_size=[side, side],
+    if old == config.grid_size:
+        return None
+    provided[key] = resample_abs_pos_embed(pos, new_size=list(config.grid_size), old_size=list(old),
                                            num_prefix_tokens=prefix)
-    return side, side
+    return old
 
 
 def _refuse_leftovers(source: Path, unused: list[str], missing: list[str]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed
 from timm.models import vision_transformer as timm_vit
 
 from mtlcompress.errors import CheckpointError
@@ -95,11 +96,17 @@ def unwrap_state_dict(state_dict: Any) -> dict[str, Any]:
 
 
 def load_initial_backbone(model: timm_vit.VisionTransformer, path: str | os.PathLike) -> dict[str, Any]:
-    """Load shared initial weights into ``model`` in place; returns provenance info."""
+    """Load shared initial weights into ``model`` in place; returns provenance info.
+
+    A position embedding for another grid is resampled with timm's
+    ``resample_abs_pos_embed``: from the grid an init file records (non-square ones
+    included), else by timm's filter, which assumes a square source grid."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: file not found")
     state = read_weights_file(path)
+    if is_backbone_init(path):
+        state = _pos_embed_at_grid(state, read_backbone_config(path), model)
     try:
         adapted = checkpoint_filter_fn(state, model)
     except CheckpointError as exc:
@@ -122,6 +129,17 @@ def load_initial_backbone(model: timm_vit.VisionTransformer, path: str | os.Path
                                   "start training")
     model.load_state_dict({k: v for k, v in adapted.items() if k in expected})
     return {"init": str(path), "init_format": "mtlcompress" if is_backbone_init(path) else "foreign"}
+
+
+def _pos_embed_at_grid(state: dict[str, Any], source: BackboneConfig,
+                      model: timm_vit.VisionTransformer) -> dict[str, Any]:
+    grid, prefix = tuple(model.patch_embed.grid_size), 0 if model.no_embed_class else model.num_prefix_tokens
+    pos = state.get("pos_embed")
+    if pos is None or model.pos_embed is None or source.grid_size == grid:
+        return state
+    resampled = resample_abs_pos_embed(pos, new_size=list(grid), old_size=list(source.grid_size),
+                                       num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resampled}
 
 
 def is_backbone_init(path: Path) -> bool:

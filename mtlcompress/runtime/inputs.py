@@ -20,7 +20,8 @@ def select_tasks(bundle: Bundle, tasks: Sequence[str] | None) -> list[str]:
     return [t for t in bundle.tasks if t in tasks]
 
 
-def check_images(images: torch.Tensor, img_size: int) -> None:
-    """Images must be ``[B, 3, img_size, img_size]``: the backbone's fixed input."""
-    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (img_size, img_size):
-        raise MtlCompressError(f"images must be [B, 3, {img_size}, {img_size}] in [0, 1], got {tuple(images.shape)}")
+def check_images(images: torch.Tensor, img_size: tuple[int, int]) -> None:
+    """Images must be ``[B, 3, H, W]`` with ``(H, W) = img_size``: the backbone's fixed input."""
+    height, width = img_size
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (height, width):
+        raise MtlCompressError(f"images must be [B, 3, {height}, {width}] in [0, 1], got {tuple(images.shape)}")

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from mtlcompress.data.layouts import open_dataset
-from mtlcompress.models.backbone import BackboneConfig, resolve_backbone
+from mtlcompress.io.image_size import SizeLike
+from mtlcompress.models.backbone import BackboneConfig, resolve_backbone, with_image_size
 from mtlcompress.models.multi_head import MultiHeadModel
 from mtlcompress.models.weights import save_backbone_init
 from mtlcompress.tasks.registry import get_task
@@ -27,6 +28,7 @@ def pretrain_backbone(
     data: str | os.PathLike,
     out: str | os.PathLike,
     backbone: str | BackboneConfig = "tiny",
+    img_size: SizeLike | None = None,
     tasks: Sequence[str] | None = None,
     config: TrainConfig | None = None,
     resume: bool = True,
@@ -42,6 +44,8 @@ def pretrain_backbone(
         out: where the backbone file (``mtlcompress.backbone`` format) is written.
         backbone: a preset name (``micro``, ``tiny``, ...) or timm ViT name, or a
             ``BackboneConfig``.
+        img_size: train at this size instead of the backbone's: one number, or
+            (height, width), each a multiple of the patch size.
         tasks: the tasks whose heads train the backbone; default: every labelled task.
         config: optimiser settings (``TrainConfig``); default: its defaults.
         resume: continue from ``<out>.resume.safetensors`` when an interrupted run left one.
@@ -52,6 +56,8 @@ def pretrain_backbone(
     """
     config = config or TrainConfig()
     backbone_config = backbone if isinstance(backbone, BackboneConfig) else resolve_backbone(backbone)
+    if img_size is not None:
+        backbone_config = with_image_size(backbone_config, img_size)
     train = open_dataset(data, split="train", tasks=list(tasks) if tasks else None, size=backbone_config.img_size)
     specs = {name: get_task(name) for name in train.tasks}
     channels = {name: spec.out_channels(train.num_classes.get(name)) for name, spec in specs.items()}

@@ -10,7 +10,8 @@ import torch
 
 from mtlcompress.data.layouts import open_dataset
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.models.backbone import resolve_backbone
+from mtlcompress.io.image_size import SizeLike
+from mtlcompress.models.backbone import resolve_backbone, with_image_size
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from mtlcompress.models.weights import is_backbone_init, load_initial_backbone, read_backbone_config
 from mtlcompress.tasks.registry import get_task
@@ -25,6 +26,7 @@ def train_single_task(
     out: str | os.PathLike,
     init: str | os.PathLike | None = None,
     backbone: str = "tiny",
+    img_size: SizeLike | None = None,
     config: TrainConfig | None = None,
     resume: bool = True,
     overwrite: bool = False,
@@ -39,6 +41,9 @@ def train_single_task(
         init: a backbone from ``pretrain_backbone`` (its architecture is used), or
             ``None`` to start from ``backbone``.
         backbone: a preset or timm ViT name, used without ``init``.
+        img_size: train at this size instead of the backbone's (or the init file's): one
+            number, or (height, width); an init's position embedding is resampled to it
+            with timm's ``resample_abs_pos_embed``.
         config: optimiser settings (``TrainConfig``); default: its defaults.
         resume: continue from ``<out>.resume.safetensors`` when an interrupted run left one.
         overwrite: replace an existing ``out`` instead of refusing.
@@ -53,6 +58,8 @@ def train_single_task(
         raise MtlCompressError(f"{out} already exists; pass --overwrite to replace it")
     spec = get_task(task)
     backbone_config = read_backbone_config(init) if init and is_backbone_init(Path(init)) else resolve_backbone(backbone)
+    if img_size is not None:
+        backbone_config = with_image_size(backbone_config, img_size)
     train = open_dataset(data, split="train", tasks=[task], size=backbone_config.img_size)
     val = open_dataset(data, split="val", tasks=[task], size=backbone_config.img_size)
     num_classes = train.num_classes.get(task) if spec.categorical else None

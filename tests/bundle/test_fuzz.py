@@ -218,7 +218,7 @@ def test_edited_metadata_number_is_refused_in_one_line_or_gives_a_working_bundle
     assert identical(load_bundle(again), loaded)
     if "activation" not in where:
         return
-    frame = torch.rand(1, 3, loaded.backbone.img_size, loaded.backbone.img_size)
+    frame = torch.rand(1, 3, *loaded.backbone.img_size)
     engine = SharedEngine(loaded, timings=fixed_timings)  # timings that put every thresholded layer to use
     for result in engine.stream([frame, frame * 0.9], KeyframePolicy(keyframe_every=2)):
         assert all(torch.isfinite(out).all() for out in result.outputs.values()), (where, value)

@@ -63,7 +63,7 @@ def test_import_keeps_backbone_and_head_exactly(sources, tmp_path):
         vit, head = sources[task]
         model, _ = load_checkpoint(tmp_path / f"{task}.safetensors")
         with torch.no_grad():
-            expected = head(vit.forward_features(normalize_images(images, MICRO))[:, 1:], 4)
+            expected = head(vit.forward_features(normalize_images(images, MICRO))[:, 1:], (4, 4))
             assert torch.allclose(model(images), expected, atol=1e-5)
 
 
@@ -83,6 +83,30 @@ def test_leftover_keys_exit_2_with_one_line_unless_ignored(sources, tmp_path, mo
     assert "\n" not in error["message"]
     summary = _import(*args[1:], "--ignore", "^pooler", "--ignore", "head_drop")
     assert summary["ignored"] == ["head_drop.x", "pooler.weight"]
+
+
+@pytest.mark.parametrize("size", [["32", "48"], ["32x48"]])
+def test_img_size_takes_height_then_width(sources, tmp_path, monkeypatch, capsys, size):
+    """``--img-size 32 48`` (two numbers, through ``main``) or ``32x48``: a 32 px high,
+    48 px wide model whose position embedding timm resampled from the 4x4 grid."""
+    args = ["import", str(sources["folder"] / "depth.safetensors"), "--task", "depth", "--backbone", "micro",
+            "--head", "linear", "--img-size", *size, "--out", str(tmp_path / "wide.safetensors"), "--json"]
+    monkeypatch.setattr(sys, "argv", ["mtlcompress", *args])
+    main()
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["backbone"]["img_size"] == [32, 48] and summary["resampled_pos_embed"] == [4, 4]
+    model, info = load_checkpoint(tmp_path / "wide.safetensors")
+    assert info.backbone.grid_size == (4, 6) and model(torch.rand(1, 3, 32, 48)).shape == (1, 1, 32, 48)
+
+
+@pytest.mark.parametrize(("size", "message"), [("30", "not a multiple of patch size 8"), ("0", "must be positive"),
+                                               ("32x", None), ("a", "one number or two")])
+def test_a_bad_img_size_is_a_usage_error(sources, tmp_path, size, message):
+    result = runner.invoke(app, ["import", str(sources["folder"] / "depth.safetensors"), "--task", "depth",
+                                 "--backbone", "micro", "--head", "linear", "--img-size", size,
+                                 "--out", str(tmp_path / "bad.safetensors")])
+    assert result.exit_code != 0 and not (tmp_path / "bad.safetensors").exists()
+    assert message is None or message in result.output + str(result.exception)
 
 
 def test_imported_checkpoints_sparsify_export_and_run(sources, quick_demo, tmp_path, fixed_timings):

@@ -89,7 +89,7 @@ def test_every_plain_vit_variant_predicts_as_its_source(variant, tmp_path):
     save_file(state, tmp_path / "src.safetensors")
     import_model(tmp_path / "src.safetensors", "depth", tmp_path / "out.safetensors", backbone=config,
                  head="linear", mean=MEAN, std=STD)
-    images = torch.rand(2, 3, config.img_size, config.img_size)
+    images = torch.rand(2, 3, *config.img_size)
     expected = source_prediction(vit, head, config, images)
     assert torch.allclose(imported_prediction(tmp_path / "out.safetensors", images), expected, atol=1e-5)
     info = read_checkpoint_info(tmp_path / "out.safetensors")
@@ -175,7 +175,7 @@ def test_another_image_size_resamples_the_position_embedding_with_timm(tmp_path)
                           head="linear", img_size=48)
     assert result.resampled_pos_embed == (4, 4)
     model, info = load_checkpoint(tmp_path / "o.safetensors")
-    assert info.backbone.img_size == 48 and model(torch.rand(1, 3, 48, 48)).shape == (1, 1, 48, 48)
+    assert info.backbone.img_size == (48, 48) and model(torch.rand(1, 3, 48, 48)).shape == (1, 1, 48, 48)
     expected = resample_abs_pos_embed(vit.pos_embed.detach(), new_size=[6, 6], num_prefix_tokens=1)
     assert torch.equal(model.backbone.pos_embed.detach(), expected)
 

@@ -130,7 +130,7 @@ def test_unsupported_suffix(tmp_path):
 
 def test_timm_names_resolve_without_weights():
     config = resolve_backbone("vit_small_patch16_224")
-    assert (config.embed_dim, config.depth, config.num_heads, config.patch_size, config.img_size) == (384, 12, 6, 16, 224)
+    assert (config.embed_dim, config.depth, config.num_heads, config.patch_size, config.img_size) == (384, 12, 6, 16, (224, 224))
     assert resolve_backbone("vit_base_patch16_224").embed_dim == 768
     with pytest.raises(CheckpointError, match="unknown backbone"):
         resolve_backbone("resnet_of_dreams")

@@ -22,7 +22,7 @@ def measured_flops(info: CheckpointInfo) -> dict[str, int]:
     """FlopCounterMode on one image (meta tensors: shapes only, so ViT-S is instant)."""
     with torch.device("meta"):
         model = build_model(info).eval()
-        images = torch.rand(1, 3, info.backbone.img_size, info.backbone.img_size)
+        images = torch.rand(1, 3, *info.backbone.img_size)
     for block in model.backbone.blocks:
         block.attn.fused_attn = False  # what the fused kernel is counted as depends on the device
     counter = FlopCounterMode(display=False)

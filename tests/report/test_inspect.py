@@ -208,7 +208,7 @@ def test_examples_hold_the_photo_and_both_maps_per_task(saved, data):
         assert set(example["tasks"]) == {"semseg", "depth"}
         for png in [example["image"], *(m for maps in example["tasks"].values() for m in maps.values())]:
             with Image.open(io.BytesIO(base64.b64decode(png))) as image:
-                assert image.format == "PNG" and image.width >= MICRO.img_size
+                assert image.format == "PNG" and image.width >= MICRO.img_size[1]
     # The base task's original is the identical computation: identical pictures.
     assert examples[0]["tasks"]["semseg"]["bundle"] == examples[0]["tasks"]["semseg"]["original"]
     json.dumps(report, allow_nan=False)

@@ -77,7 +77,7 @@ def _frames(count: int = 7, batch: int = 1, noise: float = 0.01) -> list[torch.T
     """A moving bright square over a background (with growing pixel noise unless
     ``noise=0``, a static camera): some tokens change per frame."""
     gen = torch.Generator().manual_seed(1)
-    background = torch.rand(batch, 3, CONFIG.img_size, CONFIG.img_size, generator=gen)
+    background = torch.rand(batch, 3, *CONFIG.img_size, generator=gen)
     frames = []
     for k in range(count):
         frame = background + noise * k * torch.randn(background.shape, generator=gen)
@@ -102,7 +102,7 @@ def _quantile_taus(deltas: dict[str, torch.Tensor], granularity: str, q: float) 
 def _sparse_bundle(sources, granularity: str, temporal: bool = True) -> Bundle:
     """Thresholds at quantiles of the measured deltas, so a good share of tokens changes."""
     bundle = Bundle.from_checkpoints(*sources)
-    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size, generator=torch.Generator().manual_seed(2))
+    images = torch.rand(2, 3, *CONFIG.img_size, generator=torch.Generator().manual_seed(2))
     frames = _frames(2)
     recorded = {}
     for task in bundle.tasks:
@@ -130,7 +130,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_unsparsified_bundle_reproduces_each_checkpoint(sources):
     bundle = Bundle.from_checkpoints(*sources)
     engine = SharedEngine(bundle, timings=_timings("token"))
-    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size)
+    images = torch.rand(2, 3, *CONFIG.img_size)
     outputs = engine.predict(images)
     with torch.no_grad():
         expected = {t: bundle.task_model(t)(images) for t in bundle.tasks}
@@ -143,7 +143,7 @@ def test_unsparsified_bundle_reproduces_each_checkpoint(sources):
 @pytest.mark.parametrize("path", ["token", "element", "dense"])
 def test_predict_matches_dense_engine(sources, granularity, path):
     bundle = _sparse_bundle(sources, granularity, temporal=False)
-    images = torch.rand(3, 3, CONFIG.img_size, CONFIG.img_size, generator=torch.Generator().manual_seed(5))
+    images = torch.rand(3, 3, *CONFIG.img_size, generator=torch.Generator().manual_seed(5))
     dense = DenseEngine(bundle)
     shared = SharedEngine(bundle, timings=_timings(path))
     assert _max_diff(shared.predict(images), dense.predict(images)) <= TOL
@@ -182,7 +182,7 @@ def test_sub_tasks_on_different_paths_in_one_layer(sources, granularity, paths, 
     bundle = _sparse_bundle(sources, granularity, temporal=False)
     chosen = dict(zip(SUB_TASKS, paths))
     _force_paths(monkeypatch, chosen)
-    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size, generator=torch.Generator().manual_seed(6))
+    images = torch.rand(2, 3, *CONFIG.img_size, generator=torch.Generator().manual_seed(6))
     shared = SharedEngine(bundle, timings=_timings("token"))
     assert _max_diff(shared.predict(images), DenseEngine(bundle).predict(images)) <= TOL
     for task, path in chosen.items():
@@ -196,7 +196,7 @@ def test_weight_deltas_priced_dense_stay_out_of_the_stacked_product(sources, pat
     the reference's."""
     bundle = _sparse_bundle(sources, "token", temporal=False)
     _force_paths(monkeypatch, dict.fromkeys(SUB_TASKS, path))
-    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size, generator=torch.Generator().manual_seed(7))
+    images = torch.rand(2, 3, *CONFIG.img_size, generator=torch.Generator().manual_seed(7))
     # Per multiply-add, the CSR product dearer than the (already dear) dense GEMM.
     shared = SharedEngine(bundle, timings=_timings("token", sparse_weight=LinearCost(1.0, 1e6)))
     assert _max_diff(shared.predict(images), DenseEngine(bundle).predict(images)) <= TOL
@@ -217,7 +217,7 @@ def test_sparse_weight_deltas_are_int32_csr_of_the_dense_delta(sources):
 
 def test_task_subset_without_base(sources):
     bundle = _sparse_bundle(sources, "token", temporal=False)
-    images = torch.rand(1, 3, CONFIG.img_size, CONFIG.img_size)
+    images = torch.rand(1, 3, *CONFIG.img_size)
     shared = SharedEngine(bundle, tasks=["normals", "depth"], timings=_timings("token"))
     outputs = shared.predict(images)
     assert list(outputs) == ["depth", "normals"]
@@ -354,7 +354,7 @@ def test_stream_without_temporal_thresholds_is_exact(sources):
 def test_profile_breaks_time_down_by_layer_kind_and_role(sources):
     bundle = _sparse_bundle(sources, "token", temporal=False)
     engine = SharedEngine(bundle, timings=_timings("token"), profile=True)
-    engine.predict(torch.rand(1, 3, CONFIG.img_size, CONFIG.img_size))
+    engine.predict(torch.rand(1, 3, *CONFIG.img_size))
     # The blocks run for every task at once; embeddings and heads per task.
     assert set(engine.profile_seconds["all tasks"]) == {"qkv", "attention", "proj", "fc1", "fc2", "norm_act"}
     assert set(engine.profile_seconds["base"]) == {"embed", "head"}
@@ -369,7 +369,7 @@ def test_cuda_matches_the_dense_engine(sources, granularity):
     bundle = _sparse_bundle(sources, granularity)
     shared = SharedEngine(bundle, device="cuda", timings=_timings("token"))
     dense = DenseEngine(bundle, device="cuda")
-    images = torch.rand(2, 3, CONFIG.img_size, CONFIG.img_size)
+    images = torch.rand(2, 3, *CONFIG.img_size)
     assert _max_diff(shared.predict(images), dense.predict(images)) <= TOL
     policy = KeyframePolicy(keyframe_every=4)
     for s, d in zip(shared.stream(_frames(), policy), dense.stream(_frames(), policy)):
