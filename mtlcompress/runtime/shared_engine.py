@@ -133,7 +133,7 @@ class SharedEngine:
         measure = timings is None if measure is None else measure
         self._clock = clock
         self._network = NetworkChooser(network_path, lambda batch: price_network(
-            self.planner, batch=batch, tokens=tokens), measure)
+            self.planner, batch=batch, tokens=bundle.backbone.num_tokens), measure)
         self._fallback = StreamFallback("per-task" if network_path == "per-task" else "auto",
                                         measure=measure and network_path == "auto")
         self.network_plan: NetworkPlan | None = None
