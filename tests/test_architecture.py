@@ -19,10 +19,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / ROOT_PACKAGE
 
 # Lowest first. A module may import from its own package or from a lower layer.
 # The root ``mtlcompress/__init__.py`` is the lazy public facade: above everything.
-# ``errors``, ``version`` and ``progress`` sit under ``io`` and ``tasks``, which use them.
+# ``errors``, ``version`` and ``progress`` sit under ``io``, ``tasks`` and ``devices``, which use them.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "version", "progress"}),
-    frozenset({"io", "tasks"}),
+    frozenset({"io", "tasks", "devices"}),
     frozenset({"data", "models"}),
     frozenset({"training", "bundle"}),
     frozenset({"sparsify", "runtime"}),

@@ -18,6 +18,18 @@ DataOpt = Annotated[Path, typer.Option("--data", help="Dataset folder (generic, 
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume",
                                          help="Continue from the saved state of an interrupted run.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
+# The device and precision options of every command that runs a model (mtlcompress.devices checks
+# the value; under torchrun, cuda and auto mean the process's own GPU, from LOCAL_RANK).
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N "
+                                                        "or mps.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; fp16 with a grad "
+                                                              "scaler when training).")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes that load (or "
+                                                                 "generate) images ahead of the model; 0: in the "
+                                                                 "main process.")]
+AccumulateOpt = Annotated[int, typer.Option("--accumulate", min=1, help="Micro-batches per optimiser step "
+                                                                       "(gradient accumulation), so a global "
+                                                                       "batch fits one GPU.")]
 
 
 def parse_img_size(text: str) -> tuple[int, int]:

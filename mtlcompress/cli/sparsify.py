@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mtlcompress.cli._options import DataOpt, JsonOpt, OverwriteOpt, QuietOpt, ResumeOpt
+from mtlcompress.cli._options import (
+    AccumulateOpt,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    OverwriteOpt,
+    PrecisionOpt,
+    QuietOpt,
+    ResumeOpt,
+    WorkersOpt,
+)
 from mtlcompress.cli._output import emit, info, stage_table
 from mtlcompress.io.outputs import SAFETENSORS_SUFFIXES, check_output
 from mtlcompress.sparsify.config import STAGE_CONFIGS, OptionSpec, StageConfig  # torch-free: the options
@@ -29,14 +39,16 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Checkpoint to write.")]
 SupervisionOpt = Annotated[str, typer.Option(help="labels, distill (from the original checkpoint), or auto "
                                              "(labels when the data has them).")]
 # The training options a stage command offers (a plan's stage table accepts every TrainConfig field).
-CLI_TRAINING_OPTIONS = ("steps", "lr", "batch_size", "seed")
+CLI_TRAINING_OPTIONS = ("steps", "lr", "batch_size", "seed", "accumulate", "precision", "device", "workers")
+# Options every model-running command shares: the same flag and help as train's and evaluate's.
+_SHARED_ALIASES = {"device": DeviceOpt, "precision": PrecisionOpt, "workers": WorkersOpt, "accumulate": AccumulateOpt}
 
 
 def _typer_option(spec: OptionSpec) -> inspect.Parameter:
     """One command parameter from an option's definition: its name, type, default, help and range."""
     kind = spec.type | None if spec.optional else spec.type
     bounds = {"min": spec.minimum, "max": spec.maximum} if spec.type in (int, float) else {}
-    annotation = Annotated[kind, typer.Option(help=spec.help, **bounds)]
+    annotation = _SHARED_ALIASES.get(spec.name) or Annotated[kind, typer.Option(help=spec.help, **bounds)]
     return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=spec.default, annotation=annotation)
 
 
@@ -63,6 +75,9 @@ def stage_options(stage: str) -> Callable[[Callable[..., None]], Callable[..., N
             options = config(**{spec.name: kwargs.pop(spec.name) for spec in config.option_specs()})
             options.validate()  # what typer's min/max cannot say: open bounds, NaN, choices
             given = {name: training[name].check(kwargs.pop(name), training[name].flag) for name in training}
+            from mtlcompress.devices import resolve_device  # torch: only once a command runs
+
+            resolve_device(given["device"])  # before loading anything: a missing GPU is a usage error
             body(options=options, training=config.train_config(**given), **kwargs)
 
         parameters = [*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in required), *generated, *rest]
@@ -142,16 +157,25 @@ def temporal(task: TaskOpt, data: DataOpt, out: OutOpt, options: StageConfig, tr
 
 @app.command("all")
 def run_all(plan: Annotated[Path, typer.Option("--plan", help="Plan file (TOML); see docs/plan.md.")],
+            device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32", workers: WorkersOpt = 0,
             as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
-    """Run every stage for every sub-task from one plan; re-run to resume."""
+    """Run every stage for every sub-task from one plan; re-run to resume.
+
+    --device, --precision and --workers apply to every stage whose table in the plan
+    does not set them."""
     # torch: imported once a command runs, so that `--help` answers at once.
+    from mtlcompress.devices import resolve_device
     from mtlcompress.sparsify.pipeline import run_plan
     from mtlcompress.sparsify.plan import load_plan
+    from mtlcompress.training.precision import check_precision
 
+    resolve_device(device)
+    check_precision(precision)
     parsed = load_plan(plan)
     check_plan_outputs(parsed)
     silent = quiet or as_json
-    result = run_plan(parsed, show_progress=not silent, log=lambda message: info(message, silent))
+    result = run_plan(parsed, show_progress=not silent, log=lambda message: info(message, silent),
+                      training={"device": device, "precision": precision, "workers": workers})
     _report(result.results, as_json, f"sparsify all (base: {result.base})",
             extra={k: v for k, v in result.to_dict().items() if k != "stages"})
 

@@ -9,13 +9,17 @@ import typer
 
 from mtlcompress.cli._options import (
     TASK_NAMES,
+    AccumulateOpt,
     DataOpt,
+    DeviceOpt,
     ImgSizeOpt,
     JsonOpt,
     OverwriteOpt,
+    PrecisionOpt,
     QuietOpt,
     ResumeOpt,
     SeedOpt,
+    WorkersOpt,
 )
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.io.outputs import SAFETENSORS_SUFFIXES, check_output
@@ -43,6 +47,10 @@ def pretrain(
     batch_size: BatchOpt = 32,
     lr: LrOpt = 1e-3,
     seed: SeedOpt = 0,
+    accumulate: AccumulateOpt = 1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    workers: WorkersOpt = 0,
     resume: ResumeOpt = True,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
@@ -52,7 +60,8 @@ def pretrain(
     check_output(out, [data], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
     from mtlcompress.training.pretrain import pretrain_backbone  # torch: only once a command runs
 
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=10**9)
+    config = _checked(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=10**9,
+                                  accumulate=accumulate, device=device, precision=precision, workers=workers))
     selected = [t for t in tasks.split(",") if t] or None
     result = pretrain_backbone(data=data, out=out, backbone=backbone, img_size=img_size, tasks=selected,
                                config=config, resume=resume, show_progress=not (quiet or as_json))
@@ -75,6 +84,10 @@ def train(
     eval_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 200,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Save resumable state every N steps.")] = 50,
     seed: SeedOpt = 0,
+    accumulate: AccumulateOpt = 1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    workers: WorkersOpt = 0,
     resume: ResumeOpt = True,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
@@ -87,8 +100,9 @@ def train(
     from mtlcompress.training.single_task import train_single_task
 
     get_task(task)
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
-                         checkpoint_every=checkpoint_every)
+    config = _checked(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
+                                  checkpoint_every=checkpoint_every, accumulate=accumulate, device=device,
+                                  precision=precision, workers=workers))
     result = train_single_task(task=task, data=data, out=out, init=init, backbone=backbone, img_size=img_size,
                                config=config, resume=resume, overwrite=overwrite,
                                show_progress=not (quiet or as_json))
@@ -101,21 +115,39 @@ def evaluate(
     data: DataOpt,
     split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "val",
     batch_size: BatchOpt = 32,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    workers: WorkersOpt = 0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Print a checkpoint's task metrics on a dataset split."""
     from mtlcompress.data.layouts import open_dataset
+    from mtlcompress.devices import resolve_device
     from mtlcompress.models.checkpoint import load_checkpoint
     from mtlcompress.tasks.registry import get_task
     from mtlcompress.training.evaluate import evaluate_model
+    from mtlcompress.training.precision import check_precision
 
+    target = resolve_device(device)
+    check_precision(precision)
     model, ckpt = load_checkpoint(checkpoint)
     spec = get_task(ckpt.task)
     dataset = open_dataset(data, split=split, tasks=[ckpt.task], size=ckpt.backbone.img_size)
-    metrics = evaluate_model(model, dataset, spec, ckpt.num_classes, batch_size=batch_size,
-                             show_progress=not (quiet or as_json))
+    metrics = evaluate_model(model, dataset, spec, ckpt.num_classes, batch_size=batch_size, device=target,
+                             show_progress=not (quiet or as_json), precision=precision, workers=workers)
     emit({"checkpoint": str(checkpoint), "task": ckpt.task, "split": split, "images": len(dataset),
           "metrics": metrics}, as_json,
          make_table(f"{ckpt.task} on {data} ({split}, {len(dataset)} images)", ["metric", "value"],
                     sorted(metrics.items())))
+
+
+def _checked(config: TrainConfig) -> TrainConfig:
+    """The config, once its device exists here and its precision is known (one-line errors
+    before any data is read)."""
+    from mtlcompress.devices import resolve_device
+    from mtlcompress.training.precision import check_precision
+
+    resolve_device(config.device)
+    check_precision(config.precision)
+    return config

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from mtlcompress.models.granularities import GRANULARITIES
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.training.config import TrainConfig
+from mtlcompress.training.config import PRECISIONS, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,12 @@ TRAINING_OPTIONS: dict[str, dict[str, Any]] = {
     "eval_every": {"minimum": 1, "help": "Evaluate every N steps."},
     "checkpoint_every": {"minimum": 1, "help": "Save resumable state every N steps."},
     "augment": {"help": "Random flips and crops while training."},
+    "accumulate": {"minimum": 1, "help": "Micro-batches per step (gradient accumulation: the global batch "
+                                          "need not fit the device at once)."},
+    "precision": {"choices": PRECISIONS, "help": "Autocast precision (gates, density control and "
+                                                              "thresholds stay fp32)."},
+    "device": {"help": "auto (CUDA when present), cpu, cuda, cuda:N or mps; may change on resume."},
+    "workers": {"minimum": 0, "help": "DataLoader worker processes; may change on resume."},
 }
 
 

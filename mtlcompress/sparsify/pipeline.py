@@ -49,7 +49,8 @@ def resolve_base(plan: Plan) -> tuple[str, str]:
     return base, f"closest backbone to the other tasks (summed relative L2 distance: {ranking})"
 
 
-def run_plan(plan: Plan, *, show_progress: bool = True, log: Callable[[str], None] = lambda _: None) -> PlanResult:
+def run_plan(plan: Plan, *, show_progress: bool = True, log: Callable[[str], None] = lambda _: None,
+             training: dict[str, Any] | None = None) -> PlanResult:
     """Run every stage of ``plan`` for every sub-task against the base (``sparsify all``).
 
     A stage whose output already exists is skipped, so re-running after an
@@ -59,6 +60,8 @@ def run_plan(plan: Plan, *, show_progress: bool = True, log: Callable[[str], Non
         plan: from ``load_plan``.
         show_progress: draw progress bars while training.
         log: called with one line per step (base choice, each stage started or skipped).
+        training: training settings for every stage (``device``, ``precision``,
+            ``workers``, ...) that a stage table of the plan does not set itself.
 
     Returns:
         The base, why it was chosen, every stage's result and the final checkpoints
@@ -77,7 +80,7 @@ def run_plan(plan: Plan, *, show_progress: bool = True, log: Callable[[str], Non
             return out
         log(f"{name}: {stage} -> {out}")
         results.append(STAGE_FUNCTIONS[stage](data=plan.data, out=out, supervision=plan.supervision,
-                                              config=plan.train_config(stage), show_progress=show_progress,
+                                              config=plan.train_config(stage, **(training or {})), show_progress=show_progress,
                                               **plan.stage_kwargs(stage), **inputs))
         return out
 

@@ -56,10 +56,11 @@ class Plan:
     def stage_output(self, task: str, stage: str) -> Path:
         return self.out / f"{task}.{stage}.safetensors"
 
-    def train_config(self, stage: str) -> TrainConfig:
-        """The stage's training defaults, the plan's seed, then the stage table's training keys."""
+    def train_config(self, stage: str, **defaults: Any) -> TrainConfig:
+        """The stage's training defaults, the plan's seed and ``defaults`` (e.g. the command
+        line's ``device``), then the stage table's training keys."""
         settings = {k: v for k, v in self.options.get(stage, {}).items() if k in TRAINING_OPTIONS}
-        return STAGE_CONFIGS[stage].train_config(**{"seed": self.seed, **settings})
+        return STAGE_CONFIGS[stage].train_config(**{"seed": self.seed, **defaults, **settings})
 
     def stage_kwargs(self, stage: str) -> dict[str, Any]:
         """The stage options the plan sets (the stage function's defaults fill in the rest)."""

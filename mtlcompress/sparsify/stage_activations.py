@@ -23,7 +23,8 @@ from mtlcompress.sparsify.common import StageResult, check_output, finish_stage,
 from mtlcompress.sparsify.delta_model import masked_delta_model
 from mtlcompress.sparsify.config import ActivationsConfig
 from mtlcompress.sparsify.supervision import make_objective
-from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
+from mtlcompress.training.distributed import maybe_ddp, to_device, training_device
+from mtlcompress.training.loop import TrainConfig, adamw, resume_state_path, run_training
 
 
 def sparsify_activations(
@@ -82,14 +83,17 @@ def sparsify_activations(
     layers = shared_linear_names(task_info.backbone.depth)
     coefficients = layer_coefficients(layers, task_info.backbone.depth, strength)
     delta_model = masked_delta_model(base_model, task_model)
-    wrapped = maybe_ddp(delta_model)
+    device = training_device(config.device)
+    wrapped = maybe_ddp(delta_model, device)
     base_model.eval()
     for parameter in base_model.parameters():
         parameter.requires_grad_(False)
     optimizer = adamw([{"params": list(delta_model.delta.parameters()), "weight_decay": 0.0},
                        {"params": list(delta_model.model.head.parameters())}], config)
     original = load_source(task_info.sparsity)
-    objective = make_objective(data_.spec, data_.supervision, original or task_model)
+    teacher = original or task_model
+    objective = make_objective(data_.spec, data_.supervision, teacher)
+    to_device(base_model, teacher, device=device)
 
     def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad(), record_linear_inputs(base_model.backbone, layers, detach=True) as base_inputs:
@@ -106,6 +110,7 @@ def sparsify_activations(
     run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train, config=config,
                  state_path=resume_state_path(out), run_id=run_id, description=f"activations {task_info.task}",
                  resume=resume, show_progress=show_progress)
+    to_device(delta_model, base_model, teacher, device=torch.device("cpu"))  # thresholds are calibrated on the CPU
     model = delta_model.export()
     calibration = calibrate_task_thresholds(
         model, base_model, data_.train, data_.spec, data_.num_classes, layers, granularity,

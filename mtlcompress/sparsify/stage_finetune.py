@@ -12,7 +12,8 @@ from mtlcompress.sparsify.common import StageResult, check_output, finish_stage,
 from mtlcompress.sparsify.delta_model import masked_delta_model
 from mtlcompress.sparsify.config import FinetuneConfig
 from mtlcompress.sparsify.supervision import make_objective
-from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
+from mtlcompress.training.distributed import maybe_ddp, to_device, training_device
+from mtlcompress.training.loop import TrainConfig, adamw, resume_state_path, run_training
 
 
 def finetune_deltas(
@@ -52,12 +53,15 @@ def finetune_deltas(
     base_model, _, task_model, task_info = load_pair(base, task)
     data_ = stage_data(data, task_info, supervision)
     delta_model = masked_delta_model(base_model, task_model)
-    wrapped = maybe_ddp(delta_model)
+    device = training_device(config.device)
+    wrapped = maybe_ddp(delta_model, device)
     optimizer = adamw([{"params": list(delta_model.delta.parameters())},
                        {"params": list(delta_model.model.head.parameters())}], config)
     for group in optimizer.param_groups:
         group["weight_decay"] = 0.0
-    objective = make_objective(data_.spec, data_.supervision, load_source(task_info.sparsity) or task_model)
+    teacher = load_source(task_info.sparsity) or task_model
+    objective = make_objective(data_.spec, data_.supervision, teacher)
+    to_device(teacher, device=device)
 
     def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss = objective(batch, wrapped(batch["image"]))
@@ -68,5 +72,6 @@ def finetune_deltas(
     run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train, config=config,
                  state_path=resume_state_path(out), run_id=run_id, description=f"finetune {task_info.task}",
                  resume=resume, show_progress=show_progress)
+    to_device(delta_model, teacher, device=torch.device("cpu"))  # export and evaluation run on the CPU
     return finish_stage(stage="finetune", model=delta_model.export(), base_model=base_model, info=task_info,
                         data=data_, out=out, run_id=run_id, sparsity={"supervision": data_.supervision})

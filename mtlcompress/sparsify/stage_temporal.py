@@ -26,7 +26,8 @@ from mtlcompress.sparsify.delta_model import masked_delta_model
 from mtlcompress.sparsify.config import TemporalConfig
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.sparsify.temporal_data import FramePairs, split_clips
-from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
+from mtlcompress.training.distributed import maybe_ddp, to_device, training_device
+from mtlcompress.training.loop import TrainConfig, adamw, resume_state_path, run_training
 
 
 def sparsify_temporal(
@@ -108,7 +109,9 @@ def sparsify_temporal(
         forward, backbone = delta_model, delta_model.model.backbone
         params = [{"params": list(delta_model.delta.parameters()), "weight_decay": 0.0},
                   {"params": list(delta_model.model.head.parameters())}]
-    wrapped = maybe_ddp(forward)
+    device = training_device(config.device)
+    wrapped = maybe_ddp(forward, device)
+    to_device(teacher, base_model, device=device)
     optimizer = adamw(params, config)
 
     def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -135,6 +138,7 @@ def sparsify_temporal(
     run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss,
                  dataset=FramePairs(train_clips, max_offset), config=config, state_path=resume_state_path(out),
                  run_id=run_id, description=f"temporal {info.task}", resume=resume, show_progress=show_progress)
+    to_device(forward, teacher, base_model, device=torch.device("cpu"))  # thresholds are calibrated on the CPU
     model = student.eval() if base is None else delta_model.export()
     calibration = calibrate_temporal_thresholds(model, held_out, data_.spec, data_.num_classes, layers, granularity,
                                                 tolerance=tolerance, target_density=token_density)

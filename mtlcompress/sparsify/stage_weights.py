@@ -33,7 +33,8 @@ from mtlcompress.sparsify.density_control import DEFAULT_LAMBDA_LR, LagrangianDe
 from mtlcompress.sparsify.magnitude import magnitude_masks, project_to_density
 from mtlcompress.sparsify.config import WeightsConfig
 from mtlcompress.sparsify.supervision import make_objective
-from mtlcompress.training.loop import TrainConfig, maybe_ddp, resume_state_path, run_training
+from mtlcompress.training.distributed import maybe_ddp, to_device, training_device
+from mtlcompress.training.loop import TrainConfig, resume_state_path, run_training
 
 class _GatedTraining(nn.Module):
     """Everything stage 1 optimises, in one module so it saves and resumes together."""
@@ -117,7 +118,8 @@ def sparsify_weights(
                                  per_tensor_gates=per_tensor_gates)
         controller = LagrangianDensityController(density, warmup_steps=max(1, config.steps // 3))
         trainable = _GatedTraining(delta_model, controller)
-        wrapped = maybe_ddp(trainable)
+        device = training_device(config.device)
+        wrapped = maybe_ddp(trainable, device)
         gate_params = [p for n, p in trainable.named_parameters() if "gates" in n]
         optimizer = torch.optim.AdamW([
             {"params": list(delta_model.delta.parameters()) + list(delta_model.model.head.parameters())},
@@ -126,6 +128,7 @@ def sparsify_weights(
              "constant_lr": True},
         ], lr=config.lr, weight_decay=0.0)
         objective = make_objective(data_.spec, data_.supervision, task_model)
+        to_device(task_model, device=device)  # the distillation teacher
 
         def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
             task_loss = objective(batch, wrapped(batch["image"]))
@@ -136,6 +139,7 @@ def sparsify_weights(
         run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train,
                      config=config, state_path=resume_state_path(out), run_id=run_id,
                      description=f"weights {task_info.task}", resume=resume, show_progress=show_progress)
+        to_device(trainable, task_model, device=torch.device("cpu"))  # export and calibration run on the CPU
         with torch.no_grad():
             delta_model.eval()
             # How close the gates themselves came, before snapping to the exact target.

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes a run may train in
+
 
 @dataclass
 class TrainConfig:
@@ -22,6 +24,11 @@ class TrainConfig:
     eval_every: int = 100
     checkpoint_every: int = 50
     augment: bool = True
+    # How the steps run; device and workers may change on resume, the others may not.
+    accumulate: int = 1      # micro-batches per step (gradient accumulation)
+    precision: str = "fp32"  # fp32, bf16 or fp16 autocast
+    device: str = "auto"     # auto, cpu, cuda, cuda:N or mps
+    workers: int = 0         # DataLoader worker processes
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; stored in checkpoints so a resume can refuse other settings."""

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtlcompress.progress import progress_bar
 from mtlcompress.tasks.registry import TaskSpec
+from mtlcompress.training.precision import autocast
 
 
 @torch.no_grad()
@@ -20,26 +21,38 @@ def evaluate_predictor(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     show_progress: bool = False,
+    precision: str = "fp32",
+    workers: int = 0,
 ) -> dict[str, float]:
     """Run ``predict_raw(images) -> raw maps`` over ``dataset`` and compute the task metric.
 
     ``show_progress`` counts images on stderr (off by default: the training loops
-    evaluate between steps, under their own bar).
+    evaluate between steps, under their own bar). ``precision`` autocasts the forward
+    pass; the metric is computed in fp32 on the CPU either way.
     """
+    device = torch.device(device)
     metric = spec.metric(num_classes)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
     with progress_bar(f"evaluating {spec.name}", len(dataset), enabled=show_progress) as advance:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            raw = predict_raw(batch["image"].to(device))
-            metric.update(spec.predict(raw).cpu(), batch[spec.name])
+        for batch in loader:
+            with autocast(device, precision):
+                raw = predict_raw(batch["image"].to(device, non_blocking=True))
+            metric.update(spec.predict(raw.float()).cpu(), batch[spec.name])
             advance(len(raw))
     return {k: float(v) for k, v in metric.compute().items()}
 
 
 def evaluate_model(model: torch.nn.Module, dataset: Dataset, spec: TaskSpec, num_classes: int | None,
-                   batch_size: int = 32, device: str | torch.device = "cpu",
-                   show_progress: bool = False) -> dict[str, float]:
+                   batch_size: int = 32, device: str | torch.device | None = None,
+                   show_progress: bool = False, precision: str = "fp32", workers: int = 0) -> dict[str, float]:
+    """``evaluate_predictor`` for a model, on ``device`` (default: where the model is)."""
     model.eval()
-    return evaluate_predictor(model, dataset, spec, num_classes, batch_size, device, show_progress)
+    if device is None:
+        device = next(model.parameters()).device
+    model.to(device)
+    return evaluate_predictor(model, dataset, spec, num_classes, batch_size, device, show_progress, precision,
+                              workers)
 
 
 @torch.no_grad()

@@ -1,13 +1,16 @@
 """The one training loop every stage uses (single-task training, shared pretraining,
 and each sparsify stage): deterministic batches, warm-up + cosine learning rate,
-periodic checkpoints that resume bit-exactly, NaN guard, DDP, progress.
+periodic checkpoints that resume bit-exactly, NaN guard, DDP, gradient accumulation,
+mixed precision, progress.
 
-Batches are a pure function of (seed, step, rank), so a resumed run sees exactly the
-batches an uninterrupted run would have seen and ends with the same weights.
+Batches are a pure function of (seed, step, rank) (``batches.py``), so a resumed run
+sees exactly the batches an uninterrupted run would have seen and ends with the same
+weights (for the same world size).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -16,13 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from mtlcompress.progress import progress_bar
 from mtlcompress.errors import TrainingDiverged
 from mtlcompress.training.config import TrainConfig
 from mtlcompress.training.augment import random_hflip
+from mtlcompress.training.batches import (
+    MemoryCachedDataset,
+    StepBatchSampler,
+    batch_to_device,
+    micro_batches,
+    step_loader,
+)
+from mtlcompress.training.distributed import training_device, world
+from mtlcompress.training.precision import autocast, grad_scaler
 from mtlcompress.training.state import (
     TrainingStateSnapshot,
     first_non_finite,
@@ -43,64 +54,11 @@ class TrainResult:
     lr_changes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside ``torchrun``.
-
-    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the process group is
-    created on first use, so every training entry point runs unchanged: gloo on CPU,
-    NCCL when CUDA is available.
-    """
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def batch_indices(step: int, *, dataset_size: int, batch_size: int, seed: int,
-                  rank: int = 0, world_size: int = 1) -> list[int]:
-    """The samples of this rank's share of the global batch at ``step``.
-
-    Each epoch is a fresh permutation seeded by (seed, epoch); the global batch is
-    split evenly across ranks, so DDP needs no sampler state.
-    """
-    global_batch = min(batch_size, dataset_size)
-    global_batch -= global_batch % world_size
-    if global_batch == 0:
-        raise ValueError(f"batch of {batch_size} cannot be split over {world_size} ranks "
-                         f"with {dataset_size} samples")
-    per_epoch = dataset_size // global_batch
-    epoch, position = divmod(step, per_epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(dataset_size, generator=generator)
-    batch = order[position * global_batch:(position + 1) * global_batch]
-    share = global_batch // world_size
-    return batch[rank * share:(rank + 1) * share].tolist()
-
-
 def lr_factor(step: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-class MemoryCachedDataset(Dataset):
-    """Keeps decoded samples in memory: small datasets are read from disk once."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-        self._cache: dict[int, dict[str, Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if index not in self._cache:
-            self._cache[index] = self.dataset[index]
-        return self._cache[index]
 
 
 def run_training(
@@ -118,7 +76,8 @@ def run_training(
     show_progress: bool = True,
     before_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` (already wrapped in DDP by the caller if distributed).
+    """Train ``model`` (already wrapped in DDP by the caller if distributed) on
+    ``config.device`` in ``config.precision``.
 
     ``compute_loss(batch, step)`` returns the loss and scalars to log. The state file
     at ``state_path`` is rewritten every ``config.checkpoint_every`` steps and holds
@@ -128,10 +87,17 @@ def run_training(
     (weights can be finite and still useless, e.g. 1e19): if that loss is not, the file
     is rolled back to the previous good state, so resuming from it with a lower
     learning rate can recover. (A copy of the good state is kept in memory for that.)
+
+    Each step's batch is split into ``config.accumulate`` micro-batches whose gradients
+    add up to the whole batch's (DDP synchronises only the last); ``compute_loss`` runs
+    under autocast and its loss is scaled for fp16.
     """
+    device = training_device(config.device)
     rank, world_size = world()
     state_path = Path(state_path)
     inner = model.module if hasattr(model, "module") else model
+    inner.to(device)  # before a resume, so that the optimizer's moments land on the device too
+    scaler = grad_scaler(device, config.precision)
     start = 0
     lr = run_learning_rate(run_id)
     lr_changes: list[dict[str, Any]] = [] if lr is None else [{"step": 0, "lr": lr}]
@@ -141,11 +107,17 @@ def run_training(
     if resume and state_path.exists():
         resumed = resume_training_state(state_path, model=inner, optimizer=optimizer, run=run_id)
         start, lr_changes = resumed.step, resumed.lr_changes
+        if scaler is not None and resumed.grad_scaler is not None:
+            scaler.load_state_dict(resumed.grad_scaler)
         good = snapshot_training_state(step=start, model=inner, optimizer=optimizer, run=run_id,
-                                       lr_changes=lr_changes)
+                                       lr_changes=lr_changes, grad_scaler=_scaler_state(scaler))
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
     data = MemoryCachedDataset(dataset)
+    batches = iter(step_loader(data, StepBatchSampler(start=start, steps=config.steps, dataset_size=len(data),
+                                                      batch_size=config.batch_size, seed=config.seed, rank=rank,
+                                                      world_size=world_size),
+                               workers=config.workers, device=device))
     losses: dict[str, float] = {}
     evaluations: list[dict[str, Any]] = []
 
@@ -169,24 +141,39 @@ def run_training(
             for group in optimizer.param_groups:
                 if not group.get("constant_lr"):
                     group["lr"] = group["base_lr"] * lr_factor(step, config)
-            indices = batch_indices(step, dataset_size=len(data), batch_size=config.batch_size,
-                                    seed=config.seed, rank=rank, world_size=world_size)
-            batch = default_collate([data[i] for i in indices])
+            batch = next(batches)
             if config.augment:
                 batch = random_hflip(batch, torch.Generator().manual_seed(config.seed * 7919 + step))
-            loss, losses = compute_loss(batch, step)
-            if not torch.isfinite(loss):  # NaN, +Inf and -Inf alike
-                raise diverged(f"loss became {loss.item()}", step)
-            if unconfirmed is not None:  # this finite loss came from its weights: it is good
-                good, unconfirmed = unconfirmed, None
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            parts = micro_batches(batch, config.accumulate)
+            losses = {}
+            for index, (micro, weight) in enumerate(parts):
+                last = index == len(parts) - 1
+                # DDP all-reduces the gradients once, on the last micro-batch.
+                sync = contextlib.nullcontext() if last or inner is model else model.no_sync()
+                with sync:
+                    with autocast(device, config.precision):
+                        loss, logged = compute_loss(batch_to_device(micro, device), step)
+                    if not torch.isfinite(loss):  # NaN, +Inf and -Inf alike
+                        raise diverged(f"loss became {loss.item()}", step)
+                    if unconfirmed is not None:  # this finite loss came from its weights: it is good
+                        good, unconfirmed = unconfirmed, None
+                    scaled = loss.float() * weight
+                    (scaled if scaler is None else scaler.scale(scaled)).backward()
+                for key, value in logged.items():
+                    losses[key] = losses.get(key, 0.0) + value * weight
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients
             if config.grad_clip:
                 # Gradient-ascent groups (Lagrange multipliers) are not clipped with the model.
                 torch.nn.utils.clip_grad_norm_(
                     [p for g in optimizer.param_groups if not g.get("maximize") for p in g["params"]],
                     config.grad_clip)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
+                scaler.update()
             done = step + 1
             status = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
             if evaluate is not None and (done % config.eval_every == 0 or done == config.steps):
@@ -196,7 +183,7 @@ def run_training(
                 status += " | " + " ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
             if done % config.checkpoint_every == 0 or done == config.steps:
                 snapshot = snapshot_training_state(step=done, model=inner, optimizer=optimizer, run=run_id,
-                                                   lr_changes=lr_changes)
+                                                   lr_changes=lr_changes, grad_scaler=_scaler_state(scaler))
                 bad = first_non_finite(snapshot.tensors)
                 if bad is not None:
                     raise diverged(f"'{bad}' became NaN or Inf with a finite loss", step)
@@ -208,11 +195,8 @@ def run_training(
                        lr_changes=lr_changes)
 
 
-def maybe_ddp(model: torch.nn.Module) -> torch.nn.Module:
-    """Wrap in DistributedDataParallel when running under ``torchrun``."""
-    if world()[1] == 1:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(model)
+def _scaler_state(scaler: torch.amp.GradScaler | None) -> dict[str, Any] | None:
+    return None if scaler is None else scaler.state_dict()
 
 
 def adamw(params: Any, config: TrainConfig) -> torch.optim.Optimizer:

@@ -20,7 +20,8 @@ from mtlcompress.models.backbone import BackboneConfig, resolve_backbone, with_i
 from mtlcompress.models.multi_head import MultiHeadModel
 from mtlcompress.models.weights import save_backbone_init
 from mtlcompress.tasks.registry import get_task
-from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training, world
+from mtlcompress.training.distributed import maybe_ddp, training_device, world
+from mtlcompress.training.loop import TrainConfig, adamw, resume_state_path, run_training
 
 
 def pretrain_backbone(
@@ -63,7 +64,7 @@ def pretrain_backbone(
     channels = {name: spec.out_channels(train.num_classes.get(name)) for name, spec in specs.items()}
     torch.manual_seed(config.seed)
     model = MultiHeadModel(backbone_config, channels)
-    wrapped = maybe_ddp(model)
+    wrapped = maybe_ddp(model, training_device(config.device))
     optimizer = adamw(wrapped.parameters(), config)
 
     def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -79,6 +80,7 @@ def pretrain_backbone(
     result = run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=train,
                           config=config, state_path=state_path, run_id=run_id, description="shared pretraining",
                           resume=resume, show_progress=show_progress)
+    model.cpu()
     if world()[0] == 0:
         training = {**run_id, "final_loss": result.last_losses.get("loss")}
         if len(result.lr_changes) > 1:  # a resume lowered the learning rate: config.lr alone would hide it

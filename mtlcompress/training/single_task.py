@@ -16,7 +16,8 @@ from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_chec
 from mtlcompress.models.weights import is_backbone_init, load_initial_backbone, read_backbone_config
 from mtlcompress.tasks.registry import get_task
 from mtlcompress.training.evaluate import evaluate_model
-from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training, world
+from mtlcompress.training.distributed import maybe_ddp, training_device, world
+from mtlcompress.training.loop import TrainConfig, adamw, resume_state_path, run_training
 
 
 def train_single_task(
@@ -70,7 +71,7 @@ def train_single_task(
     provenance: dict[str, Any] = {"init": None}
     if init is not None:
         provenance = load_initial_backbone(model.backbone, init)
-    wrapped = maybe_ddp(model)
+    wrapped = maybe_ddp(model, training_device(config.device))
     optimizer = adamw(wrapped.parameters(), config)
 
     def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -78,7 +79,7 @@ def train_single_task(
         return loss, {"loss": loss.item()}
 
     def evaluate(step: int) -> dict[str, float]:
-        return evaluate_model(model, val, spec, num_classes)
+        return evaluate_model(model, val, spec, num_classes, precision=config.precision)
 
     run_id = {"stage": "train", "task": task, "data": str(Path(data).resolve()), "init": provenance["init"],
               "backbone": backbone_config.to_dict(), "config": config.to_dict()}
@@ -88,6 +89,7 @@ def train_single_task(
                           evaluate=evaluate, resume=resume, show_progress=show_progress)
     final = result.evaluations[-1] if result.evaluations else evaluate(config.steps)
     info.metrics = {k: v for k, v in final.items() if k != "step"}
+    model.cpu()
     info.training = {**run_id, "resumed_from": result.resumed_from, "final_loss": result.last_losses.get("loss")}
     if len(result.lr_changes) > 1:  # a resume lowered the learning rate: config.lr alone would hide it
         info.training["lr_changes"] = result.lr_changes

@@ -32,6 +32,7 @@ class ResumedState:
 
     step: int
     lr_changes: list[dict[str, Any]] = field(default_factory=list)
+    grad_scaler: dict[str, Any] | None = None  # an fp16 run's loss-scaler state
 
 
 def run_learning_rate(run: Mapping[str, Any]) -> float | None:
@@ -40,11 +41,17 @@ def run_learning_rate(run: Mapping[str, Any]) -> float | None:
     return config.get("lr") if isinstance(config, Mapping) else None
 
 
+# Settings a resume may change: the learning rate (the cure for a diverged run) and where
+# the run executes (a state written on a GPU resumes on the CPU and the other way round).
+RESUMABLE_CHANGES = ("lr", "device", "workers")
+
+
 def run_identity(run: Mapping[str, Any]) -> dict[str, Any]:
-    """What must match for a resume: the whole run except its learning rate."""
+    """What must match for a resume: the whole run except ``RESUMABLE_CHANGES``."""
     identity = copy.deepcopy(dict(run))
     if isinstance(identity.get("config"), dict):
-        identity["config"].pop("lr", None)
+        for name in RESUMABLE_CHANGES:
+            identity["config"].pop(name, None)
     return identity
 
 
@@ -74,13 +81,13 @@ class TrainingStateSnapshot:
 
 
 def snapshot_training_state(*, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                            run: dict[str, Any], lr_changes: list[dict[str, Any]] | None = None
-                            ) -> TrainingStateSnapshot:
+                            run: dict[str, Any], lr_changes: list[dict[str, Any]] | None = None,
+                            grad_scaler: dict[str, Any] | None = None) -> TrainingStateSnapshot:
     """Copy the state now, so training can go on and the copy be written once it proved good.
 
     ``run`` identifies the run (config, inputs); resuming checks it matches.
     ``lr_changes`` is the history ``[{"step", "lr"}, ...]``; by default the run's own
-    learning rate from step 0.
+    learning rate from step 0. ``grad_scaler`` is an fp16 run's loss-scaler state.
     """
     model_state = model.state_dict()
     tensors = {name: t.detach().to("cpu", copy=True) for name, t in training_state_tensors(model, optimizer).items()}
@@ -98,6 +105,8 @@ def snapshot_training_state(*, step: int, model: torch.nn.Module, optimizer: tor
     document = {"step": step, "run": run, "model_extra": model_extra,
                 "param_groups": copy.deepcopy(opt_state["param_groups"]), "optim_scalars": scalars,
                 "lr_changes": list(lr_changes)}
+    if grad_scaler is not None:
+        document["grad_scaler"] = dict(grad_scaler)
     return TrainingStateSnapshot(step=step, tensors=tensors, document=document)
 
 
@@ -161,7 +170,9 @@ def resume_training_state(path: str | os.PathLike, *, model: torch.nn.Module,
         group["base_lr"] = lr
         if group.get("constant_lr"):
             group["lr"] = lr
-    return ResumedState(step=step, lr_changes=_lr_history(doc, saved_run, run, step))
+    scaler = doc.get("grad_scaler")
+    return ResumedState(step=step, lr_changes=_lr_history(doc, saved_run, run, step),
+                        grad_scaler=scaler if isinstance(scaler, dict) else None)
 
 
 def load_training_state(path: str | os.PathLike, *, model: torch.nn.Module,

@@ -18,7 +18,8 @@ real_run_training = single_task.run_training
 def run_training_and_dump(*, model, **kwargs):
     result = real_run_training(model=model, **kwargs)
     state = (model.module if hasattr(model, "module") else model).state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dump_dir / f"rank{dist.get_rank()}.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+              str(dump_dir / f"rank{dist.get_rank()}.safetensors"))
     return result
 
 

@@ -9,11 +9,14 @@ from safetensors.torch import load_file
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 
 
-def test_two_gloo_ranks_end_with_identical_weights(quick_demo, tmp_path):
+def test_two_gloo_ranks_with_accumulation_end_with_identical_weights(quick_demo, tmp_path):
+    # Two micro-batches per step: DDP skips the all-reduce on the first (no_sync) and
+    # averages the summed gradients on the second; a rank that missed it would drift.
     out = tmp_path / "depth.safetensors"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
                str(tmp_path), "train", "--task", "depth", "--data", str(quick_demo["data"]), "--init",
-               str(quick_demo["init"]), "--out", str(out), "--steps", "4", "--batch-size", "8", "--quiet"]
+               str(quick_demo["init"]), "--out", str(out), "--steps", "4", "--batch-size", "8", "--accumulate", "2",
+               "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]

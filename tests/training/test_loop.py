@@ -3,7 +3,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mtlcompress.errors import TrainingDiverged
-from mtlcompress.training.loop import TrainConfig, batch_indices, run_training
+from mtlcompress.training.batches import batch_indices
+from mtlcompress.training.loop import TrainConfig, run_training
 from mtlcompress.training.state import load_training_state
 
 
