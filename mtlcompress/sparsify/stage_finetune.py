@@ -11,6 +11,7 @@ import torch
 from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
 from mtlcompress.sparsify.delta_model import masked_delta_model
 from mtlcompress.sparsify.config import FinetuneConfig
+from mtlcompress.sparsify.structures import keep_ranks_
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.loop import TrainConfig, adamw, maybe_ddp, resume_state_path, run_training
 
@@ -68,5 +69,8 @@ def finetune_deltas(
     run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train, config=config,
                  state_path=resume_state_path(out), run_id=run_id, description=f"finetune {task_info.task}",
                  resume=resume, show_progress=show_progress)
-    return finish_stage(stage="finetune", model=delta_model.export(), base_model=base_model, info=task_info,
+    model = delta_model.export()
+    if task_info.sparsity.get("structure") == "lowrank":  # the support froze entries, not the rank
+        keep_ranks_(model, base_model, task_info.sparsity.get("ranks", {}))
+    return finish_stage(stage="finetune", model=model, base_model=base_model, info=task_info,
                         data=data_, out=out, run_id=run_id, sparsity={"supervision": data_.supervision})
