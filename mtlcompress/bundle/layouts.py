@@ -24,6 +24,9 @@ Layouts and their parts (all parts are 1-D except dense ``values``):
   ``values``.
 * ``coo``: ``indices`` (flat row-major positions, strictly increasing) and
   ``values``.
+* ``block<h>x<w>`` and ``lowrank``: structured weight deltas (whole blocks; two thin
+  factors), see :mod:`~mtlcompress.bundle.structured_codecs`. They are in
+  ``STRUCTURED_LAYOUTS``, not ``LAYOUTS``: ``LAYOUTS`` holds any tensor bit-exactly.
 
 Index dtypes are a pure function of the shape, so a reader can check them and
 :func:`layout_nbytes` can predict sizes exactly: offsets and flat indices are int32
@@ -46,41 +49,19 @@ from typing import NamedTuple
 
 import torch
 
-from mtlcompress.bundle.sparse_codecs import (
-    encode_bitmask,
-    encode_coo,
-    encode_csr,
-    layout_error,
-    part_dtype,
-    validate_bitmask,
-    validate_coo,
-    validate_csr,
-)
+from mtlcompress.bundle.sparse_codecs import (encode_bitmask, encode_coo, encode_csr, layout_error, part_dtype,
+                                             validate_bitmask, validate_coo, validate_csr)
+from mtlcompress.bundle.structured_codecs import (BLOCK_LAYOUTS, LOWRANK, block_numel, encode_blocks, encode_lowrank,
+                                                 rebuild_lowrank, smallest_structured, structured_fit,
+                                                 structured_nbytes, structured_units, validate_blocks)
 from mtlcompress.errors import BundleError
 
-__all__ = [
-    "DTYPE_NAMES",
-    "LAYOUTS",
-    "EncodedTensor",
-    "decode",
-    "decode_parts",
-    "dtype_to_str",
-    "encode",
-    "encoded_from_state",
-    "encoded_to_state",
-    "layout_nbytes",
-    "part_names",
-    "str_to_dtype",
-    "to_torch_sparse_csr",
-    "view_2d_shape",
-]
+__all__ = ["DTYPE_NAMES", "LAYOUTS", "STRUCTURED_LAYOUTS", "ALL_LAYOUTS", "EncodedTensor", "decode", "decode_parts",
+           "dtype_to_str", "encode", "encoded_from_state", "encoded_to_state", "layout_nbytes", "nbytes_fit",
+           "part_names", "str_to_dtype", "to_torch_sparse_csr", "view_2d_shape"]
 
 # Value dtypes a bundle may hold, by the name a manifest uses for them.
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+DTYPE_NAMES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _NAME_OF_DTYPE = {dtype: name for name, dtype in DTYPE_NAMES.items()}
 
 
@@ -136,12 +117,13 @@ def view_2d_shape(shape: Sequence[int]) -> tuple[int, int]:
     return int(shape[0]), math.prod(int(d) for d in shape[1:])
 
 
-def _part_numel(kind: str, rows: int, cols: int, nnz: int) -> int:
+def _part_numel(kind: str, rows: int, cols: int, nnz: int, block_numel: int = 1) -> int:
     """Entries of a part of ``kind``: what layout_nbytes sums and validators expect."""
     return {
         "dense": rows * cols,
         "bits": rows * ((cols + 7) // 8),
         "offsets": rows + 1,
+        "blocks": nnz // block_numel,
     }.get(kind, nnz)  # "values", "cols", "flat": one per stored non-zero
 
 
@@ -158,6 +140,8 @@ class _Layout(NamedTuple):
     parts: dict[str, str]
     encode: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None
     validate: Callable[[Mapping[str, torch.Tensor], int, int], torch.Tensor] | None
+    rebuild: Callable[[Mapping[str, torch.Tensor], int, int], torch.Tensor] | None = None  # dense view from parts
+    block_numel: int = 1  # stored values per entry of a "blocks" part
 
 
 # Insertion order is the tie-break order of encode(layout="auto"): on equal size the
@@ -177,6 +161,14 @@ _LAYOUTS: dict[str, _Layout] = {
     "coo": _Layout({"indices": "flat", "values": "values"}, encode_coo, validate_coo),
 }
 LAYOUTS: tuple[str, ...] = tuple(_LAYOUTS)
+for _name in BLOCK_LAYOUTS:
+    _LAYOUTS[_name] = _Layout({"block_indices": "blocks", "values": "values"},
+                              lambda view, mask, name=_name: encode_blocks(view, name),
+                              lambda parts, rows, cols, name=_name: validate_blocks(name, parts, rows, cols),
+                              block_numel=block_numel(_name))
+_LAYOUTS[LOWRANK] = _Layout({"values": "values"}, lambda view, mask: encode_lowrank(view), None, rebuild_lowrank)
+STRUCTURED_LAYOUTS: tuple[str, ...] = (*BLOCK_LAYOUTS, LOWRANK)
+ALL_LAYOUTS: tuple[str, ...] = (*LAYOUTS, *STRUCTURED_LAYOUTS)
 
 
 def _layout(layout: str) -> _Layout:
@@ -196,21 +188,37 @@ def part_names(layout: str) -> tuple[str, ...]:
 def layout_nbytes(shape: Sequence[int], dtype: torch.dtype, nnz: int, layout: str) -> int:
     """Exact bytes of the parts :func:`encode` would write, without encoding.
 
-    ``nnz`` is the number of entries that are not zero.
+    ``nnz`` is the number of entries that are not zero; for a structured layout it is
+    the number of values stored (blocks x block size, or rank x (rows + cols)).
     """
     rows, cols = view_2d_shape(shape)
+    if layout in STRUCTURED_LAYOUTS:
+        units = structured_units(layout, rows, cols, int(nnz))
+        if units is None:
+            raise layout_error(layout, f"{nnz} stored values are not whole blocks or factors")
+        return structured_nbytes(layout, rows, cols, dtype, units)
     return sum(
         _part_numel(kind, rows, cols, int(nnz)) * _itemsize(part_dtype(kind, rows, cols, dtype))
         for kind in _layout(layout).parts.values()
     )
 
 
+def nbytes_fit(shape: Sequence[int], dtype: torch.dtype, nnz: int, layout: str, nbytes: int) -> bool:
+    """Whether a tensor of ``shape`` with ``nnz`` non-zeros can take ``nbytes`` in ``layout``
+    (exactly :func:`layout_nbytes` for ``LAYOUTS``; whole blocks or ranks that can hold
+    ``nnz`` non-zeros for the structured layouts)."""
+    if layout in STRUCTURED_LAYOUTS:
+        return structured_fit(layout, *view_2d_shape(shape), dtype, int(nnz), int(nbytes))
+    return nbytes == layout_nbytes(shape, dtype, nnz, layout)
+
+
 def encode(tensor: torch.Tensor, layout: str = "auto") -> EncodedTensor:
     """Encode ``tensor`` in ``layout``; ``"auto"`` picks the smallest.
 
-    "auto" compares :func:`layout_nbytes` for every layout (one count of non-zeros,
-    nothing materialised) and encodes only the winner; ties go to the earlier of
-    dense, bitmask, csr, coo.
+    "auto" compares :func:`layout_nbytes` for every layout of ``LAYOUTS`` (one count of
+    non-zeros, nothing materialised); ties go to the earlier of dense, bitmask, csr,
+    coo. A structured layout wins only when strictly smaller: whole blocks (a structured
+    weight delta) or a low-rank product that reproduces the tensor.
     """
     dtype_to_str(tensor.dtype)  # rejects dtypes a manifest could not name
     shape = tuple(tensor.shape)
@@ -219,6 +227,7 @@ def encode(tensor: torch.Tensor, layout: str = "auto") -> EncodedTensor:
     if layout == "auto":
         nnz = int(torch.count_nonzero(view))
         layout = min(LAYOUTS, key=lambda name: layout_nbytes(shape, tensor.dtype, nnz, name))
+        layout = smallest_structured(view, layout_nbytes(shape, tensor.dtype, nnz, layout)) or layout
     spec = _layout(layout)
     if spec.encode is None:
         parts = {"values": tensor.detach().clone().contiguous()}  # never alias the model
@@ -251,14 +260,17 @@ def _check_parts(
     if not all(isinstance(p, torch.Tensor) and p.layout == torch.strided for p in parts.values()):
         raise layout_error(layout, "every part must be a dense (strided) torch.Tensor")
     nnz = parts["values"].numel()
+    block_numel = _layout(layout).block_numel
+    if nnz % block_numel:
+        raise layout_error(layout, f"{nnz} values are not whole blocks of {block_numel}")
     for name, kind in kinds.items():
-        part, expected = parts[name], part_dtype(kind, rows, cols, dtype)
+        part, expected = parts[name], part_dtype("flat" if kind == "blocks" else kind, rows, cols, dtype)
         if part.dtype != expected:
             raise layout_error(layout, f"part {name!r} has dtype {part.dtype}, expected {expected}")
         if kind != "dense" and part.dim() != 1:
             raise layout_error(layout, f"part {name!r} must be 1-D, got shape {tuple(part.shape)}")
-        if part.numel() != _part_numel(kind, rows, cols, nnz):
-            want = _part_numel(kind, rows, cols, nnz)
+        if part.numel() != _part_numel(kind, rows, cols, nnz, block_numel):
+            want = _part_numel(kind, rows, cols, nnz, block_numel)
             raise layout_error(layout, f"part {name!r} has {part.numel()} entries, expected {want}")
     if len({p.device for p in parts.values()}) > 1:
         raise layout_error(layout, "parts live on different devices")
@@ -274,6 +286,8 @@ def _validated(
         raise layout_error(layout, f"value dtype {dtype} is not one of {', '.join(DTYPE_NAMES)}")
     rows, cols = view_2d_shape(shape)
     _check_parts(layout, rows, cols, dtype, parts)
+    if spec.rebuild is not None:
+        return shape, rows, cols, spec.rebuild(parts, rows, cols).reshape(-1)
     if spec.validate is None:
         if tuple(parts["values"].shape) != shape:
             got = tuple(parts["values"].shape)
@@ -297,6 +311,8 @@ def decode_parts(
     values = parts["values"]
     if where is None:
         return values
+    if _layout(layout).rebuild is not None:
+        return where.reshape(shape)
     out = torch.zeros(rows * cols, dtype=values.dtype, device=values.device)
     out[where] = values
     return out.reshape(shape)
@@ -316,6 +332,8 @@ def to_torch_sparse_csr(encoded: EncodedTensor) -> torch.Tensor:
     parts = encoded.parts
     shape, rows, cols, where = _validated(encoded.layout, encoded.shape, encoded.dtype, parts)
     values = parts["values"]
+    if encoded.layout in STRUCTURED_LAYOUTS:  # blocks hold zeros and are not in row order
+        values, where = decode(encoded), None
     if where is None:  # dense: keep only the non-zeros, like the sparse layouts
         values = values.reshape(-1)
         where = values != 0

@@ -157,7 +157,7 @@ _HEAD = _all_of(_record({"type": _any, "out_channels": _any, "hidden": _any}, op
 _NUM_CLASSES = _checked_by(lambda n: check_int_range("num_classes", n, 1, MAX_HEAD_CHANNELS))
 _ACTIVATION = _all_of(_record({"granularity": _one_of(GRANULARITIES), "task_thresholds": _any,
                                "temporal_thresholds": _any}), _checked_by(ActivationSparsity.from_dict))
-_DELTA_ENTRY = _record({"layout": _one_of(layouts.LAYOUTS), "shape": _list_of(_count),
+_DELTA_ENTRY = _record({"layout": _one_of(layouts.ALL_LAYOUTS), "shape": _list_of(_count),
                         "dtype": _one_of(tuple(layouts.DTYPE_NAMES)), "nnz": _count, "bytes": _count})
 _TASK_ENTRY = _record({
     "checkpoint": _record({
@@ -203,5 +203,5 @@ def validate_manifest(manifest: Any) -> None:
             if delta["nnz"] > numel:
                 raise SchemaError(f"{where}.nnz", f"is {delta['nnz']}, more than the {numel} entries of the tensor")
             dtype = layouts.str_to_dtype(delta["dtype"])
-            if delta["bytes"] != layouts.layout_nbytes(delta["shape"], dtype, delta["nnz"], delta["layout"]):
+            if not layouts.nbytes_fit(delta["shape"], dtype, delta["nnz"], delta["layout"], delta["bytes"]):
                 raise SchemaError(f"{where}.bytes", f"is {delta['bytes']}, which does not fit its layout")

@@ -113,9 +113,11 @@ class KernelTimings:
 # Choosing paths.
 # --------------------------------------------------------------------------------------
 def _weight_costs(timings: KernelTimings, *, tokens: int, in_features: int, out_features: int,
-                  weight_density: float) -> dict[str, float]:
+                  weight_density: float, structured: bool = False) -> dict[str, float]:
     if weight_density <= 0:
         return {"none": 0.0}
+    if structured:  # dense GEMMs on gathered blocks or thin factors: the token path's rate
+        return {"structured": timings.token(weight_density * tokens * in_features * out_features)}
     nnz = weight_density * in_features * out_features
     return {
         "sparse": timings.sparse_weight(nnz * tokens, rows=tokens),
@@ -124,13 +126,15 @@ def _weight_costs(timings: KernelTimings, *, tokens: int, in_features: int, out_
 
 
 def choose_weight_path(timings: KernelTimings, *, tokens: int, in_features: int, out_features: int,
-                       weight_density: float) -> str:
-    """How to compute ``dW_t x_0``: ``"none"`` (density 0), ``"sparse"`` (CSR) or ``"dense"``.
+                       weight_density: float, structured: bool = False) -> str:
+    """How to compute ``dW_t x_0``: ``"none"`` (density 0), ``"sparse"`` (CSR), ``"dense"``
+    or, for a structured delta, ``"structured"``.
 
-    ``tokens`` is the total number of rows (batch x sequence length).
+    ``tokens`` is the total number of rows (batch x sequence length). For a structured
+    delta ``weight_density`` is its multiply-adds per row over ``in * out``.
     """
     costs = _weight_costs(timings, tokens=tokens, in_features=in_features, out_features=out_features,
-                          weight_density=weight_density)
+                          weight_density=weight_density, structured=structured)
     return min(costs, key=costs.__getitem__)
 
 
@@ -152,7 +156,8 @@ def choose_stacking(timings: KernelTimings, *, rows: list[int], in_features: int
 
 def estimate_path_costs(timings: KernelTimings, *, tokens: int, in_features: int, out_features: int,
                         token_density: float, weight_density: float,
-                        element_density: float | None = None, stacked: bool = False) -> dict[str, float]:
+                        element_density: float | None = None, stacked: bool = False,
+                        structured: bool = False) -> dict[str, float]:
     """Predicted seconds per path for one layer call, ``dW_t x_0`` included where needed.
 
     Args:
@@ -165,6 +170,8 @@ def estimate_path_costs(timings: KernelTimings, *, tokens: int, in_features: int
             anyway, and the ``dW_t`` product takes them besides ``x_0``
             (:mod:`~mtlcompress.runtime.task_domain`): they cost the token path's rate
             per unit (gather, GEMM rows, scatter) but not its fixed cost per call.
+        structured: ``dW_t`` is structured (blocks or low rank; ``weight_density`` is then
+            its multiply-adds over ``in * out``) and runs as dense GEMMs.
     """
     for name, value in (("token_density", token_density), ("weight_density", weight_density),
                         ("element_density", element_density)):
@@ -173,7 +180,7 @@ def estimate_path_costs(timings: KernelTimings, *, tokens: int, in_features: int
 
     def weight(rows: int) -> float:
         return min(_weight_costs(timings, tokens=rows, in_features=in_features, out_features=out_features,
-                                 weight_density=weight_density).values())
+                                 weight_density=weight_density, structured=structured).values())
 
     macs = in_features * out_features
     changed_rows = math.ceil(token_density * tokens)
@@ -189,7 +196,7 @@ def estimate_path_costs(timings: KernelTimings, *, tokens: int, in_features: int
 
 def choose_path(timings: KernelTimings, *, tokens: int, in_features: int, out_features: int,
                 token_density: float, weight_density: float, element_density: float | None = None,
-                stacked: bool = False) -> str:
+                stacked: bool = False, structured: bool = False) -> str:
     """The fastest way to run a sub-task's linear layer: ``"dense"``, ``"token"`` or ``"element"``.
 
     ``"dense"`` means run the layer plainly on ``x_t`` (no delta identity at all); the
@@ -199,5 +206,5 @@ def choose_path(timings: KernelTimings, *, tokens: int, in_features: int, out_fe
     """
     costs = estimate_path_costs(timings, tokens=tokens, in_features=in_features, out_features=out_features,
                                 token_density=token_density, weight_density=weight_density,
-                                element_density=element_density, stacked=stacked)
+                                element_density=element_density, stacked=stacked, structured=structured)
     return min(costs, key=costs.__getitem__)

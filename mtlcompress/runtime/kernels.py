@@ -39,6 +39,7 @@ from torch import Tensor
 # The one definition of "changed" (shared with training and the dense engine) lives
 # with the granularities, below the runtime.
 from mtlcompress.models.activation_sparsity import Granularity, threshold_delta, token_rms
+from mtlcompress.runtime.structured_kernels import BlockDelta, LowRankDelta, structured_delta_matmul
 
 __all__ = [
     "DeltaPath",
@@ -57,6 +58,9 @@ __all__ = [
     "stacked_token_linear",
     "element_sparse_linear",
     "delta_linear",
+    "LowRankDelta",
+    "BlockDelta",
+    "structured_delta_matmul",
 ]
 
 DeltaPath = Literal["dense", "token", "element"]
@@ -146,9 +150,11 @@ def dense_delta_weight_matmul(x: Tensor, dw_dense: Tensor) -> Tensor:
 
 
 def delta_weight_matmul(x: Tensor, dw: Tensor | None) -> Tensor | None:
-    """``x @ dW^T`` for dW dense, sparse (CSR/COO) or ``None`` (returns ``None``)."""
+    """``x @ dW^T`` for dW dense, sparse (CSR/COO), structured or ``None`` (returns ``None``)."""
     if dw is None:
         return None
+    if isinstance(dw, (LowRankDelta, BlockDelta)):
+        return structured_delta_matmul(x, dw)
     if dw.layout == torch.strided:
         return dense_delta_weight_matmul(x, dw)
     return sparse_delta_weight_matmul(x, dw)
@@ -156,8 +162,10 @@ def delta_weight_matmul(x: Tensor, dw: Tensor | None) -> Tensor | None:
 
 def add_delta_weight_matmul_(out: Tensor, x: Tensor, dw: Tensor) -> Tensor:
     """``out += x @ dW^T`` in place, for rows ``x [M, in]`` and ``out [M, out]``, ``dW``
-    dense or sparse: the form per-row callers want, without a temporary for the product
-    in the dense case or a copy of the sparse kernel's transposed result."""
+    dense, sparse or structured: the form per-row callers want, without a temporary for
+    the product in the dense case or a copy of the sparse kernel's transposed result."""
+    if isinstance(dw, (LowRankDelta, BlockDelta)):
+        return dw.add_matmul_(out, x)
     if dw.layout == torch.strided:
         return out.addmm_(x, dw.t())
     out.t().add_(sparse_dense_matmul(dw, x.t()))
@@ -323,10 +331,18 @@ def delta_linear(
         raise ValueError(f"path must be one of {DELTA_PATHS}, got {path!r}")
     if dw is not None:
         if path == "dense":  # the reference never touches the sparse kernels
-            update = update + dense_delta_weight_matmul(x0, dw if dw.layout == torch.strided else dw.to_dense())
+            update = update + dense_delta_weight_matmul(x0, _dense_of(dw))
         else:
             update = update + delta_weight_matmul(x0, dw)
     out = y0 + update
     if bias_delta is not None:
         out = out + bias_delta
     return out
+
+
+
+def _dense_of(dw) -> Tensor:
+    """The reference's dense ``dW`` of any operand kind."""
+    if isinstance(dw, (LowRankDelta, BlockDelta)):
+        return dw.dense()
+    return dw if dw.layout == torch.strided else dw.to_dense()

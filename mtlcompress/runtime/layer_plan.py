@@ -24,6 +24,7 @@ from mtlcompress.runtime.cost_model import KernelTimings, choose_path, choose_we
 from mtlcompress.runtime.calibration import load_or_calibrate
 from mtlcompress.runtime.incremental_embed import supports_incremental_embed
 from mtlcompress.runtime.incremental_head import supports_incremental_head
+from mtlcompress.runtime.structured_kernels import StructuredDelta, structured_operand
 
 # Parameters outside the blocks that shape the tokens entering block 0.
 _EMBED_PREFIXES = ("patch_embed.", "cls_token", "reg_token", "pos_embed", "norm_pre.")
@@ -37,11 +38,14 @@ class TaskLayer:
     weight: Tensor
     bias: Tensor | None
     dw: Tensor | None          # dense dW_t (None: unchanged weights)
-    dw_sparse: Tensor | None   # the same as sparse CSR, built once
+    dw_sparse: Tensor | None   # the same as sparse CSR, built once (None when structured)
     db: Tensor | None
     weight_density: float
     task_tau: float | None
     temporal_tau: float | None
+    # dW as whole blocks or thin factors (bundle layouts block<h>x<w>, lowrank): its
+    # product always runs as dense GEMMs on them.
+    structured: StructuredDelta | None = None
     # The ``dW`` operand the cost model picks, by row count: filled on use, as video
     # frames ask again for the same few row counts in every layer and frame.
     operand_by_rows: dict[int, Tensor] = field(default_factory=dict)
@@ -79,9 +83,10 @@ def build_engine_task(bundle: Bundle, name: str, layer_names: list[str], device)
         dw = None if dw is None or not bool(dw.ne(0).any()) else dw.to(device)
         db = entry.delta.get(f"{layer}.bias")
         db = None if db is None or not bool(db.ne(0).any()) else db.to(device)
+        structured = None if dw is None else structured_operand(dw)
         layers[layer] = TaskLayer(
-            weight=linear.weight, bias=linear.bias, dw=dw,
-            dw_sparse=None if dw is None else kernels.to_csr(dw), db=db,
+            weight=linear.weight, bias=linear.bias, dw=dw, structured=structured,
+            dw_sparse=None if dw is None or structured is not None else kernels.to_csr(dw), db=db,
             weight_density=0.0 if dw is None else float(dw.ne(0).float().mean()),
             task_tau=activation.task_thresholds.get(layer) if name != bundle.base_task else None,
             temporal_tau=activation.temporal_thresholds.get(layer))
@@ -144,14 +149,16 @@ class LayerPlanner:
         density = self.densities.get((key, name), task.initial_density)
         path = choose_path(self.timings_for(in_features, out_features), tokens=tokens, in_features=in_features,
                            out_features=out_features,
-                           token_density=density, weight_density=0.0 if layer is None else layer.weight_density,
+                           token_density=density, weight_density=weight_cost_density(layer),
                            element_density=self.densities.get((key, name + "#element")),
-                           stacked=not temporal)  # the task domain stacks changed rows (task_domain.py)
+                           stacked=not temporal, structured=layer is not None and layer.structured is not None)  # the task domain stacks changed rows (task_domain.py)
         self.layer_paths.setdefault(key, {})[name] = path
         return path
 
     def weight_delta_operand(self, layer: TaskLayer, rows: int) -> Tensor:
         """``dW`` sparse or dense, whichever the cost model prices lower for ``rows`` rows."""
+        if layer.structured is not None:
+            return layer.structured
         operand = layer.operand_by_rows.get(rows)
         if operand is None:
             path = choose_weight_path(self.timings_for(layer.weight.shape[1], layer.weight.shape[0]),
@@ -159,6 +166,16 @@ class LayerPlanner:
                                       out_features=layer.weight.shape[0], weight_density=layer.weight_density)
             operand = layer.operand_by_rows[rows] = layer.dw_sparse if path == "sparse" else layer.dw
         return operand
+
+
+def weight_cost_density(layer: TaskLayer | None) -> float:
+    """What the cost model prices ``dW x_0`` at: the non-zero fraction of ``dW``, or for a
+    structured one its multiply-adds per row over ``in * out``."""
+    if layer is None:
+        return 0.0
+    if layer.structured is None:
+        return layer.weight_density
+    return layer.structured.macs_per_row / layer.weight.numel()
 
 
 def check_supported(backbone: nn.Module) -> None:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.runtime.cost_model import estimate_path_costs
-from mtlcompress.runtime.layer_plan import LayerPlanner
+from mtlcompress.runtime.layer_plan import LayerPlanner, weight_cost_density
 
 __all__ = ["NETWORK_PATHS", "NetworkPlan", "NetworkChooser", "price_network"]
 
@@ -88,7 +88,7 @@ def price_network(planner: LayerPlanner, *, batch: int, tokens: int) -> dict[str
             costs = estimate_path_costs(
                 timings, tokens=rows, in_features=in_features, out_features=out_features,
                 token_density=planner.densities.get((task.name, name), task.initial_density),
-                weight_density=layer.weight_density,
+                weight_density=weight_cost_density(layer), structured=layer.structured is not None,
                 element_density=planner.densities.get((task.name, name + "#element")), stacked=True)
             shared += min(costs.values()) + _CALLS_PER_TASK_LAYER * call
         if thresholded:

@@ -234,7 +234,7 @@ class TaskDomainRows:
         if sub.task_tau is None or (sub.dw is None and sub.db is None):
             return False
         in_features, out_features = sub.weight.shape[1], sub.weight.shape[0]
-        return sub.dw is None or choose_weight_path(
+        return sub.dw is None or sub.structured is None and choose_weight_path(
             self._planner.timings_for(in_features, out_features), tokens=rows, in_features=in_features,
             out_features=out_features, weight_density=sub.weight_density) == "sparse"
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from mtlcompress.models.granularities import GRANULARITIES
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.sparsify.structures import BLOCK_SIZES, STRUCTURES
 from mtlcompress.training.config import PRECISIONS, TrainConfig
 
 
@@ -173,6 +174,11 @@ class WeightsConfig(StageConfig):
     init_delta: str = option("checkpoint", "Start the delta at the sub-task's own W_t - W_0 (checkpoint) or at 0 "
                              "(zero, as in the paper).", choices=("checkpoint", "zero"))
     per_tensor_gates: bool = option(False, "Also learn one gate per tensor.")
+    structure: str = option("unstructured", "unstructured (any entries), block (whole blocks, by block norm) or "
+                            "lowrank (truncated SVD); block and lowrank read --density as bytes of the dense "
+                            "weights and need --method magnitude.", choices=STRUCTURES)
+    block: str = option("8x8", "Block shape of --structure block (rows x columns).",
+                        choices=BLOCK_SIZES)
 
 
 @register_stage

@@ -21,7 +21,7 @@ from torch import Tensor
 
 Scope = Literal["global", "per_tensor"]
 
-__all__ = ["Scope", "kept_count", "magnitude_masks", "project_to_density"]
+__all__ = ["Scope", "kept_count", "magnitude_masks", "project_to_density", "top_k_masks"]
 
 
 def kept_count(numel: int, density: float) -> int:
@@ -156,3 +156,12 @@ def magnitude_masks(
     always matches the requested density.
     """
     return _select(deltas, density, scope, use_abs=True)
+
+
+def top_k_masks(scores: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
+    """Exactly ``k`` of all entries (clamped to ``[0, N]``), the highest scores, ties by
+    the same rule: the structured deltas' selection of whole blocks by their norm."""
+    if not scores:
+        return {}
+    flat, items = _flatten(scores, use_abs=False)
+    return _split(_top_k_flat(flat, max(0, min(int(k), flat.numel()))), items)

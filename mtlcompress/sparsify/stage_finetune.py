@@ -11,6 +11,7 @@ import torch
 from mtlcompress.sparsify.common import StageResult, check_output, finish_stage, load_pair, load_source, stage_data
 from mtlcompress.sparsify.delta_model import masked_delta_model
 from mtlcompress.sparsify.config import FinetuneConfig
+from mtlcompress.sparsify.structures import keep_ranks_
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.distributed import maybe_ddp, to_device, training_device
 from mtlcompress.training.loop import TrainConfig, adamw, resume_state_path, run_training
@@ -73,5 +74,8 @@ def finetune_deltas(
                  state_path=resume_state_path(out), run_id=run_id, description=f"finetune {task_info.task}",
                  resume=resume, show_progress=show_progress)
     to_device(delta_model, teacher, device=torch.device("cpu"))  # export and evaluation run on the CPU
-    return finish_stage(stage="finetune", model=delta_model.export(), base_model=base_model, info=task_info,
+    model = delta_model.export()
+    if task_info.sparsity.get("structure") == "lowrank":  # the support froze entries, not the rank
+        keep_ranks_(model, base_model, task_info.sparsity.get("ranks", {}))
+    return finish_stage(stage="finetune", model=model, base_model=base_model, info=task_info,
                         data=data_, out=out, run_id=run_id, sparsity={"supervision": data_.supervision})

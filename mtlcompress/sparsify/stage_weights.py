@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mtlcompress.errors import MtlCompressError
+
 from mtlcompress.sparsify.common import (
     StageResult,
     check_output,
@@ -32,6 +34,7 @@ from mtlcompress.sparsify.delta_model import DeltaModel
 from mtlcompress.sparsify.density_control import DEFAULT_LAMBDA_LR, LagrangianDensityController
 from mtlcompress.sparsify.magnitude import magnitude_masks, project_to_density
 from mtlcompress.sparsify.config import WeightsConfig
+from mtlcompress.sparsify.structures import structured_deltas
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.distributed import maybe_ddp, to_device, training_device
 from mtlcompress.training.loop import TrainConfig, resume_state_path, run_training
@@ -61,6 +64,8 @@ def sparsify_weights(
     gate_lr: float = WeightsConfig.gate_lr,
     init_delta: str = WeightsConfig.init_delta,
     per_tensor_gates: bool = WeightsConfig.per_tensor_gates,
+    structure: str = WeightsConfig.structure,
+    block: str = WeightsConfig.block,
     resume: bool = True,
     overwrite: bool = False,
     show_progress: bool = True,
@@ -81,6 +86,10 @@ def sparsify_weights(
         gate_lr: learning rate of the gates' log-alpha.
         init_delta: start the delta at the sub-task's own ``W_t - W_0`` (``"checkpoint"``) or at 0.
         per_tensor_gates: also learn one gate per tensor.
+        structure: ``"unstructured"``, ``"block"`` (whole blocks by norm) or ``"lowrank"``
+            (truncated SVD); the structured ones read ``density`` as bytes of the dense
+            weights (``sparsify.structures``) and need ``method="magnitude"``.
+        block: the block shape of ``structure="block"``, e.g. ``"8x8"``.
         supervision: ``"labels"``, ``"distill"`` (from the original checkpoint) or
             ``"auto"`` (labels when the data has them).
         config: optimiser settings; default: this stage's defaults (``sparsify.config``).
@@ -92,7 +101,9 @@ def sparsify_weights(
         The stage's ``StageResult``: achieved density and metrics against the original.
     """
     WeightsConfig(density=density, method=method, gate_lr=gate_lr, init_delta=init_delta,
-                  per_tensor_gates=per_tensor_gates).validate()
+                  per_tensor_gates=per_tensor_gates, structure=structure, block=block).validate()
+    if structure != "unstructured" and method != "magnitude":
+        raise MtlCompressError(f"--structure {structure} selects its delta without training; use --method magnitude")
     config = config or WeightsConfig.train_config()
     out = check_output(out, overwrite)
     base_model, base_info, task_model, task_info = load_pair(base, task)
@@ -103,9 +114,18 @@ def sparsify_weights(
                               "task": str(Path(task).resolve()), "data": str(Path(data).resolve()),
                               "density": density, "supervision": data_.supervision, "init_delta": init_delta,
                               "per_tensor_gates": per_tensor_gates, "gate_lr": gate_lr, "config": config.to_dict()}
+    if structure != "unstructured":  # (absent otherwise, so older runs resume as before)
+        run_id.update(structure=structure, block=block)
     torch.manual_seed(config.seed)
-    gate_stats: dict[str, float] = {}
-    if method == "magnitude":
+    gate_stats: dict[str, Any] = {}
+    if structure != "unstructured":
+        kept, gate_stats = structured_deltas(start_delta, density, structure, block)
+        result_model = student_from(base_model, task_model)
+        with torch.no_grad():
+            for name, parameter in result_model.backbone.named_parameters():
+                parameter.add_(kept[name])
+        result_model.eval()
+    elif method == "magnitude":
         masks = magnitude_masks(start_delta, density)
         student = student_from(base_model, task_model)
         with torch.no_grad():
