@@ -126,20 +126,21 @@ def evaluate(
     from mtlcompress.devices import resolve_device
     from mtlcompress.models.checkpoint import load_checkpoint
     from mtlcompress.tasks.registry import get_task
-    from mtlcompress.training.evaluate import evaluate_model
+    from mtlcompress.training.evaluate import evaluate_model, evaluation_protocol
     from mtlcompress.training.precision import check_precision
 
     target = resolve_device(device)
     check_precision(precision)
     model, ckpt = load_checkpoint(checkpoint)
     spec = get_task(ckpt.task)
-    dataset = open_dataset(data, split=split, tasks=[ckpt.task], size=ckpt.backbone.img_size)
+    dataset = open_dataset(data, split=split, tasks=[ckpt.task], size=ckpt.backbone.img_size, native_labels=True)
     metrics = evaluate_model(model, dataset, spec, ckpt.num_classes, batch_size=batch_size, device=target,
                              show_progress=not (quiet or as_json), precision=precision, workers=workers)
+    protocol = evaluation_protocol(spec, dataset, ckpt.num_classes)
     emit({"checkpoint": str(checkpoint), "task": ckpt.task, "split": split, "images": len(dataset),
-          "metrics": metrics}, as_json,
+          "metrics": metrics, "protocol": protocol}, as_json,
          make_table(f"{ckpt.task} on {data} ({split}, {len(dataset)} images)", ["metric", "value"],
-                    sorted(metrics.items())))
+                    [*sorted(metrics.items()), ("protocol", protocol)]))
 
 
 def _checked(config: TrainConfig) -> TrainConfig:

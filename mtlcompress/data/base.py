@@ -17,7 +17,15 @@ batches (images of one dataset must share a size, or pass ``size``)::
 In general: categorical tasks (see the task registry) give int64 [H,W], other tasks
 float32 [C,H,W]. ``size`` (one number, or (height, width)) resizes the image
 bilinearly (with antialiasing) and every label with nearest-neighbour sampling to that
-size, so ignore values and unit normals survive.
+size, so ignore values and unit normals survive. With ``keep_native_labels`` set, a
+sample also carries ``"native"``: {task: the label at the image's own size}, which
+evaluation scores against (the references' protocol); batch such samples with
+``collate_samples``.
+
+A layout also says how the reference codebases train and score it:
+``metric_options[task]`` and ``loss_options[task]`` are keyword options for the task's
+registry ``metric`` and ``loss`` (e.g. PASCAL-Context's edge tolerance and
+``pos_weight``); layouts without a reference protocol leave them empty.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ class DenseDataset(torch.utils.data.Dataset):
     num_classes: dict[str, int]
     class_names: dict[str, list[str]]
     stems: list[str]
+    metric_options: dict[str, dict] = {}
+    loss_options: dict[str, dict] = {}
+    keep_native_labels: bool = False
 
     def __init__(self, root: Path, split: str, *, available_tasks: Sequence[str], tasks: Sequence[str] | None,
                  size: SizeLike | None, class_names: dict[str, list[str]]) -> None:
@@ -109,7 +120,12 @@ class DenseDataset(torch.utils.data.Dataset):
                 check_class_ids(label, self.num_classes[task], main_file)
             sample[task] = label_to_tensor(task, label)
         if self.size is not None:
-            sample = resize_sample(sample, self.size)
+            resized = resize_sample(sample, self.size)
+            if self.keep_native_labels:
+                resized["native"] = {task: sample[task] for task in self.tasks}
+            sample = resized
+        elif self.keep_native_labels:
+            sample["native"] = {task: sample[task] for task in self.tasks}
         return sample
 
     def __repr__(self) -> str:
@@ -157,6 +173,16 @@ def label_to_tensor(task: str, label: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
     values = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))
     return values.permute(2, 0, 1).contiguous() if label.ndim == 3 else values.unsqueeze(0)
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """``default_collate``, except ``"native"`` labels (sizes differ) stay a list of dicts."""
+    samples = [dict(sample) for sample in samples]
+    native = [sample.pop("native") for sample in samples if "native" in sample]
+    batch = torch.utils.data.default_collate(samples)
+    if native:
+        batch["native"] = native
+    return batch
 
 
 def resize_sample(sample: dict, size: SizeLike) -> dict:

@@ -4,7 +4,7 @@ Three layouts are understood:
 
 * the mtlcompress *scenes* layout (``scenes.py``; written by our synthetic generator or by hand),
 * PASCAL-Context in the ATRC / InvPT ``PASCAL_MT`` layout (``pascal_context.py``),
-* NYUD-v2 in the ATRC / InvPT ``NYUD_MT`` layout (``nyud.py``).
+* NYUD-v2 in the ATRC ``NYUD_MT`` layout or InvPT's PNG variant of it (``nyud.py``).
 """
 
 from __future__ import annotations
@@ -31,18 +31,22 @@ def detect_layout(root: str | os.PathLike) -> str:
 
 
 def open_dataset(root: str | os.PathLike, split: str = "train", tasks: Sequence[str] | None = None,
-                 size: SizeLike | None = None) -> DenseDataset:
+                 size: SizeLike | None = None, native_labels: bool = False) -> DenseDataset:
     """Open ``root`` in whichever known layout it is in.
 
     A folder that holds ``PASCAL_MT/`` or ``NYUD_MT/`` (the ATRC download folder) is
-    accepted too.
+    accepted too. ``native_labels`` adds each label at its image's own size to the
+    samples (``"native"``), for evaluation by the references' protocol.
     """
     layout, base = _locate(existing_dir(root))
     if layout == LAYOUT_PASCAL_CONTEXT:
-        return PascalContextDataset(base, split=split, tasks=tasks, size=size)
-    if layout == LAYOUT_NYUD:
-        return NyudDataset(base, split=split, tasks=tasks, size=size)
-    return ScenesDataset(base, split=split, tasks=tasks, size=size)
+        dataset: DenseDataset = PascalContextDataset(base, split=split, tasks=tasks, size=size)
+    elif layout == LAYOUT_NYUD:
+        dataset = NyudDataset(base, split=split, tasks=tasks, size=size)
+    else:
+        dataset = ScenesDataset(base, split=split, tasks=tasks, size=size)
+    dataset.keep_native_labels = native_labels
+    return dataset
 
 
 def list_video_clips(root: str | os.PathLike) -> list[Path]:

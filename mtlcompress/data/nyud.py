@@ -1,13 +1,16 @@
-"""NYUD-v2 in the ATRC / InvPT ``NYUD_MT`` layout, decoded as those papers do.
+"""NYUD-v2 in the ATRC ``NYUD_MT`` layout or InvPT's PNG variant, decoded as those papers do.
 
 The multi-task NYUD-v2 benchmark (795 train / 654 val images) ships as::
 
-    ROOT/images/{id}.jpg          (a .png is accepted too)
+    ROOT/images/{id}.jpg          InvPT: {id}.png
     ROOT/segmentation/{id}.png    40 NYU classes stored as 1..40, 0 = void
     ROOT/depth/{id}.npy           float [H,W] metres, 0 = no measurement
-    ROOT/normals/{id}.npy         float [H,W,3], zero vector = no ground truth
-    ROOT/edge/{id}.npy            float [H,W] in {0,1}
+    ROOT/normals/{id}.npy         float [H,W,3], zero vector = no ground truth;
+                                  InvPT: {id}.png, RGB
+    ROOT/edge/{id}.npy            float [H,W] in {0,1}; InvPT: {id}.png, 0 / 255
     ROOT/gt_sets/{train,val}.txt
+
+Each file may be in either form, per image (``.npy`` is preferred when both exist).
 
 Encodings implemented here (checked against ``data/nyud.py`` and the evaluation code of
 SimonVandenhende/Multi-Task-Learning-PyTorch, ``src/data/nyud.py`` of brdav/atrc and
@@ -16,10 +19,11 @@ SimonVandenhende/Multi-Task-Learning-PyTorch, ``src/data/nyud.py`` of brdav/atrc
 * semseg: stored value ``v`` becomes ``v - 1`` (0..39), and void 0 becomes 255 (ignore):
   the background is not a class, as in related work. Stored values above 40 are an error.
 * depth: read as is; 0 is invalid (the evaluation masks ``label != 0``); NaN reads as 0.
-* normals: read as is and scaled to unit length; zero vectors stay zero (invalid; the
-  evaluation masks vectors of norm 0). Normals are ``.npy`` in all three references,
-  not PNG.
-* edges: read as is, binarised at 0.5.
+* normals: ``.npy`` read as is, PNG decoded ``2 * v / 255 - 1`` per channel (InvPT's
+  ``_load_normals``); then scaled to unit length; zero vectors stay zero (invalid; the
+  evaluation masks vectors of norm 0; a PNG cannot store one, so every PNG pixel counts,
+  as in InvPT).
+* edges: ``.npy`` read as is, PNG as ``v / 255``; binarised at 0.5.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from mtlcompress.data.base import IGNORE_INDEX, DenseDataset, existing_dir, select_tasks
-from mtlcompress.data.readers import read_depth_npy, read_index_png, read_normals_npy, read_npy, read_split
+from mtlcompress.data.readers import (read_depth_npy, read_index_png, read_normals_npy, read_npy, read_rgb,
+                                     read_split)
 from mtlcompress.errors import DataError
 from mtlcompress.io.image_size import SizeLike
+from mtlcompress.tasks.labels import unit_normals
 
 NYU40_CLASS_NAMES: tuple[str, ...] = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
@@ -43,17 +49,21 @@ NYU40_CLASS_NAMES: tuple[str, ...] = (
     "otherfurniture", "otherprop",
 )
 
-# task -> (folder, suffix) in the NYUD_MT layout.
-_LABEL_FILES: dict[str, tuple[str, str]] = {
-    "semseg": ("segmentation", ".png"),
-    "depth": ("depth", ".npy"),
-    "normals": ("normals", ".npy"),
-    "edges": ("edge", ".npy"),
+# task -> (folder, suffixes in order of preference): ATRC's NYUD_MT first, InvPT's PNGs second.
+_LABEL_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "semseg": ("segmentation", (".png",)),
+    "depth": ("depth", (".npy",)),
+    "normals": ("normals", (".npy", ".png")),
+    "edges": ("edge", (".npy", ".png")),
 }
 
 
 class NyudDataset(DenseDataset):
     """NYUD-v2 multi-task data: semseg, depth, normals, edges."""
+
+    # ATRC / InvPT: seism edge tolerance 0.011 of the diagonal; edge BCE pos_weight 0.8.
+    metric_options = {"edges": {"max_dist": 0.011}}
+    loss_options = {"edges": {"pos_weight": 0.8}}
 
     def __init__(self, root: str | os.PathLike, split: str = "train",
                  tasks: Sequence[str] | None = None, size: SizeLike | None = None) -> None:
@@ -73,8 +83,9 @@ class NyudDataset(DenseDataset):
         return png if png.is_file() else jpg
 
     def _label_files(self, task: str, stem: str) -> tuple[Path, ...]:
-        folder, suffix = _LABEL_FILES[task]
-        return (self.root / folder / f"{stem}{suffix}",)
+        folder, suffixes = _LABEL_FILES[task]
+        candidates = [self.root / folder / f"{stem}{suffix}" for suffix in suffixes]
+        return (next((path for path in candidates if path.is_file()), candidates[0]),)
 
     def _read_label(self, task: str, stem: str, shape: tuple[int, int]) -> np.ndarray:
         path = self._label_files(task, stem)[0]
@@ -83,7 +94,11 @@ class NyudDataset(DenseDataset):
         if task == "depth":
             return read_depth_npy(path, shape)
         if task == "normals":
+            if path.suffix == ".png":
+                return unit_normals(2.0 * read_rgb(path).astype(np.float32) / 255.0 - 1.0, path)
             return read_normals_npy(path, shape)
+        if path.suffix == ".png":
+            return (read_index_png(path) >= 128).astype(np.float32)  # v / 255 >= 0.5
         edges = np.asarray(read_npy(path, shape), dtype=np.float32)
         if edges.ndim == 3 and edges.shape[2] == 1:
             edges = edges[:, :, 0]

@@ -57,6 +57,7 @@ from mtlcompress.data.readers import read_index_png, read_rgb, read_split
 from mtlcompress.errors import DataError
 from mtlcompress.io.image_size import SizeLike
 from mtlcompress.tasks.labels import unit_normals
+from mtlcompress.tasks.thinning import thin
 from mtlcompress.tasks.registry import task_names
 
 VOC_CLASS_NAMES: tuple[str, ...] = (
@@ -98,6 +99,11 @@ _LAPLACIAN_4 = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float64)
 
 class PascalContextDataset(DenseDataset):
     """PASCAL-Context multi-task data: semseg, parts, normals, saliency, edges."""
+
+    # ATRC / InvPT: seism edge tolerance 0.0075 of the diagonal; edge BCE pos_weight 0.95;
+    # saliency trained with class-balanced BCE.
+    metric_options = {"edges": {"max_dist": 0.0075}}
+    loss_options = {"edges": {"pos_weight": 0.95}, "saliency": {"balanced": True}}
 
     def __init__(self, root: str | os.PathLike, split: str = "train",
                  tasks: Sequence[str] | None = None, size: SizeLike | None = None) -> None:
@@ -241,35 +247,3 @@ def label_map_edges(label_map: np.ndarray) -> np.ndarray:
     """float32 [H,W] in {0,1}: thinned boundaries between labelled regions."""
     laplacian = ndimage.correlate(label_map.astype(np.float64), _LAPLACIAN_4, mode="mirror")
     return thin(laplacian != 0).astype(np.float32)
-
-
-def _thin_tables() -> tuple[np.ndarray, np.ndarray]:
-    """Deletion tables of Guo & Hall's algorithm A1, indexed by an 8-neighbour code.
-
-    Bit k of the code is neighbour x_{k+1}, counter-clockwise from east:
-    x1=E, x2=NE, x3=N, x4=NW, x5=W, x6=SW, x7=S, x8=SE.
-    """
-    x = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(bool)
-    crossings = sum((~x[:, i] & (x[:, i + 1] | x[:, (i + 2) % 8])).astype(int) for i in (0, 2, 4, 6))
-    n1 = sum((x[:, k - 1] | x[:, k]).astype(int) for k in (1, 3, 5, 7))
-    n2 = sum((x[:, k] | x[:, (k + 1) % 8]).astype(int) for k in (1, 3, 5, 7))
-    keeps_shape = (crossings == 1) & np.isin(np.minimum(n1, n2), (2, 3))
-    first = keeps_shape & ~((x[:, 1] | x[:, 2] | ~x[:, 7]) & x[:, 0])
-    second = keeps_shape & ~((x[:, 5] | x[:, 6] | ~x[:, 3]) & x[:, 4])
-    return first, second
-
-
-_THIN_FIRST, _THIN_SECOND = _thin_tables()
-_NEIGHBOUR_WEIGHTS = np.array([[8, 4, 2], [16, 0, 1], [32, 64, 128]], dtype=np.int32)
-
-
-def thin(mask: np.ndarray) -> np.ndarray:
-    """Thin a boolean mask to one-pixel-wide curves, keeping its connectivity."""
-    skeleton = np.asarray(mask, dtype=bool).copy()
-    while True:
-        before = int(skeleton.sum())
-        for table in (_THIN_FIRST, _THIN_SECOND):
-            code = ndimage.correlate(skeleton.astype(np.int32), _NEIGHBOUR_WEIGHTS, mode="constant", cval=0)
-            skeleton &= ~table[code]
-        if int(skeleton.sum()) == before:
-            return skeleton

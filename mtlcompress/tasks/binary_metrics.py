@@ -15,10 +15,13 @@ import torch.nn.functional as F
 from mtlcompress.tasks.losses import check_same_shape
 from mtlcompress.tasks.metrics import StreamingMetric
 
-__all__ = ["EdgeFMeasure", "SaliencyMaxF"]
+__all__ = ["EdgeFMeasure", "SaliencyMaxF", "best_f_over_thresholds", "probability_thresholds"]
+
+# ATRC / InvPT ``SaliencyMeter``: ``torch.arange(0.05, 1, 0.05)``, i.e. k / 20 for k = 1..19.
+REFERENCE_SALIENCY_THRESHOLDS = 19
 
 
-def _probability_thresholds(count: int) -> torch.Tensor:
+def probability_thresholds(count: int) -> torch.Tensor:
     """``k / (count + 1)`` for ``k = 1..count``: 99 gives 0.01, 0.02, ..., 0.99."""
     if count < 1:
         raise ValueError(f"thresholds must be >= 1, got {count}")
@@ -81,7 +84,7 @@ class EdgeFMeasure(StreamingMetric):
         super().__init__()
         if tolerance_px < 0:
             raise ValueError(f"tolerance_px must be >= 0, got {tolerance_px}")
-        self.thresholds = _probability_thresholds(thresholds)
+        self.thresholds = probability_thresholds(thresholds)
         self.tolerance_px = tolerance_px
         # rows: prob of every pixel, prob of pixels near GT, max prob near each GT pixel
         self._add_state("histograms", (3, thresholds + 1), torch.int64)
@@ -107,37 +110,53 @@ class EdgeFMeasure(StreamingMetric):
         ]
         self.histograms += torch.stack(rows)
 
+    @property
+    def protocol(self) -> str:
+        return (f"odsF approximation (not BSDS): {len(self.thresholds)} thresholds, {self.tolerance_px}-px "
+                "Chebyshev tolerance, many-to-one, predictions not thinned")
+
     def compute(self) -> dict[str, float]:
         histograms = self.histograms.cpu()
         if histograms[0].sum() == 0:
             return {"odsF": math.nan, "ods_precision": math.nan, "ods_recall": math.nan, "best_threshold": math.nan}
         predicted, matched, recalled = _count_at_or_above(histograms).double()
-        num_gt = float(histograms[2].sum())
-        precision = matched / predicted.clamp(min=1)
-        recall = recalled / max(num_gt, 1.0)
-        denominator = precision + recall
-        f_measure = torch.where(denominator > 0, 2 * precision * recall / denominator.clamp(min=1e-12), 0.0)
-        best = int(torch.argmax(f_measure))
-        return {
-            "odsF": float(f_measure[best]) * 100,
-            "ods_precision": float(precision[best]) * 100,
-            "ods_recall": float(recall[best]) * 100,
-            "best_threshold": float(self.thresholds[best]),
-        }
+        return best_f_over_thresholds(matched, predicted, recalled, float(histograms[2].sum()), self.thresholds)
+
+
+def best_f_over_thresholds(matched: torch.Tensor, predicted: torch.Tensor, recalled: torch.Tensor,
+                           num_gt: float, thresholds: torch.Tensor) -> dict[str, float]:
+    """odsF from dataset-pooled counts per threshold: ``P = matched / predicted``,
+    ``R = recalled / num_gt`` (0 on empty denominators), best ``F = 2PR / (P + R)``;
+    the smallest threshold reaching it is reported."""
+    precision = matched / predicted.clamp(min=1)
+    recall = recalled / max(num_gt, 1.0)
+    denominator = precision + recall
+    f_measure = torch.where(denominator > 0, 2 * precision * recall / denominator.clamp(min=1e-12), 0.0)
+    best = int(torch.argmax(f_measure))
+    return {
+        "odsF": float(f_measure[best]) * 100,
+        "ods_precision": float(precision[best]) * 100,
+        "ods_recall": float(recall[best]) * 100,
+        "best_threshold": float(thresholds[best]),
+    }
 
 
 class SaliencyMaxF(StreamingMetric):
     """Maximum F-beta over thresholds and mean absolute error for saliency maps.
 
-    For each threshold ``t_k = k / (thresholds + 1)`` a pixel is predicted salient
-    when ``prob >= t_k``; GT salient pixels are ``target >= 0.5``. True positives,
-    predicted positives and GT positives are summed over the *whole dataset* and
-    ``F = (1 + b2) P R / (b2 P + R)`` with ``b2 = beta2`` (0.3 by convention);
-    ``maxF`` is the max over thresholds. This dataset-pooled definition is the one in
-    InvPT's / ATRC's ``SaliencyMeter`` and merges by summation; the salient-object
-    literature often averages per-image P and R instead, which weighs small objects
-    more. ``mae`` is ``mean |prob - target|`` over all pixels of the dataset (equal
-    to the per-image mean when all images have the same size).
+    Thresholds are ``t_k = k / (thresholds + 1)``; the default 19 gives 0.05, 0.10, ...,
+    0.95, exactly the thresholds of ATRC's / InvPT's ``SaliencyMeter``
+    (``arange(0.05, 1, 0.05)``). A pixel is predicted salient when ``prob >= t_k``
+    (float32), GT salient when ``target >= 0.5``, and pixels whose target is
+    ``ignore_index`` (255, the references' padding value) are left out. True
+    positives, predicted positives and GT positives are summed over the *whole
+    dataset* and ``F = (1 + b2) P R / (b2 P + R)`` with ``b2 = beta2`` (0.3);
+    ``maxF`` is the max over thresholds. This dataset-pooled definition is the
+    references' and merges by summation; the salient-object literature often averages
+    per-image P and R instead, which weighs small objects more. The references
+    threshold the prediction after saving it as 8-bit (``round(255 p) / 255``); here the
+    float probability is thresholded, which differs only for pixels within 1/255 of a
+    threshold. ``mae`` is ``mean |prob - target|`` over all valid pixels of the dataset.
 
     ``compute()`` returns ``maxF`` in percent, ``best_threshold`` in ``(0, 1)`` and
     ``mae`` as a fraction.
@@ -148,12 +167,14 @@ class SaliencyMaxF(StreamingMetric):
     primary = "maxF"
     higher_is_better = True
 
-    def __init__(self, thresholds: int = 99, beta2: float = 0.3) -> None:
+    def __init__(self, thresholds: int = REFERENCE_SALIENCY_THRESHOLDS, beta2: float = 0.3,
+                 ignore_index: float = 255) -> None:
         super().__init__()
         if beta2 <= 0:
             raise ValueError(f"beta2 must be > 0, got {beta2}")
-        self.thresholds = _probability_thresholds(thresholds)
+        self.thresholds = probability_thresholds(thresholds)
         self.beta2 = beta2
+        self.ignore_index = ignore_index
         # rows: prob of every pixel, prob of GT-salient pixels
         self._add_state("histograms", (2, thresholds + 1), torch.int64)
         self._add_state("abs_error", (1,), torch.float64)
@@ -162,7 +183,9 @@ class SaliencyMaxF(StreamingMetric):
         """Add a batch: ``prediction`` probabilities and ``target`` in {0, 1}, ``[B, 1, H, W]``."""
         check_same_shape("SaliencyMaxF", prediction, target)
         self._follow(prediction)
-        prob = prediction.float()
+        valid = target != self.ignore_index
+        prob = prediction.float()[valid]
+        target = target[valid]
         salient = target >= 0.5
         rows = [
             _threshold_histogram(prob, self.thresholds),
@@ -170,6 +193,13 @@ class SaliencyMaxF(StreamingMetric):
         ]
         self.histograms += torch.stack(rows)
         self.abs_error += (prob.double() - target.double()).abs().sum()
+
+    @property
+    def protocol(self) -> str:
+        count = len(self.thresholds)
+        which = ("ATRC/InvPT thresholds 0.05..0.95 step 0.05" if count == REFERENCE_SALIENCY_THRESHOLDS
+                 else f"{count} thresholds k/{count + 1}")
+        return f"maxF, beta^2 = {self.beta2:g}, {which}, dataset-pooled, 255 ignored"
 
     def compute(self) -> dict[str, float]:
         histograms = self.histograms.cpu()

@@ -23,6 +23,7 @@ __all__ = [
     "normals_loss",
     "edge_loss",
     "saliency_loss",
+    "balanced_bce",
 ]
 
 
@@ -129,8 +130,8 @@ def edge_loss(
     This is Multi-Task-Learning-PyTorch's ``BalancedCrossEntropyLoss`` with
     ``size_average=True``. With ``pos_weight=None`` (HED), ``w`` is the fraction of
     *negative* pixels in this batch, so positives weigh ~0.95 and negatives ~0.05 on
-    typical edge maps; a float fixes ``w`` instead (their PASCAL-Context config uses
-    0.95). Note: a batch without any edge pixel gets ``w = 1`` and therefore zero loss,
+    typical edge maps; a float fixes ``w`` instead (ATRC / InvPT use 0.95 on
+    PASCAL-Context and 0.8 on NYUD-v2, which those datasets' ``loss_options`` pass). Note: a batch without any edge pixel gets ``w = 1`` and therefore zero loss,
     exactly as in the reference.
 
     ``pos_weight`` here is the weight *fraction* of positives in ``[0, 1]``, not the
@@ -143,26 +144,41 @@ def edge_loss(
         pos_weight: fixed positive weight ``w``; ``None`` uses the batch's negative fraction.
     """
     check_same_shape("edge_loss", logits, target)
-    if pos_weight is not None and not 0.0 <= pos_weight <= 1.0:
-        raise ValueError(f"edge_loss: pos_weight must be in [0, 1], got {pos_weight}")
     positive = target >= 0.5
-    labels = positive.to(logits.dtype)
+    return balanced_bce(logits, positive.to(logits.dtype), positive, pos_weight)
+
+
+def balanced_bce(logits: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor,
+                 pos_weight: float | None) -> torch.Tensor:
+    """``(w * sum_pos BCE + (1 - w) * sum_neg BCE) / #pixels``; ``w`` from the batch when None."""
+    if pos_weight is not None and not 0.0 <= pos_weight <= 1.0:
+        raise ValueError(f"pos_weight must be in [0, 1], got {pos_weight}")
     if pos_weight is None:
         w = (~positive).sum().to(logits.dtype) / max(positive.numel(), 1)
     else:
         w = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
     weights = torch.where(positive, w, 1.0 - w)
     total = F.binary_cross_entropy_with_logits(logits, labels, weight=weights, reduction="sum")
-    return _mean_over(total, target.numel())
+    return _mean_over(total, labels.numel())
 
 
-def saliency_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def saliency_loss(logits: torch.Tensor, target: torch.Tensor, balanced: bool = False) -> torch.Tensor:
     """Binary cross-entropy with logits, averaged over all pixels.
+
+    With ``balanced=True`` each pixel is weighted as in ``edge_loss`` with
+    ``pos_weight=None`` (salient pixels by the batch's non-salient fraction): the
+    class-balanced BCE ATRC and InvPT train saliency with. PASCAL-Context asks for it
+    through its ``loss_options``; the synthetic scenes keep plain BCE.
 
     Args:
         logits: ``[B, 1, H, W]`` raw saliency scores.
-        target: ``[B, 1, H, W]`` saliency map in ``[0, 1]`` (soft targets allowed).
+        target: ``[B, 1, H, W]`` saliency map in ``[0, 1]`` (soft targets allowed;
+            ``>= 0.5`` counts as salient for the balancing weights).
+        balanced: weigh salient and other pixels by the batch's class balance.
     """
     check_same_shape("saliency_loss", logits, target)
-    total = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="sum")
+    labels = target.to(logits.dtype)
+    if balanced:
+        return balanced_bce(logits, labels, target >= 0.5, None)
+    total = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
     return _mean_over(total, target.numel())

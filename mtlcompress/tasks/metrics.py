@@ -43,6 +43,7 @@ class StreamingMetric:
 
     primary: str = ""
     higher_is_better: bool = True
+    protocol: str = ""  # one line naming how the numbers are computed, for result tables
 
     def __init__(self) -> None:
         self._state_names: list[str] = []
@@ -101,6 +102,7 @@ class MeanIoU(StreamingMetric):
     confusion: torch.Tensor
     primary = "miou"
     higher_is_better = True
+    protocol = "mIoU from a dataset-pooled confusion matrix, 255 ignored, classes absent from both left out"
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         super().__init__()
@@ -153,6 +155,7 @@ class DepthErrors(StreamingMetric):
     count: torch.Tensor
     primary = "rmse"
     higher_is_better = False
+    protocol = "RMSE pooled over the valid pixels (target > 0) of the split"
 
     def __init__(self) -> None:
         super().__init__()
@@ -200,6 +203,7 @@ class NormalsAngularError(StreamingMetric):
     histogram: torch.Tensor
     primary = "mean_angle"
     higher_is_better = False
+    protocol = "mean angle in degrees pooled over valid pixels (non-zero target)"
     WITHIN_DEGREES = (11.25, 22.5, 30.0)
 
     def __init__(self, histogram_bins: int = 1800) -> None:

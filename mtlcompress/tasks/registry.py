@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.tasks import behaviour, binary_metrics, colormaps, labels, losses, metrics
+from mtlcompress.tasks import behaviour, binary_metrics, colormaps, edge_matching, labels, losses, metrics
 
 LABEL_SUFFIXES = (".png", ".npy")
 
@@ -31,8 +31,10 @@ class TaskSpec:
         description: one line for ``--help`` and reports.
         categorical: labels are class ids (int64 [B,H,W]); otherwise float maps.
         channels: output channels, or None when it equals the dataset's class count.
-        loss: ``loss(raw_output, target) -> scalar``.
-        metric: ``metric(num_classes) -> accumulator`` from ``tasks.metrics``.
+        loss: ``loss(raw_output, target, **options) -> scalar``; a dataset's
+            ``loss_options[name]`` (e.g. the references' edge ``pos_weight``) are the options.
+        metric: ``metric(num_classes, **options) -> accumulator`` from ``tasks.metrics``;
+            a dataset's ``metric_options[name]`` (e.g. an edge tolerance) are the options.
         loss_weight: the weight multi-task codebases give this loss when summing tasks.
         label_suffix: how the label file is stored in the scenes layout
             (``ROOT/<name>/<stem><suffix>``): ``.png`` read as its stored integers,
@@ -53,8 +55,8 @@ class TaskSpec:
     description: str
     categorical: bool
     channels: int | None
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    metric: Callable[[int], object]
+    loss: Callable[..., torch.Tensor]
+    metric: Callable[..., object]
     loss_weight: float
     label_suffix: str
     read_label: Callable[[np.ndarray, Path], np.ndarray]
@@ -114,6 +116,13 @@ def _unit_vectors(raw: torch.Tensor) -> torch.Tensor:
     return F.normalize(raw, dim=1)
 
 
+def _edge_metric(num_classes: int | None, max_dist: float | None = None) -> metrics.StreamingMetric:
+    """BSDS-style matching when the dataset names a tolerance, else the cheap approximation."""
+    if max_dist is None:
+        return binary_metrics.EdgeFMeasure()
+    return edge_matching.EdgeMatchedFMeasure(max_dist)
+
+
 register_task(TaskSpec(
     name="semseg", description="semantic segmentation (class per pixel, mIoU)",
     categorical=True, channels=None, loss=losses.segmentation_loss,
@@ -144,9 +153,9 @@ register_task(TaskSpec(
     constant_output=behaviour.mean_direction,
 ))
 register_task(TaskSpec(
-    name="edges", description="object boundaries (odsF with 1-px tolerance)",
+    name="edges", description="object boundaries (odsF)",
     categorical=False, channels=1, loss=losses.edge_loss,
-    metric=lambda _: binary_metrics.EdgeFMeasure(), loss_weight=50.0,
+    metric=_edge_metric, loss_weight=50.0,
     label_suffix=".png", read_label=labels.binary_mask, decode=torch.sigmoid, colormap=colormaps.grey,
     distill=behaviour.distill_probabilities, constant_output=behaviour.positive_rate_logit,
 ))

@@ -1,15 +1,45 @@
-"""Evaluate task models (and the trivial baselines they must beat) on a dataset."""
+"""Evaluate task models (and the trivial baselines they must beat) on a dataset.
+
+Scoring follows the dataset's protocol: its ``metric_options`` choose the metric's
+settings (PASCAL-Context's and NYUD-v2's edge tolerance), and when its samples carry
+``"native"`` labels (``open_dataset(..., native_labels=True)``) each raw output is
+resized bilinearly to its label's own height and width before decoding, as ATRC and
+InvPT score at the label's resolution. ``evaluation_protocol`` names what was done.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from mtlcompress.data.base import collate_samples
 from mtlcompress.progress import progress_bar
+from mtlcompress.tasks.metrics import StreamingMetric
 from mtlcompress.tasks.registry import TaskSpec
 from mtlcompress.training.precision import autocast
+
+
+def task_metric(spec: TaskSpec, dataset: Dataset, num_classes: int | None) -> StreamingMetric:
+    """The metric of ``spec`` with the options ``dataset`` asks for (none for unknown datasets)."""
+    options = getattr(dataset, "metric_options", {}).get(spec.name, {})
+    return spec.metric(num_classes, **options)
+
+
+def evaluation_protocol(spec: TaskSpec, dataset: Dataset, num_classes: int | None) -> str:
+    """One line saying how ``evaluate_predictor`` scores ``spec`` on ``dataset``."""
+    resolution = ("at each label's native resolution (raw outputs resized bilinearly)"
+                  if getattr(dataset, "keep_native_labels", False) else "at the model's input size")
+    return f"{task_metric(spec, dataset, num_classes).protocol}; scored {resolution}"
+
+
+def resize_raw(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Raw outputs ``[N, C, h, w]`` (logits, metres, vectors) bilinearly to ``size``; as is when equal."""
+    if tuple(raw.shape[-2:]) == tuple(size):
+        return raw
+    return F.interpolate(raw.float(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()
@@ -26,19 +56,28 @@ def evaluate_predictor(
 ) -> dict[str, float]:
     """Run ``predict_raw(images) -> raw maps`` over ``dataset`` and compute the task metric.
 
+    With native labels in the samples, every image is scored against its native label
+    (see the module docstring); otherwise against the batch's resized labels.
     ``show_progress`` counts images on stderr (off by default: the training loops
     evaluate between steps, under their own bar). ``precision`` autocasts the forward
     pass; the metric is computed in fp32 on the CPU either way.
     """
     device = torch.device(device)
-    metric = spec.metric(num_classes)
+    metric = task_metric(spec, dataset, num_classes)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate_samples)
     with progress_bar(f"evaluating {spec.name}", len(dataset), enabled=show_progress) as advance:
         for batch in loader:
             with autocast(device, precision):
                 raw = predict_raw(batch["image"].to(device, non_blocking=True))
-            metric.update(spec.predict(raw.float()).cpu(), batch[spec.name])
+            raw = raw.float()
+            if "native" in batch:
+                for index, labels in enumerate(batch["native"]):
+                    target = labels[spec.name].unsqueeze(0)
+                    prediction = spec.predict(resize_raw(raw[index:index + 1], target.shape[-2:]))
+                    metric.update(prediction.cpu(), target)
+            else:
+                metric.update(spec.predict(raw).cpu(), batch[spec.name])
             advance(len(raw))
     return {k: float(v) for k, v in metric.compute().items()}
 
@@ -59,7 +98,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Dataset, spec: TaskSpec, num
 def constant_baseline(spec: TaskSpec, train: Dataset, num_classes: int | None) -> torch.Tensor:
     """The best input-independent raw output, as the task's registry entry computes it
     (majority class, mean depth, mean normal, positive rate as a logit, ...)."""
-    targets = (batch[spec.name] for batch in DataLoader(train, batch_size=64))
+    targets = (batch[spec.name] for batch in DataLoader(train, batch_size=64, collate_fn=collate_samples))
     return spec.constant_output(targets, num_classes)
 
 

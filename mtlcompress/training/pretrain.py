@@ -69,7 +69,8 @@ def pretrain_backbone(
 
     def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = wrapped(batch["image"])
-        parts = {name: spec.loss(outputs[name], batch[name]) for name, spec in specs.items()}
+        parts = {name: spec.loss(outputs[name], batch[name], **train.loss_options.get(name, {}))
+                 for name, spec in specs.items()}
         # Normalised by the summed weights so the learning rate means the same for any task set.
         total = sum(specs[n].loss_weight * v for n, v in parts.items()) / sum(s.loss_weight for s in specs.values())
         return total, {"loss": total.item()}

@@ -73,9 +73,10 @@ def train_single_task(
         provenance = load_initial_backbone(model.backbone, init)
     wrapped = maybe_ddp(model, training_device(config.device))
     optimizer = adamw(wrapped.parameters(), config)
+    loss_options = train.loss_options.get(task, {})  # the references' per-dataset settings
 
     def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = spec.loss(wrapped(batch["image"]), batch[task])
+        loss = spec.loss(wrapped(batch["image"]), batch[task], **loss_options)
         return loss, {"loss": loss.item()}
 
     def evaluate(step: int) -> dict[str, float]:

@@ -29,6 +29,7 @@ def test_train_then_evaluate(quick_demo, tmp_path):
     evaluated = json.loads(result.stdout)
     assert abs(evaluated["metrics"]["rmse"] - trained["metrics"]["rmse"]) < 1e-6
     assert evaluated["images"] == 8
+    assert evaluated["protocol"].startswith("RMSE") and "native resolution" in evaluated["protocol"]
 
 
 def test_existing_output_is_not_overwritten(quick_demo, tmp_path):

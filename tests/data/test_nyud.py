@@ -108,3 +108,29 @@ def test_open_dataset_detects_nyud_and_resizes(nyud: Path) -> None:
     assert set(sample["semseg"].unique().tolist()) <= set(range(40)) | {255}
     batch = next(iter(torch.utils.data.DataLoader(open_dataset(nyud, size=8), batch_size=2)))
     assert batch["image"].shape == (2, 3, 8, 8) and batch["stem"] == ["0003", "0004"]
+
+
+def test_invpt_png_edges_and_normals_decode_as_invpt(nyud: Path) -> None:
+    # InvPT ships edges as 0/255 PNGs and normals as RGB PNGs (2 v / 255 - 1).
+    for stem in ("0003", "0004"):
+        (nyud / "edge" / f"{stem}.npy").unlink()
+        (nyud / "normals" / f"{stem}.npy").unlink()
+        edge = np.zeros((H, W), np.uint8)
+        edge[:, 3] = 255
+        edge[:, 5] = 127  # below one half
+        Image.fromarray(edge, mode="L").save(nyud / "edge" / f"{stem}.png")
+        normals = np.zeros((H, W, 3), np.uint8)
+        normals[...] = (255, 128, 0)
+        Image.fromarray(normals).save(nyud / "normals" / f"{stem}.png")
+    sample = NyudDataset(nyud, split="train", tasks=["edges", "normals"])[0]
+    expected_edges = np.zeros((H, W), np.float32)
+    expected_edges[:, 3] = 1.0
+    np.testing.assert_array_equal(sample["edges"][0].numpy(), expected_edges)
+    decoded = np.array([1.0, 2 * 128 / 255 - 1, -1.0])
+    np.testing.assert_allclose(sample["normals"][:, 2, 7].numpy(), decoded / np.linalg.norm(decoded), atol=1e-6)
+
+
+def test_npy_labels_win_over_png_when_both_exist(nyud: Path) -> None:
+    Image.fromarray(np.full((H, W), 255, np.uint8), mode="L").save(nyud / "edge" / "0003.png")
+    edges = NyudDataset(nyud, split="train", tasks=["edges"])[0]["edges"]
+    assert edges.sum() == W  # the .npy row 4, not the all-edge PNG

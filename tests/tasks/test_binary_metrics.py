@@ -47,3 +47,34 @@ def test_prediction_of_exactly_the_threshold_is_positive(metric_class):
     metric = metric_class(thresholds=1)  # t = 0.5
     metric.update(one_pixel(0.5), one_pixel(1.0))
     assert metric.compute()[metric.primary] == pytest.approx(100.0)
+
+
+def test_saliency_default_thresholds_are_the_references_19() -> None:
+    metric = SaliencyMaxF()
+    reference = torch.arange(0.05, 1, 0.05, dtype=torch.float64)  # ATRC / InvPT SaliencyMeter
+    assert len(metric.thresholds) == 19
+    assert torch.allclose(metric.thresholds, reference, atol=1e-9)
+    assert "ATRC/InvPT thresholds" in metric.protocol
+    assert "ATRC" not in SaliencyMaxF(thresholds=99).protocol
+
+
+def test_saliency_max_is_taken_over_the_reference_thresholds_only() -> None:
+    # Salient pixel at 0.97, background pixel at 0.96: only a threshold between them
+    # (0.97, among 99) separates them; 0.95 is the references' highest, so P = 1/2.
+    prediction = torch.tensor([0.97, 0.96]).view(1, 1, 1, 2)
+    target = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    fine, reference = SaliencyMaxF(thresholds=99), SaliencyMaxF()
+    fine.update(prediction, target)
+    reference.update(prediction, target)
+    assert fine.compute()["maxF"] == pytest.approx(100.0)
+    assert reference.compute()["maxF"] == pytest.approx(100 * 1.3 * 0.5 / (0.3 * 0.5 + 1))
+
+
+def test_saliency_ignores_pixels_marked_255() -> None:
+    prediction = torch.tensor([0.9, 0.9, 0.1]).view(1, 1, 1, 3)
+    target = torch.tensor([1.0, 255.0, 0.0]).view(1, 1, 1, 3)
+    metric = SaliencyMaxF()
+    metric.update(prediction, target)
+    scores = metric.compute()
+    assert scores["maxF"] == pytest.approx(100.0)
+    assert scores["mae"] == pytest.approx(0.1)

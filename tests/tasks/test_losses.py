@@ -180,3 +180,14 @@ def test_saliency_loss_empty_batch_is_zero_with_grad() -> None:
 def test_saliency_loss_rejects_broadcasting_shapes() -> None:
     with pytest.raises(ValueError):
         saliency_loss(torch.zeros(2, 1, 4, 4), torch.zeros(2, 4, 4))
+
+
+def test_balanced_saliency_loss_matches_hand_computed_weights() -> None:
+    # 1 salient pixel of 4: it weighs 3/4, the others 1/4 each; mean over 4 pixels.
+    logits = torch.tensor([0.5, -1.0, 2.0, 0.0]).view(1, 1, 2, 2)
+    target = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 1, 2, 2)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten()
+    expected = (0.75 * bce[0] + 0.25 * bce[1:].sum()) / 4
+    assert saliency_loss(logits, target, balanced=True).item() == pytest.approx(expected.item())
+    assert saliency_loss(logits, target).item() == pytest.approx(bce.mean().item())
+
