@@ -4,8 +4,9 @@ Every task model, bundle and runtime needs to rebuild the exact same timm
 ``VisionTransformer``; ``BackboneConfig`` is the one description of it that travels
 inside our files. We support the plain timm ViT family (pre-norm blocks, fused qkv,
 LayerNorm, GELU MLP; with or without class token, register tokens, layer scale,
-CLIP-style pre-norm, a final norm; any patch and image size). Blocks with qk-norm are
-built too, but the shared engine cannot share them: bundles with them run by the
+CLIP-style pre-norm, a final norm; any patch size, any (height, width) image size).
+Blocks with qk-norm, a SwiGLU MLP (timm's ``SwiGLU`` or ``SwiGLUPacked``) or RMSNorm
+are built too, but the shared engine cannot share them: bundles with them run by the
 dense path (``dense_path_reason``).
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
-from timm.layers import LayerNorm, Mlp
+from timm.layers import GluMlp, LayerNorm, Mlp, RmsNorm, SwiGLU, SwiGLUPacked
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
@@ -42,6 +43,13 @@ MAX_ARCH_NAME = 200
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _TRIPLES = ("mean", "std")
+
+# BackboneConfig.mlp_layer -> (timm MLP class, activation). "swiglu" is timm's SwiGLU
+# (fc1_g, fc1_x, fc2); "swiglu_packed" its SwiGLUPacked (one fc1 holding [x, gate]).
+MLP_LAYERS: dict[str, tuple[Any, type[nn.Module]]] = {
+    "mlp": (Mlp, nn.GELU), "swiglu": (SwiGLU, nn.SiLU), "swiglu_packed": (SwiGLUPacked, nn.SiLU)}
+# BackboneConfig.norm_layer -> timm norm class (built with ``eps=norm_eps``).
+NORM_LAYERS: dict[str, type[nn.Module]] = {"layernorm": LayerNorm, "rmsnorm": RmsNorm}
 
 
 def check_int_range(what: str, value: Any, low: int, high: int) -> None:
@@ -76,6 +84,8 @@ class BackboneConfig:
     final_norm: bool = True
     qk_norm: bool = False
     norm_eps: float = 1e-6
+    mlp_layer: str = "mlp"         # a key of MLP_LAYERS
+    norm_layer: str = "layernorm"  # a key of NORM_LAYERS
     # The per-channel statistics the model was trained with, for images in [0, 1].
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -91,7 +101,9 @@ class BackboneConfig:
     @property
     def dense_path_reason(self) -> str | None:
         """Why the shared engine cannot share this backbone's blocks (None: it can)."""
-        return "qk-norm blocks, which the shared engine cannot share" if self.qk_norm else None
+        parts = [part for part, present in (("qk-norm", self.qk_norm), ("a SwiGLU MLP", self.mlp_layer != "mlp"),
+                                            ("RMSNorm", self.norm_layer != "layernorm")) if present]
+        return f"blocks with {' and '.join(parts)}, which the shared engine cannot share" if parts else None
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -175,6 +187,10 @@ class BackboneConfig:
             raise CheckpointError(f"backbone config field 'init_values' is {self.init_values}, not a finite number")
         if not (math.isfinite(self.norm_eps) and 0 < self.norm_eps <= 1):
             raise CheckpointError(f"backbone config field 'norm_eps' is {self.norm_eps}, which is not in (0, 1]")
+        for name, known in (("mlp_layer", MLP_LAYERS), ("norm_layer", NORM_LAYERS)):
+            if getattr(self, name) not in known:
+                raise CheckpointError(f"backbone config field '{name}' is {getattr(self, name)!r:.40}; "
+                                      f"known: {', '.join(known)}")
         for name in _TRIPLES:
             _float_triple(name, getattr(self, name))
         if not all(s > 0 for s in self.std):
@@ -248,7 +264,7 @@ def config_from_timm(model: torch.nn.Module, arch: str) -> BackboneConfig:
         embed_dim=int(model.embed_dim),
         depth=len(model.blocks),
         num_heads=int(block.attn.num_heads),
-        mlp_ratio=block.mlp.fc1.out_features / model.embed_dim,
+        mlp_ratio=_mlp_ratio(block.mlp, model.embed_dim),
         qkv_bias=block.attn.qkv.bias is not None,
         class_token=model.cls_token is not None,
         reg_tokens=int(model.num_reg_tokens),
@@ -258,6 +274,8 @@ def config_from_timm(model: torch.nn.Module, arch: str) -> BackboneConfig:
         final_norm=not isinstance(model.norm, nn.Identity),
         qk_norm=not isinstance(block.attn.q_norm, nn.Identity),
         norm_eps=float(block.norm1.eps),
+        mlp_layer=next(name for name, (cls, _) in MLP_LAYERS.items() if _is_mlp(block.mlp, cls)),
+        norm_layer="rmsnorm" if isinstance(block.norm1, RmsNorm) else "layernorm",
         mean=_float_triple("mean", pretrained.get("mean", IMAGENET_MEAN)),
         std=_float_triple("std", pretrained.get("std", IMAGENET_STD)),
     )
@@ -265,29 +283,60 @@ def config_from_timm(model: torch.nn.Module, arch: str) -> BackboneConfig:
 
 def check_buildable(model: VisionTransformer, arch: str) -> None:
     """Refuse, in one line, the ViTs ``build_backbone`` would not rebuild exactly: another
-    block, MLP (SwiGLU), norm (RMSNorm), activation, non-square patches or images, or a
-    patch bias that does not follow timm's pre-norm rule."""
+    block, MLP, norm, activation, non-square patches, or a patch bias that does not
+    follow timm's pre-norm rule."""
     embed = model.patch_embed
     reasons = []
     if embed.patch_size[0] != embed.patch_size[1]:
         reasons.append("non-square patches")
     if (embed.proj.bias is None) != (not isinstance(model.norm_pre, nn.Identity)):
         reasons.append("a patch-embedding bias that does not follow timm's pre-norm rule")
+    outer = [n for n in (model.norm_pre, model.norm) if not isinstance(n, nn.Identity)]
     for index, block in enumerate(model.blocks):
-        norms = (block.norm1, block.norm2, *([] if isinstance(model.norm, nn.Identity) else [model.norm]))
-        if type(block) is not Block or type(block.attn) is not Attention or type(block.mlp) is not Mlp:
+        mlp_kind = next((name for name, (cls, _) in MLP_LAYERS.items() if _is_mlp(block.mlp, cls)), None)
+        if type(block) is not Block or type(block.attn) is not Attention or mlp_kind is None:
             reasons.append(f"block {index} is {type(block).__name__} with {type(block.mlp).__name__} "
-                           "(only timm's plain Block, Attention and Mlp)")
-        elif not all(isinstance(n, nn.LayerNorm) and n.elementwise_affine and n.bias is not None for n in norms):
-            reasons.append(f"block {index} uses {type(block.norm1).__name__} (only LayerNorm with bias)")
-        elif type(block.mlp.act) is not nn.GELU or block.mlp.act.approximate != "none":
-            reasons.append(f"block {index} uses the activation {block.mlp.act!r} (only exact GELU)")
+                           "(only timm's plain Block and Attention, with Mlp, SwiGLU or SwiGLUPacked)")
+        elif not all(_is_affine_norm(n, type(block.norm1)) for n in (block.norm1, block.norm2, *outer)):
+            reasons.append(f"block {index} uses {type(block.norm1).__name__} "
+                           "(only LayerNorm with bias or RmsNorm with weight, the same everywhere)")
+        elif not _has_activation(block.mlp.act, MLP_LAYERS[mlp_kind][1]):
+            reasons.append(f"block {index} uses the activation {block.mlp.act!r} with {type(block.mlp).__name__} "
+                           "(only exact GELU with Mlp, SiLU with SwiGLU)")
         elif not isinstance(block.mlp.norm, nn.Identity) or not isinstance(block.attn.norm, nn.Identity):
             reasons.append(f"block {index} has a norm inside its MLP or attention")
+        elif any(m.bias is None for m in block.mlp.modules() if isinstance(m, nn.Linear)):
+            reasons.append(f"block {index} has an MLP without biases")
         if reasons:
             break
     if reasons:
         raise CheckpointError(f"'{arch}' cannot be rebuilt as a plain timm ViT: {reasons[0]}")
+
+
+def _is_mlp(mlp: nn.Module, cls: Any) -> bool:
+    if cls is SwiGLUPacked:  # a partial of GluMlp: SiLU on the first half, token-wise
+        return type(mlp) is GluMlp and not mlp.gate_last and mlp.chunk_dim == -1
+    return type(mlp) is cls
+
+
+def _is_affine_norm(norm: nn.Module, kind: type) -> bool:
+    if type(norm) is not kind:
+        return False
+    if isinstance(norm, nn.LayerNorm):
+        return norm.elementwise_affine and norm.bias is not None
+    return isinstance(norm, RmsNorm) and norm.elementwise_affine
+
+
+def _has_activation(act: nn.Module, expected: type[nn.Module]) -> bool:
+    return type(act) is expected and getattr(act, "approximate", "none") == "none"
+
+
+def _mlp_ratio(mlp: nn.Module, embed_dim: int) -> float:
+    """``hidden / embed_dim``, nudged so that timm's ``int(embed_dim * mlp_ratio)``
+    gives ``hidden`` back (8192 / 1536 * 1536 is 8191.99...)."""
+    hidden = (mlp.fc1_x if isinstance(mlp, SwiGLU) else mlp.fc1).out_features
+    ratio = hidden / embed_dim
+    return ratio if int(embed_dim * ratio) == hidden else (hidden + 0.5) / embed_dim
 
 
 def build_backbone(config: BackboneConfig, *, initialise: bool = True) -> VisionTransformer:
@@ -311,7 +360,9 @@ def build_backbone(config: BackboneConfig, *, initialise: bool = True) -> Vision
         pre_norm=config.pre_norm,
         final_norm=config.final_norm,
         init_values=config.init_values,
-        norm_layer=functools.partial(LayerNorm, eps=config.norm_eps),
+        norm_layer=functools.partial(NORM_LAYERS[config.norm_layer], eps=config.norm_eps),
+        mlp_layer=MLP_LAYERS[config.mlp_layer][0],
+        act_layer=MLP_LAYERS[config.mlp_layer][1],
         num_classes=0,
         global_pool="",
         weight_init="" if initialise else "skip",

@@ -48,7 +48,10 @@ def token_count(config: BackboneConfig) -> int:
 def linear_shapes(config: BackboneConfig) -> dict[str, tuple[int, int]]:
     """``{layer: (in_features, out_features)}`` for every tapped linear, in execution order."""
     dim, hidden = config.embed_dim, int(config.embed_dim * config.mlp_ratio)
-    shapes = {"attn.qkv": (dim, 3 * dim), "attn.proj": (dim, dim), "mlp.fc1": (dim, hidden), "mlp.fc2": (hidden, dim)}
+    # SwiGLU: fc1 stands for fc1_g and fc1_x together; SwiGLUPacked: fc2 reads half of fc1's output.
+    fc1_out = 2 * hidden if config.mlp_layer == "swiglu" else hidden
+    fc2_in = hidden // 2 if config.mlp_layer == "swiglu_packed" else hidden
+    shapes = {"attn.qkv": (dim, 3 * dim), "attn.proj": (dim, dim), "mlp.fc1": (dim, fc1_out), "mlp.fc2": (fc2_in, dim)}
     return {name: shapes[layer_kind(name)] for name in shared_linear_names(config.depth)}
 
 

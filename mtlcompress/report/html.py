@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.atomic import write_text_atomic
+from mtlcompress.io.image_size import describe_image_size, image_size
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 _KIND_SHORT = {"attn.qkv": "qkv", "attn.proj": "proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2"}
@@ -52,7 +54,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h1>mtlcompress bundle report</h1>",
         f"<p class=meta>{escape(str(info['path'] or '(in memory)'))} &middot; base task "
         f"<b>{escape(info['base_task'])}</b> &middot; {escape(str(backbone.get('arch')))} "
-        f"({backbone.get('img_size')} px, patch {backbone.get('patch_size')}, dim {backbone.get('embed_dim')}, "
+        f"({escape(_image_size(backbone.get('img_size')))}, patch {backbone.get('patch_size')}, "
+        f"dim {backbone.get('embed_dim')}, "
         f"depth {backbone.get('depth')}) &middot; {info['tokens']} tokens &middot; schema {report['schema']}</p>",
         *(f"<p class=note>{escape(note)}</p>" for note in report.get("notes", [])),
         "<h2>Tasks</h2>", _summary_table(report),
@@ -296,3 +299,11 @@ def _bytes_text(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.3g} {unit}"
     return f"{value:.0f} B"
+
+
+def _image_size(value: Any) -> str:
+    """``[H, W]`` (or an old report's single int) as the backbone describes it."""
+    try:
+        return describe_image_size(image_size(value))
+    except MtlCompressError:
+        return f"{value} px"

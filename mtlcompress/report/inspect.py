@@ -67,6 +67,9 @@ def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | o
         f"thresholded layer (bundle(d) = fixed + slope * d for a uniform density d)"]
     if measured:
         notes += measured.pop("notes")
+    if bundle.backbone.dense_path_reason:
+        notes.append(f"runs by the dense path (each task as its own dense model, under --engine shared too): "
+                     f"{bundle.backbone.dense_path_reason}")
     return {
         "schema": SCHEMA_VERSION,
         "mtlcompress_version": __version__,
@@ -77,7 +80,7 @@ def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | o
             "tasks": list(bundle.tasks),
             "backbone": bundle.backbone.to_dict(),
             "tokens": flops.token_count(bundle.backbone),
-            "layers": shared_linear_names(bundle.backbone.depth),
+            "layers": _tapped_layers(bundle),
         },
         "tasks": tasks,
         "totals": _totals(tasks, flop),
@@ -106,6 +109,11 @@ def _manifest(manifest_or_path: Mapping[str, Any] | str | os.PathLike) -> tuple[
 # ------------------------------------------------------------------ per task
 
 
+def _tapped_layers(bundle: Bundle) -> list[str]:
+    """The shared linear layers this backbone has (a SwiGLU MLP has fc1_g and fc1_x, no fc1)."""
+    return [layer for layer in shared_linear_names(bundle.backbone.depth) if f"{layer}.weight" in bundle.base_weights]
+
+
 def _nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
@@ -120,7 +128,7 @@ def _task_report(bundle: Bundle, manifest: Mapping[str, Any], task: str, measure
     paths = (measured or {}).get("layer_paths") or {}
     per_layer_flops = flop["per_task"]["bundle"][task]["per_layer"]
     layers = {}
-    for layer in shared_linear_names(bundle.backbone.depth):
+    for layer in _tapped_layers(bundle):
         names = {part: f"{layer}.{part}" for part in ("weight", "bias") if f"{layer}.{part}" in bundle.base_weights}
         params = sum(bundle.base_weights[n].numel() for n in names.values())
         nnz = {part: stored.get(n, {}).get("nnz", 0) for part, n in names.items()}

@@ -73,6 +73,10 @@ def load_pair(base: str | os.PathLike, task: str | os.PathLike
     if task_info.task == base_info.task:
         raise MtlCompressError(f"{task} is a '{task_info.task}' checkpoint, the same task as the base {base}; "
                                "a sub-task must be a different task")
+    if base_info.backbone.mlp_layer == "swiglu":
+        raise CheckpointError(f"{base}: the sparsify stages put weight and activation deltas on mlp.fc1/fc2, and a "
+                              "SwiGLU MLP (fc1_g, fc1_x) has no fc1; bundle these checkpoints unsparsified "
+                              "(mtlcompress export) and run them by the dense path")
     if backbone_signature(base_info.backbone) != backbone_signature(task_info.backbone):
         raise CheckpointError(f"{task}: backbone {task_info.backbone.describe()} differs from the base's "
                               f"{base_info.backbone.describe()}; both must come from one architecture")

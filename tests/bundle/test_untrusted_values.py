@@ -89,6 +89,7 @@ BACKBONE_CASES = [
     ("depth", 10**6, "field 'depth' is 1000000, which is not in [1, 128]"),
     ("embed_dim", 10**9, "field 'embed_dim' is 1000000000, which is not in [1, 16384]"),
     ("img_size", 10**12, "field 'img_size' is 1000000000000, which is not in [1, 8192]"),
+    ("img_size", [32, 10**12], "field 'img_size' is 1000000000000, which is not in [1, 8192]"),
     ("depth", True, "field 'depth' has the wrong type"),
     ("depth", "2", "field 'depth' has the wrong type"),
     ("init_values", INF, "field 'init_values' is inf, not a finite number"),

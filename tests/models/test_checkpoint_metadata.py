@@ -70,6 +70,12 @@ def no_allocation(monkeypatch):
     ("backbone", "embed_dim", 10**9, r"'embed_dim' is 1000000000"),
     ("backbone", "img_size", 10**6, r"'img_size' is 1000000"),
     ("backbone", "img_size", 36, r"inconsistent \(img/patch"),
+    ("backbone", "img_size", [32, 36], r"inconsistent \(img/patch"),
+    ("backbone", "img_size", [32, 10**6], r"'img_size' is 1000000"),
+    ("backbone", "img_size", [32], r"'img_size' must be \[height, width\] or one integer"),
+    ("backbone", "img_size", [32, 32, 32], r"'img_size' must be \[height, width\] or one integer"),
+    ("backbone", "img_size", [32, True], r"'img_size' must be an integer"),
+    ("backbone", "img_size", "32", r"'img_size' must be \[height, width\] or one integer"),
     ("backbone", "arch", "x" * 10_000, r"'arch' is longer than 200"),
     ("head", "hidden", -3, r"head field 'hidden' is -3"),
     ("head", "hidden", 10**12, r"head field 'hidden' is 1000000000000"),
@@ -114,6 +120,24 @@ def test_valid_checkpoint_still_loads_bit_exactly(tmp_path, saved):
     original = build_model(CheckpointInfo(task="depth", backbone=MICRO, out_channels=1))
     for name, tensor in original.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("stored", [32, [32, 32]])
+def test_img_size_is_written_as_height_width_and_an_old_single_int_still_loads(tmp_path, saved, stored):
+    """Files written before non-square sizes record ``img_size: 32``; both read as (32, 32)."""
+    header = json.loads(saved[8:8 + struct.unpack("<Q", saved[:8])[0]])
+    assert json.loads(header["__metadata__"]["document"])["backbone"]["img_size"] == [32, 32]
+    model, info = load_checkpoint(_with_document(tmp_path, saved, _set("backbone", "img_size", stored)))
+    assert info.backbone.img_size == (32, 32) and info.backbone == MICRO
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_a_non_square_size_is_checked_per_side():
+    config = BackboneConfig.from_dict({**MICRO.to_dict(), "img_size": [32, 48]})
+    assert (config.img_size, config.grid_size, config.num_tokens) == ((32, 48), (4, 6), 25)
+    assert BackboneConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(CheckpointError, match=r"'patch_size' is 40, which is not in \[1, 32\]"):
+        BackboneConfig.from_dict({**MICRO.to_dict(), "img_size": [32, 80], "patch_size": 40})
 
 
 def test_from_dict_accepts_every_preset_and_the_timm_vits():

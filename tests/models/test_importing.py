@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from timm.layers import resample_abs_pos_embed
+from timm.layers import RmsNorm, SwiGLU, SwiGLUPacked, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from mtlcompress.errors import CheckpointError
@@ -29,6 +29,11 @@ VARIANTS = {
     "patch14": dict(img_size=28, patch_size=14),
     "clip-style": dict(pre_norm=True),
     "qk-norm": dict(qk_norm=True),
+    "swiglu": dict(mlp_layer=SwiGLU, act_layer=torch.nn.SiLU),
+    "swiglu-packed": dict(mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, mlp_ratio=2.66667 * 2),
+    "rmsnorm": dict(norm_layer=RmsNorm),
+    "swiglu+rmsnorm+qk-norm": dict(mlp_layer=SwiGLU, act_layer="silu", norm_layer="rmsnorm", qk_norm=True),
+    "non-square": dict(img_size=(32, 48)),
 }
 
 
@@ -203,6 +208,44 @@ def test_imported_linear_and_qk_norm_bundles_agree_across_engines(tmp_path, fixe
         for task in dense:
             assert torch.allclose(shared[task], dense[task], atol=1e-4)
     assert bundle.backbone.qk_norm and bundle.backbone.dense_path_reason
+
+
+@pytest.mark.parametrize("variant", ["swiglu", "rmsnorm"])
+def test_swiglu_and_rmsnorm_bundles_run_by_the_dense_path_with_a_note(variant, tmp_path):
+    from mtlcompress.bundle.format import export_bundle, load_bundle
+    from mtlcompress.report.inspect import inspect_bundle
+    from mtlcompress.sparsify.common import load_pair
+
+    paths = []
+    for seed, task in enumerate(("depth", "edges")):
+        vit, head, config = make_source("linear", seed=seed, **VARIANTS[variant])
+        save_file({**vit.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()}},
+                  tmp_path / f"{task}-src.safetensors")
+        paths.append(tmp_path / f"{task}.safetensors")
+        import_model(tmp_path / f"{task}-src.safetensors", task, paths[-1], backbone=config, head="linear")
+    export_bundle(paths[0], paths[1:], tmp_path / "bundle.safetensors")
+    bundle = load_bundle(tmp_path / "bundle.safetensors")
+    engine = make_engine(bundle, "shared")
+    assert isinstance(engine, DenseEngine)
+    images = torch.rand(2, 3, 32, 32)
+    outputs = engine.predict(images)
+    for task, path in zip(("depth", "edges"), paths):
+        assert torch.allclose(outputs[task], imported_prediction(path, images), atol=1e-5)
+    report = inspect_bundle(bundle, tmp_path / "bundle.safetensors")
+    reason = {"swiglu": "a SwiGLU MLP", "rmsnorm": "RMSNorm"}[variant]
+    assert any("runs by the dense path" in note and reason in note for note in report["notes"])
+    if variant == "swiglu":  # fc1 is fc1_g + fc1_x: the layers listed are the ones it has
+        assert "blocks.0.mlp.fc1" not in report["bundle"]["layers"]
+        with pytest.raises(CheckpointError, match="SwiGLU MLP \\(fc1_g, fc1_x\\) has no fc1"):
+            load_pair(paths[0], paths[1])
+    else:
+        load_pair(paths[0], paths[1])
+
+
+def test_a_swiglu_with_another_activation_is_refused_in_one_line():
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, mlp_layer=SwiGLU)
+    with pytest.raises(CheckpointError, match="only exact GELU with Mlp, SiLU with SwiGLU"):
+        config_from_timm(vit, "geglu")
 
 
 def test_backbone_config_refuses_bad_normalisation():

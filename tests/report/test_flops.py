@@ -3,12 +3,14 @@ follows the method's formula on a bundle whose delta non-zeros are known exactly
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtlcompress.bundle.bundle import Bundle
-from mtlcompress.models.backbone import PRESETS, resolve_backbone
+from mtlcompress.models.backbone import PRESETS, resolve_backbone, with_image_size
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from mtlcompress.report import flops
 
@@ -32,8 +34,12 @@ def measured_flops(info: CheckpointInfo) -> dict[str, int]:
         "total": counter.get_total_flops()}
 
 
-@pytest.mark.parametrize("config, hidden", [(MICRO, 16), (resolve_backbone("vit_small_patch16_224"), 128)],
-                         ids=["micro", "vit_small_224"])
+@pytest.mark.parametrize("config, hidden", [
+    (MICRO, 16), (resolve_backbone("vit_small_patch16_224"), 128),
+    (with_image_size(MICRO, (32, 48)), 16),  # H * W tokens
+    (dataclasses.replace(MICRO, mlp_layer="swiglu", norm_layer="rmsnorm"), 16),
+    (dataclasses.replace(MICRO, mlp_layer="swiglu_packed", mlp_ratio=5.25), 16),
+], ids=["micro", "vit_small_224", "micro_32x48", "micro_swiglu", "micro_swiglu_packed"])
 def test_dense_flops_match_flop_counter(config, hidden):
     info = CheckpointInfo(task="normals", backbone=config, out_channels=3, head_hidden=hidden)
     ours = flops.dense_model_flops(config, 3, hidden)
