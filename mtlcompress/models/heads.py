@@ -54,7 +54,8 @@ def head_layers_from_dict(head: Any, depth: int) -> tuple[int, ...] | None:
     if not isinstance(layers, list) or not layers or len(layers) > depth:
         raise CheckpointError(f"head field 'layers' must be a list of 1 to {depth} block indices")
     for index in layers:
-        check_int_range("head field 'layers' entry", index, 1, depth)
+        if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index <= depth:
+            raise CheckpointError(f"head field 'layers' names block {index!r:.20}; the backbone has blocks 1 to {depth}")
     if any(a >= b for a, b in zip(layers, layers[1:])):
         raise CheckpointError(f"head field 'layers' must increase, got {layers}")
     return tuple(layers)
