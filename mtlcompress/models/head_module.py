@@ -5,7 +5,7 @@ code. Building the head imports the module *installed on the loading machine* an
 calls its factory, so a file can only choose among code that machine already has,
 and only among modules its user allowed: the ones named in the environment variable
 ``MTLCOMPRESS_HEAD_MODULES`` (comma-separated; a package allows its submodules), plus
-the one ``mtlcompress import --head-module`` was given in that process. Anything else
+the one ``mtlcompress import --head-module`` was given, while that import runs. Anything else
 is refused with one line naming the module, before it is imported.
 
 The factory's contract::
@@ -21,20 +21,21 @@ grid`` for an int). It must hold only floating-point weights in its ``state_dict
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch.nn as nn
 
 from mtlcompress.errors import CheckpointError
 
-__all__ = ["HEAD_MODULES_ENV", "allow_head_module", "build_module_head", "check_module_path"]
+__all__ = ["HEAD_MODULES_ENV", "allowing_head_module", "build_module_head", "check_module_path"]
 
 HEAD_MODULES_ENV = "MTLCOMPRESS_HEAD_MODULES"
 _PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-_allowed_here: set[str] = set()  # modules this process was told to trust (by `import --head-module`)
+_allowed_here: set[str] = set()  # modules an import in progress was told to trust (`import --head-module`)
 
 
 def check_module_path(path: object) -> str:
@@ -44,9 +45,18 @@ def check_module_path(path: object) -> str:
     return path
 
 
-def allow_head_module(path: str) -> None:
-    """Trust ``path``'s module for the rest of this process (the user named it)."""
-    _allowed_here.add(check_module_path(path).split(":")[0])
+@contextlib.contextmanager
+def allowing_head_module(path: str | None) -> Iterator[None]:
+    """Trust ``path``'s module while inside (the user named it; ``None``: nothing more)."""
+    module = None if path is None else check_module_path(path).split(":")[0]
+    fresh = module is not None and module not in _allowed_here
+    if fresh:
+        _allowed_here.add(module)
+    try:
+        yield
+    finally:
+        if fresh:
+            _allowed_here.discard(module)
 
 
 def _is_allowed(module: str) -> bool:

@@ -30,7 +30,7 @@ from mtlcompress.errors import CheckpointError, MtlCompressError
 from mtlcompress.models import hf_vit
 from mtlcompress.models.backbone import BackboneConfig, build_backbone, resolve_backbone
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
-from mtlcompress.models.head_module import allow_head_module
+from mtlcompress.models.head_module import allowing_head_module
 from mtlcompress.models.heads import HEAD_TYPES_WITH_LAYERS, HEADS, head_layers_from_dict
 from mtlcompress.models.weights import read_weights_file, unwrap_state_dict
 from mtlcompress.tasks.registry import get_task
@@ -105,8 +105,8 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
             ``proj.<level>.*``, ``fuse.*``, ``predict.*``; for ``module`` the user
             module's own ``state_dict`` names).
         head_layers: the blocks (1-based) a ``multilevel`` or ``module`` head reads.
-        head_module: ``package.module:factory`` of a ``module`` head; this process
-            trusts that module from here on (``models.head_module``).
+        head_module: ``package.module:factory`` of a ``module`` head; trusted for this
+            import only (loading the checkpoint later needs it allowed: ``models.head_module``).
         key_map: TOML rules (see ``read_key_map``) applied to every key first.
         ignore: regular expressions; source keys (or missing model keys) they match are
             not an error (missing ones keep their fresh initialisation).
@@ -117,8 +117,15 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
         raise CheckpointError(f"unknown head type '{head}'; known head types: {', '.join(HEADS)}")
     if (head_module is not None) != (head == "module"):
         raise CheckpointError("a module head needs --head-module package.module:factory, and only a module head")
-    if head_module is not None:
-        allow_head_module(head_module)
+    with allowing_head_module(head_module):
+        return _import_model(source, task, out, backbone, head, head_prefix, head_layers, head_module, key_map,
+                             ignore, mean, std, img_size)
+
+
+def _import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, backbone: str | BackboneConfig | None,
+                  head: str, head_prefix: str, head_layers: Sequence[int] | None, head_module: str | None,
+                  key_map: str | os.PathLike | None, ignore: Sequence[str], mean: Sequence[float] | None,
+                  std: Sequence[float] | None, img_size: int | None) -> ImportResult:
     spec = get_task(task)
     source = Path(source)
     if not source.exists():
