@@ -170,3 +170,20 @@ def test_plan_examples_validate(plan, tmp_path):
         parse_plan(raw, tmp_path, doc.name)
     except Exception as exc:
         pytest.fail(f"{doc.name}: the plan example does not validate: {exc}")
+
+
+def test_the_bring_your_own_models_worked_example_runs(tmp_path, monkeypatch, fixed_timings):
+    """docs/import.md's worked example, as written: its Python block saves the source
+    state dicts, then every command of its first shell block runs (import, data, sparsify,
+    export, run) and must succeed."""
+    doc = ROOT / "docs" / "import.md"
+    monkeypatch.setenv("MTLCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    save_timings(fixed_timings, default_cache_path("cpu"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks(doc, {"python"})[0], f"{doc.name} python block 1", "exec"), {"__name__": "__example__"})  # noqa: S102
+    commands = cli_commands(blocks(doc, SHELL)[0])
+    assert [c[0] for c in commands] == ["import", "import", "data", "sparsify", "export", "run"]
+    for args in commands:
+        result = CliRunner().invoke(app, [*args, "--quiet"])
+        assert result.exit_code == 0, f"mtlcompress {' '.join(args)}: {result.output}{result.exception!r}"
+    assert (tmp_path / "model.safetensors").is_file() and any((tmp_path / "maps").rglob("depth.png"))

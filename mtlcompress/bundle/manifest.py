@@ -13,8 +13,14 @@ from typing import Any, Callable
 from mtlcompress.bundle import layouts
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.models.activation_sparsity import GRANULARITIES, ActivationSparsity
-from mtlcompress.models.backbone import BackboneConfig, check_int_range
-from mtlcompress.models.heads import MAX_HEAD_CHANNELS, head_sizes_from_dict, head_type_from_dict
+from mtlcompress.models.backbone import MAX_DEPTH, BackboneConfig, check_int_range
+from mtlcompress.models.heads import (
+    MAX_HEAD_CHANNELS,
+    head_layers_from_dict,
+    head_module_from_dict,
+    head_sizes_from_dict,
+    head_type_from_dict,
+)
 from mtlcompress.tasks.registry import get_task
 
 FORMAT_VERSION = 1
@@ -152,8 +158,11 @@ def _record(fields: dict[str, _Check], optional: tuple[str, ...] = ()) -> _Check
 
 
 _BACKBONE = _checked_by(BackboneConfig.from_dict)
-_HEAD = _all_of(_record({"type": _any, "out_channels": _any, "hidden": _any}, optional=("type",)),
-                _checked_by(head_sizes_from_dict), _checked_by(head_type_from_dict))
+_HEAD = _all_of(_record({"type": _any, "out_channels": _any, "hidden": _any, "layers": _any, "module": _any},
+                        optional=("type", "layers", "module")),
+                _checked_by(head_sizes_from_dict), _checked_by(head_type_from_dict),
+                _checked_by(lambda head: head_layers_from_dict(head, MAX_DEPTH)),
+                _checked_by(head_module_from_dict))
 _NUM_CLASSES = _checked_by(lambda n: check_int_range("num_classes", n, 1, MAX_HEAD_CHANNELS))
 _ACTIVATION = _all_of(_record({"granularity": _one_of(GRANULARITIES), "task_thresholds": _any,
                                "temporal_thresholds": _any}), _checked_by(ActivationSparsity.from_dict))

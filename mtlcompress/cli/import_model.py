@@ -20,8 +20,14 @@ def import_command(
     out: Annotated[Path, typer.Option("--out", help="Single-task checkpoint to write (.safetensors).")],
     backbone: Annotated[str | None, typer.Option(help="timm ViT name or preset; default for a HuggingFace "
                                                  "folder: its config.json.")] = None,
-    head: Annotated[str, typer.Option(help="Head type: 'dense' (3x3 conv + pixel shuffle) or 'linear' "
-                                      "(1x1 conv + bilinear upsampling).")] = "dense",
+    head: Annotated[str, typer.Option(help="Head type: 'dense' (3x3 conv + pixel shuffle), 'linear' "
+                                      "(1x1 conv + bilinear upsampling), 'multilevel' (reads --head-layers) "
+                                      "or 'module' (--head-module).")] = "dense",
+    head_layers: Annotated[str | None, typer.Option(help="Blocks (1-based, comma-separated, e.g. 3,6,9,12) "
+                                                    "a multi-level head reads; implies --head multilevel.")] = None,
+    head_module: Annotated[str | None, typer.Option(help="package.module:factory building your own head class "
+                                                    "(see docs/formats.md, head trust); implies --head module.")
+                           ] = None,
     head_prefix: Annotated[str, typer.Option(help="Key prefix of the head's tensors in the source "
                                              "(e.g. 'decoder.').")] = "head.",
     key_map: Annotated[Path | None, typer.Option(help="TOML file of \"regex\" = \"name\" rules under [keys], "
@@ -43,10 +49,24 @@ def import_command(
 
     if out.exists() and not overwrite:
         raise MtlCompressError(f"{out} exists; pass --overwrite to replace it")
+    layers = None
+    if head_layers is not None:
+        try:
+            layers = [int(part) for part in head_layers.split(",")]
+        except ValueError:
+            raise typer.BadParameter(f"'{head_layers}' is not a comma-separated list of block numbers",
+                                     param_hint="--head-layers") from None
+    if head == "dense" and head_module is not None:  # the default head: the option says which
+        head = "module"
+    elif head == "dense" and layers is not None:
+        head = "multilevel"
     result = import_model(source, task, out, backbone=backbone, head=head, head_prefix=head_prefix,
+                          head_layers=layers, head_module=head_module,
                           key_map=key_map, ignore=ignore or (), mean=mean, std=std, img_size=img_size)
     config = result.info.backbone
     data = {"checkpoint": str(out), "task": task, "head": result.info.head_type,
+            "head_layers": result.info.head_layers and list(result.info.head_layers),
+            "head_module": result.info.head_module,
             "out_channels": result.info.out_channels, "source_format": result.source_format,
             "backbone": config.to_dict(), "loaded": result.loaded, "ignored": result.ignored,
             "initialised": result.initialised, "resampled_pos_embed": result.resampled_pos_embed,

@@ -6,6 +6,9 @@ Document layout (format ``mtlcompress.single_task``, version 1)::
      "backbone": BackboneConfig, "head": {"type": "dense", "out_channels": 1, "hidden": 128},
      "training": {...}, "metrics": {...}, "sparsity": {...}, "mtlcompress_version": "0.1.0"}
 
+A ``multilevel`` head adds ``"layers": [3, 6, 9, 12]`` (the blocks it reads, 1-based); a
+``module`` head adds ``"module": "package.module:factory"`` (see ``models.head_module``).
+
 Loading validates the document, the task, and every tensor name and shape against the
 model the document describes, so a wrong or damaged file fails with one line.
 """
@@ -30,7 +33,14 @@ from mtlcompress.io.container import (
     write_container,
 )
 from mtlcompress.models.backbone import BackboneConfig, check_int_range
-from mtlcompress.models.heads import MAX_HEAD_CHANNELS, build_head, head_sizes_from_dict, head_type_from_dict
+from mtlcompress.models.heads import (
+    MAX_HEAD_CHANNELS,
+    build_head,
+    head_layers_from_dict,
+    head_module_from_dict,
+    head_sizes_from_dict,
+    head_type_from_dict,
+)
 from mtlcompress.models.single_task import SingleTaskModel
 from mtlcompress.tasks.registry import get_task
 
@@ -53,12 +63,24 @@ class CheckpointInfo:
     # Set by `sparsify`: base checkpoint, delta density, activation thresholds.
     sparsity: dict[str, Any] = field(default_factory=dict)
     head_type: str = "dense"  # a name in ``models.heads.HEADS``
+    head_layers: tuple[int, ...] | None = None  # blocks (1-based) a multi-level head reads
+    head_module: str | None = None  # ``package.module:factory`` of a user's head (``models.head_module``)
+
+    def head_record(self) -> dict[str, Any]:
+        """The document's ``head`` object (``layers`` and ``module`` only where set)."""
+        record: dict[str, Any] = {"type": self.head_type, "out_channels": self.out_channels,
+                                  "hidden": self.head_hidden}
+        if self.head_layers is not None:
+            record["layers"] = list(self.head_layers)
+        if self.head_module is not None:
+            record["module"] = self.head_module
+        return record
 
     def to_document(self) -> dict[str, Any]:
         return {
             "task": self.task,
             "backbone": self.backbone.to_dict(),
-            "head": {"type": self.head_type, "out_channels": self.out_channels, "hidden": self.head_hidden},
+            "head": self.head_record(),
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "training": self.training,
@@ -79,6 +101,8 @@ class CheckpointInfo:
                 raise CheckpointError("metadata field 'task' must be a string")
             out_channels, head_hidden = head_sizes_from_dict(doc["head"])
             head_type = head_type_from_dict(doc["head"])
+            head_layers = head_layers_from_dict(doc["head"], backbone.depth)
+            head_module = head_module_from_dict(doc["head"])
             num_classes = doc.get("num_classes")
             if num_classes is not None:
                 check_int_range("metadata field 'num_classes'", num_classes, 1, MAX_HEAD_CHANNELS)
@@ -92,7 +116,7 @@ class CheckpointInfo:
                     raise CheckpointError(f"metadata field '{name}' must be a JSON object")
             info = cls(task=task, backbone=backbone, out_channels=out_channels, head_hidden=head_hidden,
                        num_classes=num_classes, class_names=list(class_names), head_type=head_type,
-                       **sections)
+                       head_layers=head_layers, head_module=head_module, **sections)
         except KeyError as exc:
             raise CheckpointError(f"{path}: metadata is missing the field {exc}") from None
         except CheckpointError as exc:
@@ -110,8 +134,9 @@ class CheckpointInfo:
 
 
 def build_model(info: CheckpointInfo, *, initialise: bool = True) -> SingleTaskModel:
+    """The model ``info`` describes (a ``module`` head imports its factory: ``models.head_module``)."""
     return SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=initialise,
-                           head_type=info.head_type)
+                           head_type=info.head_type, head_layers=info.head_layers, head_module=info.head_module)
 
 
 def checkpoint_tensor_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]:
@@ -119,7 +144,7 @@ def checkpoint_tensor_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]
     the meta device: costs no memory and no weight init, whatever sizes ``info`` claims."""
     with torch.device("meta"):
         model = SingleTaskModel(info.backbone, info.task, info.out_channels, info.head_hidden, initialise=False,
-                                head_type=info.head_type)
+                                head_type=info.head_type, head_layers=info.head_layers, head_module=info.head_module)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
@@ -128,7 +153,7 @@ def head_tensor_shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]:
     files that store one backbone and many heads (bundles), without a backbone per head."""
     with torch.device("meta"):
         head = build_head(info.head_type, info.backbone.embed_dim, info.out_channels, info.backbone.patch_size,
-                          info.head_hidden)
+                          info.head_hidden, layers=info.head_layers, module=info.head_module)
     return {name: tuple(tensor.shape) for name, tensor in head.state_dict().items()}
 
 

@@ -31,7 +31,8 @@ from mtlcompress.models import hf_vit
 from mtlcompress.io.image_size import SizeLike
 from mtlcompress.models.backbone import BackboneConfig, build_backbone, resolve_backbone, with_image_size
 from mtlcompress.models.checkpoint import CheckpointInfo, build_model, save_checkpoint
-from mtlcompress.models.heads import HEADS
+from mtlcompress.models.head_module import allowing_head_module
+from mtlcompress.models.heads import HEAD_TYPES_WITH_LAYERS, HEADS, head_layers_from_dict
 from mtlcompress.models.weights import read_weights_file, unwrap_state_dict
 from mtlcompress.tasks.registry import get_task
 
@@ -87,6 +88,7 @@ def read_key_map(path: str | os.PathLike) -> list[tuple[re.Pattern[str], str]]:
 
 def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *,
                  backbone: str | BackboneConfig | None = None, head: str = "dense", head_prefix: str = "head.",
+                 head_layers: Sequence[int] | None = None, head_module: str | None = None,
                  key_map: str | os.PathLike | None = None, ignore: Sequence[str] = (),
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  img_size: SizeLike | None = None) -> ImportResult:
@@ -100,7 +102,12 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
             the default is the folder's ``config.json``.
         head: a head type in ``models.heads.HEADS``; its weights are the source keys under
             ``head_prefix`` (``conv.*``/``proj.*``; for ``linear`` also a bare ``weight``
-            and ``bias``, from a ``Conv2d`` 1x1 or a ``Linear``).
+            and ``bias``, from a ``Conv2d`` 1x1 or a ``Linear``; for ``multilevel``
+            ``proj.<level>.*``, ``fuse.*``, ``predict.*``; for ``module`` the user
+            module's own ``state_dict`` names).
+        head_layers: the blocks (1-based) a ``multilevel`` or ``module`` head reads.
+        head_module: ``package.module:factory`` of a ``module`` head; trusted for this
+            import only (loading the checkpoint later needs it allowed: ``models.head_module``).
         key_map: TOML rules (see ``read_key_map``) applied to every key first.
         ignore: regular expressions; source keys (or missing model keys) they match are
             not an error (missing ones keep their fresh initialisation).
@@ -110,6 +117,17 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
     """
     if head not in HEADS:
         raise CheckpointError(f"unknown head type '{head}'; known head types: {', '.join(HEADS)}")
+    if (head_module is not None) != (head == "module"):
+        raise CheckpointError("a module head needs --head-module package.module:factory, and only a module head")
+    with allowing_head_module(head_module):
+        return _import_model(source, task, out, backbone, head, head_prefix, head_layers, head_module, key_map,
+                             ignore, mean, std, img_size)
+
+
+def _import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, backbone: str | BackboneConfig | None,
+                  head: str, head_prefix: str, head_layers: Sequence[int] | None, head_module: str | None,
+                  key_map: str | os.PathLike | None, ignore: Sequence[str], mean: Sequence[float] | None,
+                  std: Sequence[float] | None, img_size: int | None) -> ImportResult:
     spec = get_task(task)
     source = Path(source)
     if not source.exists():
@@ -142,13 +160,14 @@ def import_model(source: str | os.PathLike, task: str, out: str | os.PathLike, *
     head_state, backbone_state = _split_head(state, origin, head_prefix, head)
     expected_backbone = set(_backbone_keys(config))
     backbone_state = _strip_wrappers(backbone_state, origin, expected_backbone)
-    out_channels, hidden = _head_sizes(head_state, head, config, head_prefix)
+    layers = _check_layers(head_layers, config, head)
+    out_channels, hidden = _head_sizes(head_state, head, config, head_prefix, spec.channels)
     num_classes = out_channels if spec.categorical else None
     if spec.channels is not None and spec.channels != out_channels:
         raise CheckpointError(f"{source}: the head predicts {out_channels} channels, task '{task}' needs "
                               f"{spec.channels}; is this the right task or --head type?")
     info = CheckpointInfo(task=task, backbone=config, out_channels=out_channels, head_hidden=hidden,
-                          num_classes=num_classes, head_type=head)
+                          num_classes=num_classes, head_type=head, head_layers=layers, head_module=head_module)
     with torch.device("meta"):  # shapes only: the weights come from the source
         expected = build_model(info).state_dict()
     provided = {f"backbone.{k}": v for k, v in backbone_state.items()}
@@ -272,9 +291,33 @@ def _backbone_keys(config: BackboneConfig) -> list[str]:
         return list(build_backbone(config, initialise=False).state_dict())
 
 
+def _check_layers(layers: Sequence[int] | None, config: BackboneConfig, head: str) -> tuple[int, ...] | None:
+    """The blocks a head reads, checked as a file's record is (against the depth)."""
+    if layers is None:
+        if head == "multilevel":
+            raise CheckpointError("a multilevel head needs the blocks it reads (--head-layers 3,6,9,12)")
+        return None
+    if head not in HEAD_TYPES_WITH_LAYERS:
+        raise CheckpointError(f"--head-layers go with a {' or '.join(HEAD_TYPES_WITH_LAYERS)} head, not {head}")
+    return head_layers_from_dict({"layers": list(layers)}, config.depth)
+
+
 def _head_sizes(head_state: dict[str, torch.Tensor], head: str, config: BackboneConfig,
-                prefix: str) -> tuple[int, int]:
-    """(out_channels, hidden) read off the head's weights."""
+                prefix: str, task_channels: int | None) -> tuple[int, int]:
+    """(out_channels, hidden) read off the head's weights. A user's head: the task's
+    channels, else the first dimension of its last weight (the built module's shapes
+    are checked against the source's afterwards)."""
+    if head == "module":
+        weights = [t for k, t in head_state.items() if k.endswith("weight") and t.dim() >= 2]
+        if task_channels is None and not weights:
+            raise CheckpointError(f"no head weights under the prefix '{prefix}'; name it with --head-prefix")
+        return (task_channels if task_channels is not None else int(weights[-1].shape[0])), 128
+    if head == "multilevel":
+        predict = head_state.get("predict.weight")
+        if predict is None or predict.dim() != 4:
+            raise CheckpointError(f"no multilevel head weights under the prefix '{prefix}' (expected "
+                                  f"'{prefix}predict.weight'); name the head's prefix with --head-prefix")
+        return int(predict.shape[0]), int(predict.shape[1])
     proj = head_state.get("proj.weight")
     if proj is None or proj.dim() != 4:
         raise CheckpointError(f"no {head} head weights under the prefix '{prefix}' (expected '{prefix}proj.weight'); "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 import torch.nn as nn
 
 from mtlcompress.models.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, build_backbone
 from mtlcompress.models.heads import build_head
+from mtlcompress.models.taps import record_block_outputs
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SingleTaskModel", "backbone_patch_tokens", "normalize_images"]
 
@@ -27,19 +30,44 @@ def backbone_patch_tokens(backbone: nn.Module, config: BackboneConfig, images: t
 
 
 class SingleTaskModel(nn.Module):
-    """One task's model. ``forward(images in [0,1]) -> raw map [B, C, H, W]``."""
+    """One task's model. ``forward(images in [0,1]) -> raw map [B, C, H, W]``.
+
+    A head with ``head_layers`` (1-based block indices) reads those blocks' outputs,
+    each through the backbone's final norm; other heads read the last block's.
+    """
 
     def __init__(self, backbone_config: BackboneConfig, task: str, out_channels: int, head_hidden: int = 128,
-                 *, initialise: bool = True, head_type: str = "dense") -> None:
+                 *, initialise: bool = True, head_type: str = "dense", head_layers: Sequence[int] | None = None,
+                 head_module: str | None = None) -> None:
         super().__init__()
         self.backbone_config = backbone_config
         self.task = task
+        self.head_layers = None if head_layers is None else tuple(head_layers)
         self.backbone = build_backbone(backbone_config, initialise=initialise)
         self.head = build_head(head_type, backbone_config.embed_dim, out_channels, backbone_config.patch_size,
-                               head_hidden)
+                               head_hidden, layers=self.head_layers, module=head_module)
 
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         return backbone_patch_tokens(self.backbone, self.backbone_config, images)
 
+    @property
+    def feature_blocks(self) -> tuple[int, ...]:
+        """The blocks (1-based) whose outputs the head reads besides the last one."""
+        return self.head_layers or ()
+
+    def head_output(self, block_outputs: Mapping[int, torch.Tensor], grid: int) -> torch.Tensor:
+        """The head on ``block_outputs`` (1-based block index -> that block's output
+        ``[B, N, D]``, prefix tokens included, before the final norm): the last block's for
+        a one-level head, each of ``head_layers`` for a multi-level one. Engines that run
+        the blocks themselves call this, so every engine feeds a head alike."""
+        prefix, norm = self.backbone_config.num_prefix_tokens, self.backbone.norm
+        if self.head_layers is None:
+            return self.head(norm(block_outputs[self.backbone_config.depth])[:, prefix:], grid)
+        return self.head([norm(block_outputs[i])[:, prefix:] for i in self.head_layers], grid)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.patch_tokens(images), self.backbone_config.grid_size)
+        if self.head_layers is None:
+            return self.head(self.patch_tokens(images), self.backbone_config.grid_size)
+        with record_block_outputs(self.backbone, self.head_layers) as outputs:
+            self.backbone.forward_features(normalize_images(images, self.backbone_config))
+        return self.head_output(outputs, self.backbone_config.grid_size)

@@ -4,13 +4,14 @@ The method works on the input ``x`` of every shared linear layer (qkv, attention
 mlp fc1, mlp fc2). Two things need those inputs: the activation-sparsity penalty
 (record the base's and the sub-task's inputs and penalise their difference), and the
 reference engine (replace the sub-task's input by ``x_0 + threshold(x_t - x_0)``).
-Both are forward pre-hooks, so the timm modules run unmodified.
+Both are forward pre-hooks, so the timm modules run unmodified. Multi-level heads also
+read whole blocks' outputs (``record_block_outputs``, forward hooks).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -116,3 +117,21 @@ def propagated_linear_inputs(
 
     with linear_input_hooks(backbone, names, hook):
         yield
+
+
+@contextlib.contextmanager
+def record_block_outputs(backbone: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Collect ``{layer: output}`` of the named blocks (1-based) in each forward inside
+    the block: what a multi-level head reads. Forward hooks, so the taps on the linear
+    layers (thresholds) shape these outputs as they shape the last block's."""
+    recorded: dict[int, torch.Tensor] = {}
+    handles = []
+    for layer in layers:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor, layer: int = layer) -> None:
+            recorded[layer] = output
+        handles.append(backbone.blocks[layer - 1].register_forward_hook(hook))
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -194,7 +194,7 @@ def stream_flops(bundle: Bundle, temporal_density: dict[str, dict[str, float]], 
     keyframe = sum(task["total"] for task in flops.independent_flops(bundle).values())
     other = 0.0
     for name, entry in bundle.tasks.items():
-        dense = flops.dense_model_flops(config, entry.info.out_channels, entry.info.head_hidden)
+        dense = flops.task_model_flops(bundle, name)
         thresholds = entry.activation.temporal_thresholds
         measured = temporal_density.get(name, {})
         linear = sum(flops.linear_flops(config, layer) * (float(measured.get(layer, 1.0)) if layer in thresholds

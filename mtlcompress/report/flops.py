@@ -7,12 +7,16 @@ multiply-add is 2 FLOPs, and only matrix products and convolutions are counted:
 * ``patch_embed``: the patch-embedding convolution, ``2 * P * D * 3 * p^2``;
 * ``linear``: every ``qkv``, ``proj``, ``fc1``, ``fc2`` of every block, ``2 * N * in * out``;
 * ``attention``: the two attention matmuls ``Q K^T`` and ``A V``, ``4 * N^2 * D`` per block;
-* ``head``: the task head's 3x3 and 1x1 convolutions, ``2 * P * out * in * k^2`` each
-  (padding is not discounted, as FlopCounterMode does not);
+* ``head``: the task head's own convolutions and matrix products. The dense head's 3x3
+  and 1x1 convolutions analytically, ``2 * P * out * in * k^2`` each (padding is not
+  discounted, as FlopCounterMode does not); every other head type (``linear``,
+  ``multilevel``, a user's ``module``) is *counted*, by running FlopCounterMode over the
+  head once on meta tensors (``task_head_flops``): exact by this convention for our
+  heads, and for a user's head as exact as FlopCounterMode's op coverage;
 
 with ``P = rows * cols`` patches, ``N = P + prefix tokens`` and ``D`` the embedding width.
-Biases, LayerNorm, softmax, GELU, residual adds, layer scale, pixel shuffle and the
-input normalisation are *not* counted (they are elementwise and small next to the
+Biases, LayerNorm, softmax, GELU, residual adds, layer scale, pixel shuffle, bilinear
+upsampling and the input normalisation are *not* counted (they are elementwise and small next to the
 products). Compare with FlopCounterMode on a model whose attention runs unfused
 (``attn.fused_attn = False``): for timm's fused ``scaled_dot_product_attention`` on
 CPU tensors it counts 0 (torch 2.14), so it under-reports by ``attention``.
@@ -32,8 +36,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.models.backbone import BackboneConfig
+from mtlcompress.models.checkpoint import CheckpointInfo
+from mtlcompress.models.heads import build_head
 from mtlcompress.models.taps import layer_kind, shared_linear_names
 
 PARTS = ("patch_embed", "linear", "attention", "head")
@@ -76,26 +85,50 @@ def head_flops(config: BackboneConfig, out_channels: int, hidden: int) -> int:
     return 2 * patches * hidden * config.embed_dim * 9 + 2 * patches * out_channels * config.patch_size**2 * hidden
 
 
-def dense_model_flops(config: BackboneConfig, out_channels: int, head_hidden: int) -> dict[str, int]:
-    """FLOPs of one dense single-task model per image, by part, plus ``total``."""
+def task_head_flops(info: CheckpointInfo) -> int:
+    """FLOPs per image of the head ``info`` describes, by its own type: the dense head
+    by ``head_flops``, any other counted by FlopCounterMode on a meta-device head (no
+    memory, no weights). A user's head is built from its installed module, as loading
+    its bundle already did."""
+    config = info.backbone
+    if info.head_type == "dense":
+        return head_flops(config, info.out_channels, info.head_hidden)
+    with torch.device("meta"):
+        head = build_head(info.head_type, config.embed_dim, info.out_channels, config.patch_size, info.head_hidden,
+                          layers=info.head_layers, module=info.head_module)
+        tokens = torch.empty(1, config.grid_size**2, config.embed_dim)
+        features = tokens if info.head_layers is None else [tokens] * len(info.head_layers)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            head(features, config.grid_size)
+    return int(counter.get_total_flops())
+
+
+def dense_model_flops(config: BackboneConfig, out_channels: int, head_hidden: int,
+                      head: int | None = None) -> dict[str, int]:
+    """FLOPs of one dense single-task model per image, by part, plus ``total``;
+    ``head``: the head's FLOPs when it is not the dense head (``task_head_flops``)."""
     parts = {
         "patch_embed": patch_embed_flops(config),
         "linear": sum(linear_flops(config, layer) for layer in linear_shapes(config)),
         "attention": attention_flops(config),
-        "head": head_flops(config, out_channels, head_hidden),
+        "head": head_flops(config, out_channels, head_hidden) if head is None else head,
     }
     return {**parts, "total": sum(parts.values())}
 
 
 def _task_head_flops(bundle: Bundle, task: str) -> int:
+    return task_head_flops(bundle.task(task).info)
+
+
+def task_model_flops(bundle: Bundle, task: str) -> dict[str, int]:
+    """``dense_model_flops`` of the bundle's task, with its own head."""
     info = bundle.task(task).info
-    return head_flops(bundle.backbone, info.out_channels, info.head_hidden)
+    return dense_model_flops(bundle.backbone, info.out_channels, info.head_hidden, _task_head_flops(bundle, task))
 
 
 def independent_flops(bundle: Bundle) -> dict[str, dict[str, int]]:
     """(a): every task as its own dense model (heads differ per task)."""
-    return {task: dense_model_flops(bundle.backbone, entry.info.out_channels, entry.info.head_hidden)
-            for task, entry in bundle.tasks.items()}
+    return {task: task_model_flops(bundle, task) for task in bundle.tasks}
 
 
 def _nnz(bundle: Bundle, task: str, name: str) -> int:
@@ -125,7 +158,7 @@ def bundle_flops(bundle: Bundle, densities: Mapping[str, Mapping[str, float]] | 
     out: dict[str, dict[str, Any]] = {}
     for task, entry in bundle.tasks.items():
         if task == bundle.base_task:
-            dense = dense_model_flops(config, entry.info.out_channels, entry.info.head_hidden)
+            dense = task_model_flops(bundle, task)
             per_layer = {layer: linear_flops(config, layer) for layer in linear_shapes(config)}
             out[task] = {**dense, "per_layer": per_layer, "fixed": dense["total"], "slope": 0}
             continue
@@ -155,9 +188,9 @@ def bundle_flops(bundle: Bundle, densities: Mapping[str, Mapping[str, float]] | 
 def limit_flops(bundle: Bundle) -> dict[str, dict[str, int]]:
     """(c): the base dense; each sub-task only its attention matmuls and head."""
     config, out = bundle.backbone, {}
-    for task, entry in bundle.tasks.items():
+    for task in bundle.tasks:
         if task == bundle.base_task:
-            out[task] = dense_model_flops(config, entry.info.out_channels, entry.info.head_hidden)
+            out[task] = task_model_flops(bundle, task)
         else:
             parts = {"patch_embed": 0, "linear": 0, "attention": attention_flops(config),
                      "head": _task_head_flops(bundle, task)}

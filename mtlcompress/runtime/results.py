@@ -46,3 +46,24 @@ class DensityStats:
 
     def reset(self) -> None:
         self.totals.clear()
+
+
+def record_measured(stats: DensityStats, densities: dict[tuple[str, str], float],
+                    measured: list[tuple[str, str, torch.Tensor, torch.Tensor]]) -> None:
+    """Add the kept fractions of ``measured`` (``(task key, layer, kept mask, changed
+    rows)``) to ``stats`` and refresh ``densities``, the ones paths are chosen by (one sync)."""
+    if not measured:
+        return
+    element = measured[0][2].dim() != measured[0][3].dim()
+    fractions = [m.float().mean() for _, _, m, _ in measured]
+    if element:  # the token paths are priced by the rows with any kept entry
+        fractions += [r.float().mean() for _, _, _, r in measured]
+    values = torch.stack(fractions).tolist()
+    per_task: dict[str, dict[str, list[float]]] = {}
+    for i, (key, name, _, _) in enumerate(measured):
+        per_task.setdefault(key, {}).setdefault(name, []).append(values[i])
+        densities[(key, name)] = values[len(measured) + i] if element else values[i]
+        if element:
+            densities[(key, name + "#element")] = values[i]
+    for key, layer_stats in per_task.items():
+        stats.add(key, layer_stats)

@@ -64,7 +64,8 @@ from mtlcompress.runtime.lockstep import LockstepRows
 from mtlcompress.runtime.network_plan import NetworkChooser, NetworkPlan, price_network
 from mtlcompress.runtime.profiling import (NO_TIMER, PROFILE_KIND_OF_LAYER, PROFILE_KINDS, ROLE_ALL, ROLE_BASE,
                                            ROLE_SUB, SectionTimer, relative_drift)
-from mtlcompress.runtime.results import DensityStats, FrameResult
+from mtlcompress.runtime.head_features import feature_blocks, lockstep_levels, task_levels
+from mtlcompress.runtime.results import DensityStats, FrameResult, record_measured
 from mtlcompress.runtime.row_state import RowState
 from mtlcompress.runtime.stream_fallback import StreamFallback
 from mtlcompress.runtime.stream_state import StreamState, TaskStreamState
@@ -233,9 +234,11 @@ class SharedEngine:
         measured: list[tuple[str, str, Tensor, Tensor]] = []
         x0 = self._embed(self._base, pixels, ROLE_BASE)
         embeds = [x0, *(x0 if task.shares_embedding else self._embed(task, pixels, ROLE_SUB) for task in self._subs)]
-        finals = self._task_rows.run(embeds, measured)
-        outputs = {task.name: self._head(task, x, ROLE_BASE if task is self._base else ROLE_SUB)
-                   for task, x in zip(self._task_rows.tasks, finals) if task.name in self.tasks}
+        levels: dict[int, list[Tensor]] = dict.fromkeys(feature_blocks(self._task_rows.tasks))
+        finals = self._task_rows.run(embeds, measured, levels)
+        outputs = {task.name: self._head(task, x, ROLE_BASE if task is self._base else ROLE_SUB,
+                                         levels=task_levels(levels, k))
+                   for k, (task, x) in enumerate(zip(self._task_rows.tasks, finals)) if task.name in self.tasks}
         self._record(measured, temporal=False)
         return outputs
 
@@ -261,12 +264,15 @@ class SharedEngine:
             if task.granularity == "token":  # below, with the other token tasks
                 embeds[task.name] = x
                 continue
+            levels = {}
             for i in range(self.bundle.backbone.depth):
                 x = self._block(task, i, x, lambda n, h, task=task, state=state, role=role:
                                 self._temporal_linear(task, state.refs, measured, drifts, role, n, h, keyframe),
                                 role)
+                if i + 1 in task.model.feature_blocks:
+                    levels[i + 1] = x
             if task.name in self.tasks:
-                outputs[task.name] = self._head(task, x, role, state)
+                outputs[task.name] = self._head(task, x, role, state, levels)
         if self._lockstep is not None:
             lockstep = self._lockstep
             kept: list[tuple[str, Tensor]] = []
@@ -278,10 +284,11 @@ class SharedEngine:
                     self.layer_paths.setdefault(f"{name}/temporal", {}).update(paths)
             else:
                 finals = lockstep.frame(stream.rows, inputs, kept, drifts)
-            for task, x in zip(lockstep.tasks, finals):
+            levels = lockstep_levels(stream.rows, feature_blocks(lockstep.tasks), len(lockstep.tasks), finals[0].shape)
+            for k, (task, x) in enumerate(zip(lockstep.tasks, finals)):
                 if task.name in self.tasks:
                     outputs[task.name] = self._head(task, x, ROLE_BASE if task is self._base else ROLE_SUB,
-                                                    stream.tasks[task.name])
+                                                    stream.tasks[task.name], task_levels(levels, k))
             self._record_lockstep(kept, stream.rows.rows_per_task)
         self._record(measured, temporal=True)
         return outputs, relative_drift(drifts)
@@ -354,9 +361,11 @@ class SharedEngine:
             x_out = x_mid + block.ls2(h)
         return x_out
 
-    def _head(self, task: EngineTask, x: Tensor, role: str, state: TaskStreamState | None = None) -> Tensor:
-        """Final norm and head; with a stream ``state``, kept there (at a keyframe) or
-        updated from it (later frames) where the head allows."""
+    def _head(self, task: EngineTask, x: Tensor, role: str, state: TaskStreamState | None = None,
+              levels: dict[int, Tensor] | None = None) -> Tensor:
+        """Final norm and head on the last block's output ``x`` (and ``levels``, the
+        other blocks' outputs a multi-level head reads); with a stream ``state``, kept
+        there (at a keyframe) or updated from it (later frames) where the head allows."""
         prefix, grid = self.bundle.backbone.num_prefix_tokens, self.bundle.backbone.grid_size
         with self._timed(role, "head"):
             if state is not None and state.head is not None:
@@ -364,28 +373,14 @@ class SharedEngine:
             if state is not None and task.incremental_head:
                 state.head = HeadState(task.backbone.norm, task.model.head, prefix, grid, x)
                 return state.head.output
-            return task.model.head(task.backbone.norm(x)[:, prefix:], grid)
+            return task.model.head_output({**(levels or {}), self.bundle.backbone.depth: x}, grid)
 
     # ----------------------------------------------------------------------------------
     # Path choice, statistics, profiling.
     # ----------------------------------------------------------------------------------
     def _record(self, measured: list[tuple[str, str, Tensor, Tensor]], temporal: bool) -> None:
         """Add kept fractions to ``stats`` and refresh the densities paths are chosen by (one sync)."""
-        if not measured:
-            return
-        element = measured[0][2].dim() != measured[0][3].dim()
-        fractions = [m.float().mean() for _, _, m, _ in measured]
-        if element:  # the token paths are priced by the rows with any kept entry
-            fractions += [r.float().mean() for _, _, _, r in measured]
-        values = torch.stack(fractions).tolist()
-        per_task: dict[str, dict[str, list[float]]] = {}
-        for i, (key, name, _, _) in enumerate(measured):
-            per_task.setdefault(key, {}).setdefault(name, []).append(values[i])
-            self.planner.densities[(key, name)] = values[len(measured) + i] if element else values[i]
-            if element:
-                self.planner.densities[(key, name + "#element")] = values[i]
-        for key, layer_stats in per_task.items():
-            self.stats.add(key, layer_stats)
+        record_measured(self.stats, self.planner.densities, measured)
 
     def _record_lockstep(self, kept: list[tuple[str, Tensor]], rows_per_task: int) -> None:
         """``_record`` for the lockstep row path's temporal kept masks."""

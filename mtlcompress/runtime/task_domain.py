@@ -87,11 +87,14 @@ class TaskDomainRows:
         self._blocks = [stack_blocks([b[i] for b in blocks]) for i in range(len(blocks[0]))]
         self._linears: dict[str, _SharedLinear] = {}
 
-    def run(self, embeds: Sequence[Tensor], measured: list) -> list[Tensor]:
+    def run(self, embeds: Sequence[Tensor], measured: list, levels: dict[int, list[Tensor]] | None = None
+            ) -> list[Tensor]:
         """The blocks on each task's tokens after the embedding (``embeds``: ``[B, N, C]``
         each, in task order); returns each task's block output ``[B, N, C]``.
         ``measured`` receives ``(task, layer, kept mask, changed rows)`` per sub-task and
-        thresholded layer, as ``SharedEngine._record`` reads them."""
+        thresholded layer, as ``SharedEngine._record`` reads them. ``levels``: for each
+        1-based block index among its keys, gets that block's output per task (what
+        multi-level heads read)."""
         batch, tokens, width = embeds[0].shape
         x = torch.stack([e.reshape(batch * tokens, width) for e in embeds])
         for i, params in enumerate(self._blocks):
@@ -111,6 +114,8 @@ class TaskDomainRows:
             h = self._linear(prefix + "mlp.fc2", h, measured)
             with self._timed("norm_act"):
                 x = _residual(x, params.ls2, h)
+            if levels is not None and i + 1 in levels:  # a copy: x is updated in place
+                levels[i + 1] = list(x.clone().view(len(self.tasks), batch, tokens, width).unbind(0))
         return list(x.view(len(self.tasks), batch, tokens, width).unbind(0))
 
     # ----------------------------------------------------------------------------------

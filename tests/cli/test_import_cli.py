@@ -17,7 +17,8 @@ from mtlcompress.bundle.format import load_bundle
 from mtlcompress.cli.main import app, main
 from mtlcompress.models.backbone import PRESETS, build_backbone
 from mtlcompress.models.checkpoint import load_checkpoint, read_checkpoint_info
-from mtlcompress.models.heads import DenseHead, LinearHead
+from mtlcompress.models.head_module import HEAD_MODULES_ENV
+from mtlcompress.models.heads import DenseHead, LinearHead, MultiLevelHead
 from mtlcompress.models.single_task import normalize_images
 from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.shared_engine import SharedEngine
@@ -138,3 +139,90 @@ def test_imported_checkpoints_sparsify_export_and_run(sources, quick_demo, tmp_p
                                  str(tmp_path / "out"), "--engine", "dense", "--json"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "a" / "depth.png").is_file()
+
+
+USER_HEAD = """
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class TwoLevelProbe(nn.Module):
+    def __init__(self, embed_dim, out_channels, patch_size, layers):
+        super().__init__()
+        self.patch = patch_size
+        self.probe = nn.Linear(embed_dim * len(layers), out_channels)
+
+    def forward(self, levels, grid):
+        rows, cols = (grid, grid) if isinstance(grid, int) else grid
+        maps = self.probe(torch.cat(levels, dim=-1)).transpose(1, 2).reshape(levels[0].shape[0], -1, rows, cols)
+        return F.interpolate(maps, scale_factor=self.patch, mode="bilinear", align_corners=False)
+
+
+def two_level_probe(embed_dim, out_channels, patch_size, layers=()):
+    return TwoLevelProbe(embed_dim, out_channels, patch_size, layers)
+"""
+
+
+def test_multilevel_and_user_heads_import_sparsify_export_and_run(sources, quick_demo, tmp_path, fixed_timings,
+                                                                   monkeypatch):
+    """A multi-level normals head (--head-layers) and a user's edges head (--head-module,
+    reading both blocks) on the depth model's backbone, 5% moved: imported exactly, then
+    sparsified, exported and run, with the engines agreeing."""
+    (tmp_path / "lab_heads.py").write_text("import torch\n" + USER_HEAD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(HEAD_MODULES_ENV, "lab_heads")
+    import lab_heads
+
+    folder = sources["folder"]
+    tuned = sources["normals"][0]
+    torch.manual_seed(3)
+    heads = {"normals": MultiLevelHead(32, 3, 8, 16, layers=(1, 2)).eval(),
+             "edges": lab_heads.two_level_probe(32, 1, 8, layers=(1, 2)).eval()}
+    for task, head in heads.items():
+        torch.save({"model": {**{f"backbone.{k}": v for k, v in tuned.state_dict().items()},
+                              **{f"decoder.{k}": v for k, v in head.state_dict().items()}}}, folder / f"{task}-ml.pth")
+    depth = tmp_path / "depth.safetensors"
+    _import(folder / "depth.safetensors", "--task", "depth", "--backbone", "micro", "--head", "linear", "--out", depth)
+    summary = _import(folder / "normals-ml.pth", "--task", "normals", "--backbone", "micro", "--head-prefix",
+                      "decoder.", "--head-layers", "1,2", "--out", tmp_path / "normals.safetensors")
+    assert summary["head"] == "multilevel" and summary["head_layers"] == [1, 2]
+    summary = _import(folder / "edges-ml.pth", "--task", "edges", "--backbone", "micro", "--head-prefix", "decoder.",
+                      "--head-module", "lab_heads:two_level_probe", "--head-layers", "1,2",
+                      "--out", tmp_path / "edges.safetensors")
+    assert summary["head"] == "module" and summary["head_module"] == "lab_heads:two_level_probe"
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        levels = tuned.forward_intermediates(normalize_images(images, MICRO), indices=[0, 1], norm=True,
+                                             output_fmt="NLC", intermediates_only=True)
+        for task, head in heads.items():
+            model, _ = load_checkpoint(tmp_path / f"{task}.safetensors")
+            assert torch.allclose(model(images), head(levels, 4), atol=1e-5)
+    sparse = []
+    for task in heads:
+        sparse.append(tmp_path / f"{task}.weights.safetensors")
+        result = runner.invoke(app, ["sparsify", "weights", "--base", str(depth), "--task",
+                                     str(tmp_path / f"{task}.safetensors"), "--data", str(quick_demo["data"]),
+                                     "--out", str(sparse[-1]), "--method", "magnitude", "--steps", "2", "--json"])
+        assert result.exit_code == 0, result.output
+    assert read_checkpoint_info(sparse[0]).head_layers == (1, 2)
+    bundle_path = tmp_path / "bundle.safetensors"
+    result = runner.invoke(app, ["export", "--base", str(depth), "--task", str(sparse[0]), "--task", str(sparse[1]),
+                                 "--out", str(bundle_path), "--json"])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(bundle_path)
+    assert bundle.task("edges").info.head_module == "lab_heads:two_level_probe"
+    shared = SharedEngine(bundle, timings=fixed_timings).predict(images)
+    dense = DenseEngine(bundle).predict(images)
+    for task in ("depth", "normals", "edges"):
+        assert torch.allclose(shared[task], dense[task], atol=1e-4)
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+        tmp_path / "imgs" / "a.png")
+    result = runner.invoke(app, ["run", str(bundle_path), str(tmp_path / "imgs"), "--out", str(tmp_path / "out"),
+                                 "--engine", "dense", "--json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "a" / "edges.png").is_file() and (tmp_path / "out" / "a" / "normals.png").is_file()
+    monkeypatch.delenv(HEAD_MODULES_ENV)
+    result = runner.invoke(app, ["run", str(bundle_path), str(tmp_path / "imgs"), "--out", str(tmp_path / "out2"),
+                                 "--json"])
+    assert "'lab_heads' is not allowed: list it in MTLCOMPRESS_HEAD_MODULES" in str(result.exception)

@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from mtlcompress.errors import CheckpointError
 from mtlcompress.models.backbone import BackboneConfig, config_from_timm
 from mtlcompress.models.checkpoint import load_checkpoint, read_checkpoint_info
-from mtlcompress.models.heads import DenseHead, LinearHead
+from mtlcompress.models.heads import DenseHead, LinearHead, MultiLevelHead
 from mtlcompress.models.importing import import_model
 from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.engines import make_engine
@@ -37,7 +37,7 @@ VARIANTS = {
 }
 
 
-def make_source(head_kind: str = "linear", channels: int = 1, seed: int = 0, **variant):
+def make_source(head_kind: str = "linear", channels: int = 1, seed: int = 0, layers=(1, 2), **variant):
     """A timm ViT (embed 32, depth 2, 32 px) + head with random weights, and its config."""
     torch.manual_seed(seed)
     args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0, global_pool="")
@@ -45,14 +45,22 @@ def make_source(head_kind: str = "linear", channels: int = 1, seed: int = 0, **v
     for param in vit.parameters():  # zero-initialised tokens would hide a misplaced one
         param.data.add_(torch.randn_like(param) * 0.02)
     config = config_from_timm(vit, "test-vit")
-    head_cls = LinearHead if head_kind == "linear" else DenseHead
-    head = head_cls(32, channels, config.patch_size, 8).eval()
+    if head_kind == "multilevel":
+        head = MultiLevelHead(32, channels, config.patch_size, 8, layers=layers).eval()
+    else:
+        head = (LinearHead if head_kind == "linear" else DenseHead)(32, channels, config.patch_size, 8).eval()
     return vit, head, config
 
 
 def source_prediction(vit, head, config, images):
+    """The source model's prediction; a multi-level head reads timm's own
+    ``forward_intermediates`` (final-normed block outputs, 0-based indices)."""
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     with torch.no_grad():
+        if isinstance(head, MultiLevelHead):
+            levels = vit.forward_intermediates((images - mean) / std, indices=[i - 1 for i in head.layers],
+                                               norm=True, output_fmt="NLC", intermediates_only=True)
+            return head(levels, config.grid_size)
         tokens = vit.forward_features((images - mean) / std)[:, config.num_prefix_tokens:]
         return head(tokens, config.grid_size)
 
@@ -266,3 +274,52 @@ def test_a_bare_linear_probe_is_the_linear_head(tmp_path):
     images = torch.rand(1, 3, 32, 32)
     assert torch.allclose(imported_prediction(tmp_path / "o.safetensors", images),
                           source_prediction(vit, head, config, images), atol=1e-5)
+
+
+def _save(layout: str, vit, head, folder):
+    """The source as ``layout`` saves it; returns what to import and the head prefix."""
+    if layout == "plain":
+        save_file({**vit.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()}},
+                  folder / "src.safetensors")
+        return folder / "src.safetensors", "head."
+    if layout == "wrapped":
+        torch.save({"state_dict": {**{f"module.backbone.{k}": v for k, v in vit.state_dict().items()},
+                                   **{f"module.decoder.{k}": v for k, v in head.state_dict().items()}}},
+                   folder / "src.pth")
+        return folder / "src.pth", "decoder."
+    (folder / "hf").mkdir()
+    save_file(hf_state(vit, head), folder / "hf" / "model.safetensors")
+    (folder / "hf" / "config.json").write_text(json.dumps({
+        "model_type": "vit", "hidden_size": 32, "num_hidden_layers": len(vit.blocks), "num_attention_heads": 2,
+        "intermediate_size": 128, "image_size": 32, "patch_size": 8, "qkv_bias": True,
+        "layer_norm_eps": 1e-6, "hidden_act": "gelu"}))
+    (folder / "hf" / "preprocessor_config.json").write_text(json.dumps({"image_mean": MEAN, "image_std": STD}))
+    return folder / "hf", "decoder."
+
+
+@pytest.mark.parametrize("layout", ["plain", "wrapped", "hf"])
+@pytest.mark.parametrize("head_kind", ["linear", "multilevel"])
+def test_linear_and_multilevel_heads_predict_as_their_source_in_every_layout(layout, head_kind, tmp_path):
+    vit, head, config = make_source(head_kind, channels=3, layers=(1, 3, 4), depth=4)
+    source, prefix = _save(layout, vit, head, tmp_path)
+    layers = (1, 3, 4) if head_kind == "multilevel" else None
+    result = import_model(source, "normals", tmp_path / "out.safetensors", backbone=None if layout == "hf" else config,
+                          head=head_kind, head_prefix=prefix, head_layers=layers, mean=MEAN, std=STD)
+    assert result.info.head_type == head_kind and result.info.head_layers == layers
+    images = torch.rand(2, 3, 32, 32)
+    expected = source_prediction(vit, head, config, images)
+    assert torch.allclose(imported_prediction(tmp_path / "out.safetensors", images), expected, atol=1e-5)
+
+
+def test_head_layers_are_checked_against_the_backbone(tmp_path):
+    vit, head, config = make_source("multilevel", layers=(1, 2))
+    source, _ = _save("plain", vit, head, tmp_path)
+    for layers, message in (((1, 3), "names block 3; the backbone has blocks 1 to 2"), ((2, 1), "must increase"), (None, "needs the blocks")):
+        with pytest.raises(CheckpointError, match=message):
+            import_model(source, "depth", tmp_path / "out.safetensors", backbone=config, head="multilevel",
+                         head_layers=layers)
+    with pytest.raises(CheckpointError, match="2 source keys unused: head.proj.1.bias, head.proj.1.weight"):
+        import_model(source, "depth", tmp_path / "out.safetensors", backbone=config, head="multilevel",
+                     head_layers=(2,))
+    with pytest.raises(CheckpointError, match="--head-layers go with a multilevel or module head"):
+        import_model(source, "depth", tmp_path / "out.safetensors", backbone=config, head="linear", head_layers=(2,))
