@@ -193,6 +193,20 @@ def test_another_image_size_resamples_the_position_embedding_with_timm(tmp_path)
     assert torch.equal(model.backbone.pos_embed.detach(), expected)
 
 
+def test_a_non_square_source_is_resampled_from_its_own_grid(tmp_path):
+    """A 32x48 source (4x6 grid) run at 48x32: timm's helper with old_size=(4, 6), not a
+    square guess (24 tokens have none)."""
+    vit, head, config = make_source("linear", img_size=(32, 48))
+    save_file({**vit.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()}}, tmp_path / "s.safetensors")
+    result = import_model(tmp_path / "s.safetensors", "depth", tmp_path / "o.safetensors", backbone=config,
+                          head="linear", img_size=(48, 32))
+    assert result.resampled_pos_embed == (4, 6)
+    model, info = load_checkpoint(tmp_path / "o.safetensors")
+    assert info.backbone.grid_size == (6, 4) and model(torch.rand(1, 3, 48, 32)).shape == (1, 1, 48, 32)
+    expected = resample_abs_pos_embed(vit.pos_embed.detach(), new_size=[6, 4], old_size=[4, 6], num_prefix_tokens=1)
+    assert torch.equal(model.backbone.pos_embed.detach(), expected)
+
+
 def test_imported_linear_and_qk_norm_bundles_agree_across_engines(tmp_path, fixed_timings):
     for variant in ("plain", "qk-norm"):
         paths = []

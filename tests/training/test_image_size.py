@@ -68,3 +68,18 @@ def test_a_size_that_is_not_a_multiple_of_the_patch_is_refused(scenes, tmp_path)
     with pytest.raises(CheckpointError, match=r"32x44 \(height x width\) is not a multiple of patch size 8"):
         train_single_task(task="depth", data=scenes, out=tmp_path / "x.safetensors", backbone="micro",
                           img_size=(32, 44), config=QUICK, show_progress=False)
+
+
+def test_train_cli_takes_height_then_width(scenes, tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    from mtlcompress.cli.main import main
+
+    out = tmp_path / "cli.safetensors"
+    monkeypatch.setattr(sys, "argv", ["mtlcompress", "train", "--task", "depth", "--data", str(scenes),
+                                      "--backbone", "micro", "--img-size", "32", "48", "--steps", "1",
+                                      "--batch-size", "2", "--out", str(out), "--json"])
+    main()
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(out)
+    assert load_checkpoint(out)[1].backbone.img_size == (32, 48)
