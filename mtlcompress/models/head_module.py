@@ -15,8 +15,8 @@ The factory's contract::
 
 and the module's ``forward(features, grid) -> [B, out_channels, H, W]``, where
 ``features`` is the final-norm patch tokens ``[B, N, D]`` (with ``layers``: a list of
-them, one per named block, in order) and ``grid`` the token grid (``gh, gw = grid,
-grid`` for an int). It must hold only floating-point weights in its ``state_dict``.
+them, one per named block, in order) and ``grid`` the token grid ``(gh, gw)``, rows
+and columns of patches (tokens are row-major). It must hold only floating-point weights in its ``state_dict``.
 """
 
 from __future__ import annotations

@@ -95,9 +95,9 @@ class DenseHead(nn.Module):
 
     def forward(self, patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Patch tokens ``[B, gh * gw, D]`` (row-major) -> map ``[B, C, gh * p, gw * p]``."""
-        batch, num_tokens, dim = patch_tokens.shape
+        batch = patch_tokens.shape[0]
         rows, cols = grid
-        features = F.gelu(self.conv(patch_tokens.transpose(1, 2).reshape(batch, dim, rows, cols)))
+        features = F.gelu(self.conv(token_map(patch_tokens, grid)))
         # F.pixel_shuffle, as one strided copy: about 2.5x faster on CPU at our sizes.
         size = self.patch_size
         blocks = self.proj(features).view(batch, self.out_channels, size, size, rows, cols)
@@ -118,11 +118,7 @@ class LinearHead(nn.Module):
 
     def forward(self, patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Patch tokens ``[B, gh * gw, D]`` (row-major) -> map ``[B, C, gh * p, gw * p]``."""
-        batch, _, dim = patch_tokens.shape
-        rows, cols = grid
-        features = patch_tokens.transpose(1, 2).reshape(batch, dim, rows, cols)
-        size = (rows * self.patch_size, cols * self.patch_size)
-        return F.interpolate(self.proj(features), size=size, mode="bilinear", align_corners=False)
+        return upsample_to_pixels(self.proj(token_map(patch_tokens, grid)), self.patch_size)
 
 
 class MultiLevelHead(nn.Module):
@@ -144,17 +140,18 @@ class MultiLevelHead(nn.Module):
         self.fuse = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
         self.predict = nn.Conv2d(hidden, out_channels, kernel_size=1)
 
-    def forward(self, levels: Sequence[torch.Tensor], grid_size: int) -> torch.Tensor:
+    def forward(self, levels: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        """One ``[B, gh * gw, D]`` token tensor per level -> map ``[B, C, gh * p, gw * p]``."""
         if len(levels) != len(self.proj):
             raise ValueError(f"the head reads {len(self.proj)} levels, got {len(levels)}")
-        fused = sum(proj(token_map(tokens, grid_size)) for proj, tokens in zip(self.proj, levels))
+        fused = sum(proj(token_map(tokens, grid)) for proj, tokens in zip(self.proj, levels))
         features = F.gelu(self.fuse(F.gelu(fused)))
         return upsample_to_pixels(self.predict(features), self.patch_size)
 
 
-def token_map(patch_tokens: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
-    """Patch tokens ``[B, N, D]`` -> a ``[B, D, gh, gw]`` map (``grid``: a side or ``(gh, gw)``)."""
-    rows, cols = (grid, grid) if isinstance(grid, int) else grid
+def token_map(patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch tokens ``[B, gh * gw, D]`` (row-major) -> a ``[B, D, gh, gw]`` map."""
+    rows, cols = grid
     batch, _, dim = patch_tokens.shape
     return patch_tokens.transpose(1, 2).reshape(batch, dim, rows, cols)
 

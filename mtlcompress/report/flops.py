@@ -96,7 +96,7 @@ def task_head_flops(info: CheckpointInfo) -> int:
     with torch.device("meta"):
         head = build_head(info.head_type, config.embed_dim, info.out_channels, config.patch_size, info.head_hidden,
                           layers=info.head_layers, module=info.head_module)
-        tokens = torch.empty(1, config.grid_size**2, config.embed_dim)
+        tokens = torch.empty(1, config.num_patches, config.embed_dim)
         features = tokens if info.head_layers is None else [tokens] * len(info.head_layers)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             head(features, config.grid_size)

@@ -153,7 +153,7 @@ class TwoLevelProbe(nn.Module):
         self.probe = nn.Linear(embed_dim * len(layers), out_channels)
 
     def forward(self, levels, grid):
-        rows, cols = (grid, grid) if isinstance(grid, int) else grid
+        rows, cols = grid
         maps = self.probe(torch.cat(levels, dim=-1)).transpose(1, 2).reshape(levels[0].shape[0], -1, rows, cols)
         return F.interpolate(maps, scale_factor=self.patch, mode="bilinear", align_corners=False)
 
@@ -196,7 +196,7 @@ def test_multilevel_and_user_heads_import_sparsify_export_and_run(sources, quick
                                              output_fmt="NLC", intermediates_only=True)
         for task, head in heads.items():
             model, _ = load_checkpoint(tmp_path / f"{task}.safetensors")
-            assert torch.allclose(model(images), head(levels, 4), atol=1e-5)
+            assert torch.allclose(model(images), head(levels, (4, 4)), atol=1e-5)
     sparse = []
     for task in heads:
         sparse.append(tmp_path / f"{task}.weights.safetensors")

@@ -88,6 +88,6 @@ def test_multilevel_head_sums_projected_levels_then_fuses_and_predicts():
     maps = [t.transpose(1, 2).reshape(2, 12, 3, 3) for t in levels]
     fused = F.gelu(head.fuse(F.gelu(head.proj[0](maps[0]) + head.proj[1](maps[1]))))
     expected = F.interpolate(head.predict(fused), size=(12, 12), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(head(levels, 3), expected)
+    torch.testing.assert_close(head(levels, (3, 3)), expected)
     with pytest.raises(ValueError, match="reads 2 levels, got 1"):
-        head(levels[:1], 3)
+        head(levels[:1], (3, 3))

@@ -26,7 +26,7 @@ class WideProbe(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(embed_dim, 64), nn.ReLU(), nn.Linear(64, out_channels))
 
     def forward(self, tokens, grid):
-        return self.mlp(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
+        return self.mlp(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
 '''
 
 

@@ -36,7 +36,7 @@ USER_HEADS = textwrap.dedent('''
             self.mlp = nn.Sequential(nn.Linear(embed_dim, 16), nn.GELU(), nn.Linear(16, out_channels * patch_size ** 2))
 
         def forward(self, tokens, grid):
-            rows, cols = (grid, grid) if isinstance(grid, int) else grid
+            rows, cols = grid
             b, p = tokens.shape[0], self.patch
             x = self.mlp(tokens).view(b, rows, cols, self.out, p, p)
             return x.permute(0, 3, 1, 4, 2, 5).reshape(b, self.out, rows * p, cols * p)
