@@ -71,7 +71,8 @@ def import_command(
             "backbone": config.to_dict(), "loaded": result.loaded, "ignored": result.ignored,
             "initialised": result.initialised, "resampled_pos_embed": result.resampled_pos_embed,
             "note": config.dense_path_reason and f"runs by the dense path: {config.dense_path_reason}"}
-    rows = [("backbone", config.describe()), ("head", f"{result.info.head_type}, {result.info.out_channels} ch"),
+    rows = [("backbone", config.describe()), ("head", f"{result.info.head_module or result.info.head_type}, {result.info.out_channels} ch"
+                      + (f", blocks {data['head_layers']}" if data["head_layers"] else "")),
             ("source", result.source_format), ("tensors loaded", result.loaded),
             ("source keys ignored", len(result.ignored)), ("mean", config.mean), ("std", config.std)]
     emit(data, as_json, make_table(f"{source} -> {out}", ["", "value"], rows),

@@ -54,7 +54,10 @@ class ImportResult:
     resampled_pos_embed: tuple[int, int] | None = None    # source grid (rows, cols), when resampled
 
     def describe(self) -> str:
-        parts = [f"{self.info.task}, {self.info.head_type} head, {self.info.backbone.describe()}",
+        head = self.info.head_module or self.info.head_type
+        if self.info.head_layers:
+            head += " on blocks " + ",".join(map(str, self.info.head_layers))
+        parts = [f"{self.info.task}, {head} head, {self.info.backbone.describe()}",
                  f"{self.loaded} tensors from a {self.source_format} state dict"]
         if self.ignored:
             parts.append(f"{len(self.ignored)} source keys ignored")

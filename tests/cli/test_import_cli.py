@@ -226,3 +226,20 @@ def test_multilevel_and_user_heads_import_sparsify_export_and_run(sources, quick
     result = runner.invoke(app, ["run", str(bundle_path), str(tmp_path / "imgs"), "--out", str(tmp_path / "out2"),
                                  "--json"])
     assert "'lab_heads' is not allowed: list it in MTLCOMPRESS_HEAD_MODULES" in str(result.exception)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--head-layers", "1,x"], "'1,x' is not a comma-separated list of block numbers"),
+    (["--head-layers", "1,3"], "names block 3; the backbone has blocks 1 to 2"),
+    (["--head-module", "no_such_heads:make"], "module 'no_such_heads' is not importable here"),
+    (["--head", "linear", "--head-module", "no_such_heads:make"], "only a module head"),
+])
+def test_bad_head_options_exit_2_with_one_line(sources, tmp_path, monkeypatch, capsys, extra, message):
+    args = ["import", str(sources["folder"] / "depth.safetensors"), "--task", "depth", "--backbone", "micro",
+            "--out", str(tmp_path / "out.safetensors"), *extra, "--json"]
+    monkeypatch.setattr(sys, "argv", ["mtlcompress", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    output = capsys.readouterr()
+    assert message in output.out + output.err
