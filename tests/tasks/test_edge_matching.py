@@ -43,6 +43,7 @@ def test_distance_limit_is_euclidean_and_inclusive() -> None:
     assert count_matched_pixels(predicted, _mask((4, 4), [(1, 1)]), 1.4) == 0  # diagonal is sqrt 2
     assert count_matched_pixels(predicted, _mask((4, 4), [(1, 1)]), 1.5) == 1
     assert count_matched_pixels(predicted, np.zeros((4, 4), bool), 3.0) == 0
+    assert count_matched_pixels(predicted, predicted, 0.5) == 1  # distance 0 counts
 
 
 def _line_case() -> tuple[torch.Tensor, torch.Tensor]:
