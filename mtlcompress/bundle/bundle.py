@@ -68,9 +68,9 @@ class Bundle:
         """This bundle with every weight in ``dtype`` (itself if it already is).
 
         Each sub-task's delta is re-derived against the *cast* base, ``dtype(W_t - dtype(W_0))``,
-        where it was non-zero, so ``base + delta`` stays the task's weight rounded once
-        (casting the delta alone would add the base's rounding error to every task) and the
-        delta's zeros, its sparsity, are kept. Activation thresholds and metadata stay as they are.
+        where it was non-zero: casting the delta alone would add the base's rounding error to
+        every changed weight, re-deriving it everywhere would fill its zeros (its sparsity).
+        Activation thresholds and metadata stay as they are.
         """
         if dtype == self.dtype:
             return self
