@@ -91,8 +91,8 @@ class Bundle:
         return self.tasks[name]
 
     def task_model(self, name: str) -> SingleTaskModel:
-        """A dense single-task model equal to the checkpoint the task was built from, in
-        the bundle's dtype.
+        """A dense fp32 single-task model equal to the checkpoint the task was built from
+        (a 16-bit bundle's rounded weights, in fp32; engines move it to their dtype).
 
         For a sparsified sub-task that is the *sparsified* model (base + sparse delta),
         not the original fine-tuned one; ``provenance["sparsity"]["source"]`` names that.
@@ -101,7 +101,7 @@ class Bundle:
         model = build_model(entry.info)
         state = {f"backbone.{k}": v for k, v in self.task_weights(name).items()}
         state.update({f"head.{k}": v for k, v in entry.head.items()})
-        model.to(self.dtype).load_state_dict(state)
+        model.load_state_dict(state)
         return model.eval()
 
     def delta_density(self, name: str) -> float:

@@ -215,7 +215,7 @@ def _benchmark(bundle: Bundle, images: Tensor, frames: list[Tensor] | None, repe
                device: torch.device, policy: KeyframePolicy, timings: KernelTimings | None, profile: bool,
                precision: str, advance: Advance) -> dict[str, Any]:
     tasks = list(bundle.tasks)
-    models = {t: bundle.task_model(t).to(device) for t in tasks}
+    models = {t: bundle.task_model(t).to(device, bundle.dtype) for t in tasks}
     dense = DenseEngine(bundle, device=device)
     shared = SharedEngine(bundle, device=device, timings=timings, network_path="auto")
 

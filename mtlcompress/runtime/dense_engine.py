@@ -44,7 +44,8 @@ class DenseEngine:
         self.bundle = bundle
         self.tasks = select_tasks(bundle, tasks)
         self.device = resolve_device(device)
-        self.models = {t: bundle.task_model(t).to(self.device) for t in {bundle.base_task, *self.tasks}}
+        self.models = {t: bundle.task_model(t).to(self.device, bundle.dtype)  # computes in the bundle's dtype
+                       for t in {bundle.base_task, *self.tasks}}
         self.layers = shared_linear_names(bundle.backbone.depth)
         self.stats = DensityStats()
 

@@ -64,8 +64,9 @@ class BundleRunner:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, bundle, self.device)
         self.dtype = storage_dtype(self.precision)
-        self.bundle = bundle.cast(self.dtype)
-        self.engine: SharedEngine | DenseEngine = make_engine(self.bundle, engine, tasks=tasks, device=self.device)
+        self.bundle = bundle
+        self.engine: SharedEngine | DenseEngine = make_engine(bundle, engine, tasks=tasks, device=self.device,
+                                                              dtype=self.dtype)
 
     @property
     def tasks(self) -> list[str]:

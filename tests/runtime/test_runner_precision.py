@@ -23,7 +23,7 @@ def images(count: int, seed: int = 0) -> torch.Tensor:
 def runners(bundle, precision, fixed_timings) -> tuple[BundleRunner, BundleRunner]:
     dense = BundleRunner(bundle, engine="dense", precision=precision)
     shared = BundleRunner(bundle, engine="shared", precision=precision)
-    shared.engine = SharedEngine(shared.bundle, timings=fixed_timings)  # no calibration in tests
+    shared.engine = SharedEngine(shared.engine.bundle, timings=fixed_timings)  # no calibration in tests
     return shared, dense
 
 
