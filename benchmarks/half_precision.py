@@ -11,7 +11,8 @@ sparsify, export), stored as ``export --dtype`` would (``Bundle.cast`` + ``save_
 read back, run by the shared engine in a compute precision and scored with
 ``training.evaluate.evaluate_predictor`` on the demo data's val split, every task.
 
-Usage: ``python benchmarks/half_precision.py [--demo DIR] [--json OUT] [--write-docs]``.
+Usage: ``python benchmarks/half_precision.py [--demo DIR] [--json OUT] [--write-docs]``;
+``--render OUT.json --command "..."`` rewrites the docs section from a saved result.
 """
 
 from __future__ import annotations
@@ -132,7 +133,12 @@ def main() -> None:
                                                   "(default: run the quick preset in a temporary folder)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--write-docs", action="store_true", help="replace the section in docs/benchmarks.md")
+    parser.add_argument("--render", type=Path, help="only rewrite the docs section from this saved result")
+    parser.add_argument("--command", help="with --render: the command that produced the result")
     args = parser.parse_args()
+    if args.render:
+        replace_section("half-precision", markdown(json.loads(args.render.read_text()), args.command))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         demo = args.demo

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mtlcompress.errors import MtlCompressError
+from mtlcompress.runtime.engines import make_engine
 from mtlcompress.runtime.runner import BundleRunner, resolve_precision
 from mtlcompress.runtime.shared_engine import SharedEngine
 
@@ -67,3 +68,13 @@ def test_auto_is_fp32_on_cpu_and_the_stored_dtype_on_a_gpu(make_micro_bundle):
     assert BundleRunner(half, engine="dense").predict(images(1))["depth"].dtype == torch.float32
     with pytest.raises(MtlCompressError, match="unknown precision 'fp8'"):
         BundleRunner(bundle, precision="fp8")
+
+
+def test_engines_read_a_16_bit_bundle_in_fp32_by_default(make_micro_bundle):
+    # inspect, check and the demo hand fp32 images to make_engine, whatever the file stores.
+    half = make_micro_bundle().cast(torch.bfloat16)
+    engine = make_engine(half, "dense")
+    assert next(engine.models["depth"].parameters()).dtype == torch.float32
+    out = engine.predict(images(1))["depth"]
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, BundleRunner(half, engine="dense", precision="fp32").predict(images(1))["depth"])
