@@ -123,7 +123,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
                  "(metric units; `higher_is_better` per task in the JSON).\n\n"
                  + table(["task", "metric", *variants], rows)
                  + "\n\nLargest |output - fp32 output| / largest |fp32 output| over the val images: "
-                 + "; ".join(f"{v}: {max(change[v].values()):.2e}" for v in change) + ".")
+                 + "; ".join(f"{v}: {max(change[v].values()):.2e}" for v in change) + ". The demo bundle's own "
+                 "file: " + ", ".join(f"{s} {n / 2**20:.2f} MB" for s, n in acc["bytes"].items()) + ".")
     return "\n\n".join(parts)
 
 
