@@ -75,10 +75,11 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> dict[str, Any]:
     base_weights = bundle.base_weights
     for name, w in base_weights.items():
         _check_finite(path, f"base.{name}", w, _NOT_WRITTEN)
-    dtype = bundle.dtype
-    for name, w in [*(("base." + n, w) for n, w in base_weights.items()),
-                    *((f"head.{t}.{n}", h) for t, e in bundle.tasks.items() for n, h in e.head.items())]:
-        if w.dtype != dtype:  # one dtype per bundle: what the manifest's "dtype" promises a reader
+    dtype = bundle.dtype  # one per bundle: what the manifest's "dtype" promises a reader
+    weights = {**{f"base.{n}": w for n, w in base_weights.items()},
+               **{f"head.{t}.{n}": h for t, entry in bundle.tasks.items() for n, h in entry.head.items()}}
+    for name, w in weights.items():
+        if w.dtype != dtype:
             raise BundleError(f"{path}: tensor '{name}' is {w.dtype}, the bundle's weights are {dtype}; "
                               f"use Bundle.cast to store another dtype")
     tensors: dict[str, torch.Tensor] = {f"base.{name}": w for name, w in base_weights.items()}

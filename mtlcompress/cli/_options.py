@@ -23,7 +23,6 @@ DEMO_STEPS = ("train", "sparsify", "export", "run")                       # demo
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")                        # runtime.runner.PRECISIONS
 
 
-
 def one_of(names: tuple[str, ...]):
     """An option callback that refuses values outside ``names`` as a usage error (exit 2)."""
     def check(value: str) -> str:
@@ -34,6 +33,7 @@ def one_of(names: tuple[str, ...]):
 
 
 PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", callback=one_of(PRECISION_NAMES), help=f"Compute dtype: {', '.join(PRECISION_NAMES)}. auto: fp32 on cpu, the bundle's stored "
-                        "dtype (`export --dtype`) on cuda. Weights are cast once, outputs are fp32; 16-bit "
-                        "compute on cpu works but is usually slower than fp32.")]
+    "--precision", callback=one_of(PRECISION_NAMES),
+    help=f"Compute dtype: {', '.join(PRECISION_NAMES)}. auto: fp32 on cpu, the bundle's stored dtype (`export "
+         "--dtype`) on cuda. Weights are cast once; outputs are fp32 either way. 16-bit on cpu works, but is only "
+         "fast on CPUs with bf16/fp16 matrix instructions.")]

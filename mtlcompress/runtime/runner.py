@@ -8,8 +8,8 @@ and run that engine for every ``predict`` and ``stream`` call.
 Precision: the engine computes in one dtype, ``fp32``, ``bf16`` or ``fp16``; the weights
 are cast once (``Bundle.cast``), every input is cast on the way in and every output
 comes back as fp32. ``"auto"`` (the default) is fp32 on a CPU, whatever the bundle
-stores (CPUs without bf16/fp16 matrix units compute 16-bit slower, and fp16 LayerNorm
-and softmax are not everywhere on CPU), and the bundle's own stored dtype on a GPU.
+stores (16 bits only pay off on CPUs with bf16/fp16 matrix instructions), and the
+bundle's own stored dtype on a GPU.
 """
 
 from __future__ import annotations
