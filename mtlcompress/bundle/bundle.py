@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,31 @@ class Bundle:
         delta = self.task(name).delta
         return {k: (w + delta[k]) if k in delta else w for k, w in self.base_weights.items()}
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of every stored weight: base, deltas and heads (one per bundle)."""
+        return next(iter(self.base_weights.values())).dtype
+
+    def cast(self, dtype: torch.dtype) -> Bundle:
+        """This bundle with every weight in ``dtype`` (itself if it already is).
+
+        Each sub-task's delta is re-derived against the *cast* base, ``dtype(W_t - dtype(W_0))``,
+        where it was non-zero: casting the delta alone would add the base's rounding error to
+        every changed weight, re-deriving it everywhere would fill its zeros (its sparsity).
+        Activation thresholds and metadata stay as they are.
+        """
+        if dtype == self.dtype:
+            return self
+        base = {k: w.to(dtype) for k, w in self.base_weights.items()}
+        tasks = {}
+        for name, entry in self.tasks.items():
+            delta = {}
+            for k, d in entry.delta.items():
+                task_weight = self.base_weights[k].double() + d.double()
+                delta[k] = torch.where(d != 0, task_weight - base[k].double(), 0.0).to(dtype)
+            tasks[name] = dataclasses.replace(entry, delta=delta, head={k: h.to(dtype) for k, h in entry.head.items()})
+        return Bundle(backbone=self.backbone, base_task=self.base_task, base_weights=base, tasks=tasks)
+
     def task(self, name: str) -> BundleTask:
         """The task's entry; an unknown name raises ``MtlCompressError`` listing the tasks."""
         if name not in self.tasks:
@@ -65,7 +91,8 @@ class Bundle:
         return self.tasks[name]
 
     def task_model(self, name: str) -> SingleTaskModel:
-        """A dense single-task model equal to the checkpoint the task was built from.
+        """A dense fp32 single-task model equal to the checkpoint the task was built from
+        (a 16-bit bundle's rounded weights, in fp32; engines move it to their dtype).
 
         For a sparsified sub-task that is the *sparsified* model (base + sparse delta),
         not the original fine-tuned one; ``provenance["sparsity"]["source"]`` names that.

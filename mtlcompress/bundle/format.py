@@ -31,7 +31,7 @@ import torch
 from mtlcompress.bundle import layouts
 from mtlcompress.bundle.bundle import Bundle, BundleTask
 from mtlcompress.bundle.checksums import manifest_sha256, payload_sha256
-from mtlcompress.bundle.manifest import FORMAT_VERSION, SchemaError, validate_manifest
+from mtlcompress.bundle.manifest import DEFAULT_DTYPE, FORMAT_VERSION, SchemaError, validate_manifest
 from mtlcompress.errors import BundleError, MtlCompressError
 from mtlcompress.io.container import (
     check_tensor_names,
@@ -47,6 +47,7 @@ from mtlcompress.models.checkpoint import CheckpointInfo, head_tensor_shapes
 from mtlcompress.version import __version__
 
 FORMAT_NAME = "mtlcompress.bundle"
+SHORT_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype / --precision
 SUPPORTED_VERSIONS = (1,)
 
 _CORRUPT = "the file is damaged or was edited; re-export it with `mtlcompress export`"
@@ -74,6 +75,13 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> dict[str, Any]:
     base_weights = bundle.base_weights
     for name, w in base_weights.items():
         _check_finite(path, f"base.{name}", w, _NOT_WRITTEN)
+    dtype = bundle.dtype  # one per bundle: what the manifest's "dtype" promises a reader
+    weights = {**{f"base.{n}": w for n, w in base_weights.items()},
+               **{f"head.{t}.{n}": h for t, entry in bundle.tasks.items() for n, h in entry.head.items()}}
+    for name, w in weights.items():
+        if w.dtype != dtype:
+            raise BundleError(f"{path}: tensor '{name}' is {w.dtype}, the bundle's weights are {dtype}; "
+                              f"use Bundle.cast to store another dtype")
     tensors: dict[str, torch.Tensor] = {f"base.{name}": w for name, w in base_weights.items()}
     total = sum(w.numel() for w in base_weights.values())
     tasks: dict[str, Any] = {}
@@ -110,6 +118,7 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "mtlcompress_version": __version__,
         "backbone": bundle.backbone.to_dict(),
+        "dtype": layouts.dtype_to_str(dtype),
         "base_task": bundle.base_task,
         "task_order": list(bundle.tasks),
         "tasks": tasks,
@@ -259,12 +268,13 @@ def _check_finite(path: Path, name: str, tensor: torch.Tensor, hint: str) -> Non
 def _build(path: Path, manifest: dict[str, Any], backbone: BackboneConfig, weight_names: Sequence[str],
            infos: Mapping[str, CheckpointInfo], state: dict[str, torch.Tensor]) -> Bundle:
     """Check every tensor's dtype and values; decode the deltas; assemble the Bundle."""
+    dtype_name = manifest.get("dtype", DEFAULT_DTYPE)
     for name, tensor in state.items():
         if name.startswith("delta."):
             continue  # parts: checked by the layout decoder below
-        if tensor.dtype not in layouts.DTYPE_NAMES.values():
+        if tensor.dtype != layouts.DTYPE_NAMES[dtype_name]:
             raise BundleError(f"{path}: tensor '{name}' is {str(tensor.dtype).removeprefix('torch.')}, the "
-                              f"manifest's architecture needs one of {', '.join(layouts.DTYPE_NAMES)}; {_CORRUPT}")
+                              f"manifest's dtype is {dtype_name}; {_CORRUPT}")
         _check_finite(path, name, tensor, _CORRUPT)
 
     base_weights = {n: state[f"base.{n}"] for n in weight_names}  # the model's order
@@ -310,21 +320,33 @@ def _decode_delta(path: Path, task: str, name: str, entry: Mapping[str, Any], ba
 # ---------------------------------------------------------------------- export
 
 
-def export_bundle(base: str | os.PathLike, tasks: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
+def export_bundle(base: str | os.PathLike, tasks: Sequence[str | os.PathLike], out: str | os.PathLike,
+                  dtype: str = DEFAULT_DTYPE) -> dict[str, Any]:
     """Build a bundle from checkpoints, save it to ``out`` and return its size summary.
 
     Args:
         base: the base task's checkpoint (its backbone is stored dense).
         tasks: the sub-tasks' checkpoints (sparsified or not; ``base`` is skipped if listed).
         out: the bundle file.
+        dtype: the stored weights' dtype, ``float32``, ``bfloat16`` or ``float16`` (or
+            ``fp32``/``bf16``/``fp16``): base, deltas and heads alike (``Bundle.cast``);
+            activation thresholds and metadata stay exact JSON numbers.
 
     Returns:
         Per task the delta density, delta bytes, head bytes and layout counts, and
         totals comparing the bundle file with the source checkpoint files.
     """
-    bundle = Bundle.from_checkpoints(base, tasks)
+    bundle = Bundle.from_checkpoints(base, tasks).cast(storage_dtype(dtype))
     manifest = save_bundle(bundle, out)
     return summarize_bundle(bundle, manifest, out)
+
+
+def storage_dtype(name: str) -> torch.dtype:
+    """The torch dtype a bundle dtype name stands for (manifest or short name)."""
+    full = SHORT_DTYPE_NAMES.get(name, name)
+    if full not in layouts.DTYPE_NAMES:
+        raise BundleError(f"unknown bundle dtype '{name}'; choose from {', '.join(SHORT_DTYPE_NAMES)}")
+    return layouts.DTYPE_NAMES[full]
 
 
 def summarize_bundle(bundle: Bundle, manifest: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
@@ -348,6 +370,7 @@ def summarize_bundle(bundle: Bundle, manifest: Mapping[str, Any], path: str | os
     return {
         "bundle": str(path),
         "base_task": manifest["base_task"],
+        "dtype": manifest["dtype"],
         "tasks": rows,
         "totals": {
             "bundle_bytes": bundle_bytes,

@@ -24,6 +24,7 @@ from mtlcompress.models.heads import (
 from mtlcompress.tasks.registry import get_task
 
 FORMAT_VERSION = 1
+DEFAULT_DTYPE = "float32"  # the weights' dtype of a manifest without "dtype" (written before half precision)
 
 # A checker gets a value and its dotted location, and raises SchemaError.
 
@@ -181,9 +182,10 @@ _TASK_ENTRY = _record({
 })
 _MANIFEST = _record({
     "format_version": _positive, "mtlcompress_version": _text, "backbone": _BACKBONE,
+    "dtype": _one_of(tuple(layouts.DTYPE_NAMES)),
     "base_task": _task_name, "task_order": _list_of(_task_name, unique=True),
     "tasks": _dict_of(_TASK_ENTRY), "payload_sha256": _sha256, "manifest_sha256": _sha256,
-})
+}, optional=("dtype",))
 
 
 def validate_manifest(manifest: Any) -> None:
@@ -211,6 +213,9 @@ def validate_manifest(manifest: Any) -> None:
                 numel *= dim
             if delta["nnz"] > numel:
                 raise SchemaError(f"{where}.nnz", f"is {delta['nnz']}, more than the {numel} entries of the tensor")
+            if delta["dtype"] != manifest.get("dtype", DEFAULT_DTYPE):
+                raise SchemaError(f"{where}.dtype", f"is {delta['dtype']}, the bundle's dtype is "
+                                                    f"{manifest.get('dtype', DEFAULT_DTYPE)}")
             dtype = layouts.str_to_dtype(delta["dtype"])
             if not layouts.nbytes_fit(delta["shape"], dtype, delta["nnz"], delta["layout"], delta["bytes"]):
                 raise SchemaError(f"{where}.bytes", f"is {delta['bytes']}, which does not fit its layout")

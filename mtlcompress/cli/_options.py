@@ -71,3 +71,20 @@ ImgSizeOpt = Annotated[str | None, typer.Option(
 TASK_NAMES = ("semseg", "parts", "depth", "normals", "edges", "saliency")   # tasks.registry.task_names()
 DEMO_PRESET_NAMES = ("default", "quick")                                  # demo.DEMO_PRESETS
 DEMO_STEPS = ("train", "sparsify", "export", "run")                       # demo.DEMO_STAGES
+PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")                        # runtime.runner.PRECISIONS
+
+
+def one_of(names: tuple[str, ...]):
+    """An option callback that refuses values outside ``names`` as a usage error (exit 2)."""
+    def check(value: str) -> str:
+        if value not in names:
+            raise typer.BadParameter(f"'{value}' is not one of {', '.join(names)}")
+        return value
+    return check
+
+
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", callback=one_of(PRECISION_NAMES),
+    help=f"Compute dtype: {', '.join(PRECISION_NAMES)}. auto: fp32 on cpu, the bundle's stored dtype (`export "
+         "--dtype`) on cuda. Weights are cast once; outputs are fp32 either way. 16-bit on cpu works, but is only "
+         "fast on CPUs with bf16/fp16 matrix instructions.")]

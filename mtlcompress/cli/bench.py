@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, QuietOpt
+from mtlcompress.cli._options import JsonOpt, PrecisionOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 
@@ -36,6 +36,7 @@ def bench(
                                                           "frames.")] = 16,
     max_drift: Annotated[float, typer.Option(help="Video: keyframe once the unpropagated error passes this.")] = 0.25,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: PrecisionOpt = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
     no_profile: Annotated[bool, typer.Option("--no-profile", help="Skip the per-layer-kind breakdown pass.")
                           ] = False,
@@ -63,7 +64,8 @@ def bench(
     info(f"benchmarking {bundle.name}: {len(loaded.tasks)} tasks, {repeats} repeats after {warmup} warm-up, "
          f"{source}", quiet or as_json)
     result = benchmark_bundle(loaded, images, clip, repeats=repeats, warmup=warmup, device=device,
-                              policy=KeyframePolicy(keyframe_every, max_drift), profile=not no_profile)
+                              policy=KeyframePolicy(keyframe_every, max_drift), profile=not no_profile,
+                              precision=precision, show_progress=not (quiet or as_json))
     result["bundle"] = str(bundle)
     result["inputs"] = source
     emit(result, as_json, *tables(result))
@@ -103,7 +105,7 @@ def tables(result: dict[str, Any]) -> list:
                 for name, s in result[section].items()]
         if rows:
             out.append(make_table(
-                f"{section}: ms per call ({config['repeats']} repeats, {env['device_name']}, "
+                f"{section}: ms per call ({config['repeats']} repeats, {config['precision']}, {env['device_name']}, "
                 f"{env['threads']} threads, torch {env['torch']})",
                 ["variant", "median", "min", "max", f"median per {unit}"], rows))
     if result.get("video_frames"):

@@ -7,10 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, OverwriteOpt, QuietOpt
+from mtlcompress.cli._options import JsonOpt, OverwriteOpt, QuietOpt, one_of
 from mtlcompress.cli._output import emit, make_table
 from mtlcompress.errors import PlanError
 from mtlcompress.io.outputs import SAFETENSORS_SUFFIXES, check_output
+
+
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # bundle.format.SHORT_DTYPE_NAMES, named here so --help needs no torch
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +27,9 @@ def export(
                                                         help="Sub-task checkpoint; repeat for each task.")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="The `sparsify all` plan: exports each task's "
                                               "last finished stage.")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", callback=one_of(DTYPE_NAMES), help=f"Stored weights (base, deltas, heads): "
+                                                       f"{', '.join(DTYPE_NAMES)}. bf16 and fp16 halve the bytes; "
+                                                       "thresholds and metadata stay exact.")] = "fp32",
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,  # accepted by every command; exporting has no progress to silence
@@ -40,7 +46,7 @@ def export(
     check_output(out, [plan, base, *tasks], overwrite=overwrite, suffixes=SAFETENSORS_SUFFIXES)
     from mtlcompress.bundle.format import export_bundle  # torch: only once a command runs
 
-    summary = export_bundle(base, tasks, out)
+    summary = export_bundle(base, tasks, out, dtype=dtype)
     emit(summary, as_json, *_tables(summary))
 
 
@@ -64,7 +70,7 @@ def _tables(summary: dict[str, Any]) -> list:
              [f"{totals['source_checkpoints']} source checkpoints", _mb(totals["source_bytes"]),
               totals["ratio_vs_sources"]],
              ["one checkpoint (base)", _mb(totals["one_checkpoint_bytes"]), totals["ratio_vs_one_checkpoint"]]]
-    return [make_table(f"bundle {summary['bundle']} (base: {summary['base_task']})",
+    return [make_table(f"bundle {summary['bundle']} (base: {summary['base_task']}, {summary['dtype']})",
                        ["task", "role", "delta density", "delta MB", "head MB", "delta layouts"], rows),
             make_table("sizes", ["file", "MB", "bundle / file"], sizes)]
 

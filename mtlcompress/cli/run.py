@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, QuietOpt
+from mtlcompress.cli._options import JsonOpt, PrecisionOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.limits import MAX_PIXELS
@@ -46,6 +46,7 @@ def run(
                                                   "passes this relative size (> 0).")] = 0.25,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: PrecisionOpt = "auto",
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse input images or video frames with more pixels "
                                                         "than this (width x height), read from the header first.")
                           ] = MAX_PIXELS,
@@ -74,7 +75,7 @@ def run(
     summary = run_on_media(loaded, inputs, out, tasks=selected, engine=engine, video=video,
                            keyframe_every=keyframe_every, max_drift=max_drift, batch_size=batch_size,
                            device=device, save_raw=save_raw, max_pixels=max_pixels, frames=frames,
-                           overview=overview, fps=fps)
+                           overview=overview, fps=fps, precision=precision, show_progress=not (quiet or as_json))
     summary["bundle"] = str(bundle)
     if not as_json:
         for warning in summary["warnings"]:
@@ -82,6 +83,7 @@ def run(
     rate = summary["images_per_second"]
     rows = [("images", summary["images"]), ("videos", summary["videos"]), ("keyframes", summary["keyframes"]),
             ("tasks", ", ".join(summary["tasks"])), ("engine", engine), ("device", device),
+            ("precision", summary["precision"]),
             ("seconds", summary["seconds"]), ("images/s", rate), ("files written", summary["files_written"])]
     densities = make_table("activation-delta density (kept fraction, mean over layers)", ["task", "density"],
                            sorted(summary["activation_density"].items()))

@@ -15,9 +15,6 @@ activation densities measured in the timed shared runs.
 
 from __future__ import annotations
 
-import os
-import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,11 +25,14 @@ from torch import Tensor
 
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.data.synth import random_clip, random_scene, render_scene
+from mtlcompress.progress import Advance, progress_bar
+from mtlcompress.bundle.format import storage_dtype
 from mtlcompress.report import flops
-from mtlcompress.runtime.calibration import cpu_model
+from mtlcompress.report.timing import environment, interleaved_samples, summarize_samples, synchronize
 from mtlcompress.runtime.cost_model import KernelTimings
 from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.keyframes import KeyframePolicy
+from mtlcompress.runtime.runner import resolve_precision
 from mtlcompress.runtime.shared_engine import PROFILE_KINDS, SharedEngine
 from mtlcompress.runtime.stream_fallback import FRAME_PATHS
 
@@ -81,68 +81,6 @@ def static_clip(frames: int, size: int, seed: int = 0) -> list[Tensor]:
         if all(s.camera == scenes[0].camera for s in scenes):
             return [_to_tensor(render_scene(s, size)["image"]).unsqueeze(0) for s in scenes]
     raise RuntimeError("no static-camera clip found")  # pragma: no cover - half the clips are static
-
-
-# ------------------------------------------------------------------------------------
-# Measurement helpers.
-# ------------------------------------------------------------------------------------
-def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """What the numbers were measured on (recorded next to every result)."""
-    device = torch.device(device)
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-        "cpu_model": cpu_model(),
-        "cpu_cores": _cpu_count(),
-        "platform": platform.platform(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def summarize_samples(samples: Sequence[float], items: int = 1) -> dict[str, Any]:
-    """Median, min/max and quartiles of ``samples`` (seconds per call); ``per_item_s``
-    divides the median by the images or frames one call processes."""
-    values = sorted(float(s) for s in samples)
-    if not values:
-        raise ValueError("no timing samples")
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values[0],) * 3
-    median = statistics.median(values)
-    return {"median_s": median, "min_s": values[0], "max_s": values[-1], "q1_s": q1, "q3_s": q3,
-            "per_item_s": median / max(1, items), "repeats": len(values), "samples_s": values}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved_samples(variants: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device,
-                 before_timed: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    """Round-robin timing: each round runs every variant once, order rotated per round."""
-    names = list(variants)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(warmup + repeats):
-        if round_index == warmup and before_timed is not None:
-            before_timed()
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            _sync(device)
-            start = time.perf_counter()
-            variants[name]()
-            _sync(device)
-            if round_index >= warmup:
-                samples[name].append(time.perf_counter() - start)
-    return samples
 
 
 def _ratios(section: dict[str, dict[str, Any]], pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
@@ -211,16 +149,18 @@ def stream_flops(bundle: Bundle, temporal_density: dict[str, dict[str, float]], 
 # The benchmark.
 # ------------------------------------------------------------------------------------
 def _profile(engine_factory: Callable[[], SharedEngine], run: Callable[[SharedEngine], object],
-             device: torch.device) -> dict[str, Any]:
+             device: torch.device, advance: Advance) -> dict[str, Any]:
     """One warm-up and one profiled call on a fresh profiling engine."""
     engine = engine_factory()
     run(engine)
+    advance(1, "profile")
     engine.reset_profile()
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     run(engine)
-    _sync(device)
+    synchronize(device)
     wall = time.perf_counter() - start
+    advance(1, "profile")
     seconds = {role: {kind: float(engine.profile_seconds[role].get(kind, 0.0)) for kind in PROFILE_KINDS}
                for role in engine.profile_seconds}
     by_kind = {kind: sum(roles.get(kind, 0.0) for roles in seconds.values()) for kind in PROFILE_KINDS}
@@ -229,7 +169,8 @@ def _profile(engine_factory: Callable[[], SharedEngine], run: Callable[[SharedEn
 
 def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None = None, *, repeats: int = 5,
                      warmup: int = 1, device: str | torch.device = "cpu", policy: KeyframePolicy | None = None,
-                     timings: KernelTimings | None = None, profile: bool = True) -> dict[str, Any]:
+                     timings: KernelTimings | None = None, profile: bool = True, precision: str = "auto",
+                     show_progress: bool = False) -> dict[str, Any]:
     """Time a bundle's executors against T independent models; return plain JSON.
 
     Args:
@@ -241,6 +182,8 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         policy: keyframe policy for the shared stream (default ``KeyframePolicy()``).
         timings: kernel timings for the shared engine (default: this machine's, cached).
         profile: also run the per-layer-kind breakdown pass.
+        precision: compute dtype of every variant (``runtime.runner.resolve_precision``).
+        show_progress: count the timed and warm-up calls on stderr, with an ETA.
 
     Returns:
         ``{"environment", "config", "images", "video", "video_frames", "ratios",
@@ -258,10 +201,21 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         raise ValueError("need repeats >= 1 and warmup >= 0")
     device = torch.device(device)
     policy = policy or KeyframePolicy()
-    images = images.to(device)
-    frames = [f.to(device) for f in frames] if frames else None
+    precision = resolve_precision(precision, bundle, device)
+    bundle = bundle.cast(storage_dtype(precision))
+    images = images.to(device, bundle.dtype)
+    frames = [f.to(device, bundle.dtype) for f in frames] if frames else None
+    calls = (warmup + repeats) * (len(IMAGE_VARIANTS) + (len(VIDEO_VARIANTS) if frames else 0))
+    with progress_bar("bench", calls + (2 + 2 * bool(frames)) * profile, enabled=show_progress) as advance:
+        return _benchmark(bundle, images, frames, repeats, warmup, device, policy, timings, profile, precision,
+                          advance)
+
+
+def _benchmark(bundle: Bundle, images: Tensor, frames: list[Tensor] | None, repeats: int, warmup: int,
+               device: torch.device, policy: KeyframePolicy, timings: KernelTimings | None, profile: bool,
+               precision: str, advance: Advance) -> dict[str, Any]:
     tasks = list(bundle.tasks)
-    models = {t: bundle.task_model(t).to(device) for t in tasks}
+    models = {t: bundle.task_model(t).to(device, bundle.dtype) for t in tasks}
     dense = DenseEngine(bundle, device=device)
     shared = SharedEngine(bundle, device=device, timings=timings, network_path="auto")
 
@@ -284,7 +238,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
         "base_only": lambda: base_only(images),
         "dense": lambda: dense.predict(images),
         "shared": lambda: shared.predict(images),
-    }, repeats, warmup, device, before_timed=reset_stats)
+    }, repeats, warmup, device, before_timed=reset_stats, advance=advance)
     image_density = _split_density(shared.stats.mean())
     image_paths = _path_counts(shared.layer_paths)
     result_images = {name: summarize_samples(s, batch) for name, s in image_samples.items()}
@@ -305,7 +259,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
             keyframes_seen = 0
             start = time.perf_counter()
             for result in shared_video.stream(frames, policy):
-                _sync(device)
+                synchronize(device)
                 now = time.perf_counter()
                 frame_kinds[result.path].append(now - start)
                 keyframes_seen += result.keyframe
@@ -325,7 +279,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
             "dense": per_frame(dense.predict),
             "shared_per_frame": per_frame(shared.predict),
             "shared_stream": stream,
-        }, repeats, warmup, device, before_timed=reset_video)
+        }, repeats, warmup, device, before_timed=reset_video, advance=advance)
         keyframes = last_keyframes[-1]
         video_density = _split_density(shared_video.stats.mean())
         video_paths = _path_counts(shared_video.layer_paths)
@@ -336,9 +290,9 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
     if profile:
         factory = lambda: SharedEngine(bundle, device=device, timings=shared.timings, profile=True,  # noqa: E731
                                        network_path="shared")  # the shared paths' breakdown, whatever auto picks
-        profiles["images"] = _profile(factory, lambda e: e.predict(images), device)
+        profiles["images"] = _profile(factory, lambda e: e.predict(images), device, advance)
         if frames:
-            profiles["video"] = _profile(factory, lambda e: list(e.stream(frames, policy)), device)
+            profiles["video"] = _profile(factory, lambda e: list(e.stream(frames, policy)), device, advance)
 
     report = flops.flops_report(bundle, image_density["task"])
     totals = report["totals"]
@@ -359,7 +313,7 @@ def benchmark_bundle(bundle: Bundle, images: Tensor, frames: list[Tensor] | None
     return {
         "environment": environment(device),
         "config": {
-            "repeats": repeats, "warmup": warmup, "batch": batch, "image_size": int(images.shape[-1]),
+            "repeats": repeats, "warmup": warmup, "batch": batch, "precision": precision, "image_size": int(images.shape[-1]),
             "frames": len(frames) if frames else 0, "keyframes": keyframes,
             "keyframe_every": policy.keyframe_every, "max_drift": policy.max_drift,
             "tasks": tasks, "base_task": bundle.base_task, "backbone": bundle.backbone.to_dict(),

@@ -34,14 +34,13 @@ from mtlcompress.io.atomic import atomic_path
 from mtlcompress.io.images import MediaInput, Photo, find_inputs, photo_from_image, read_photo
 from mtlcompress.io.output_paths import OutputFolder
 from mtlcompress.io.video import VideoError, VideoWriter, probe_video, read_video_frames, require_av
-from mtlcompress.runtime.engines import make_engine
+from mtlcompress.progress import Advance, progress_bar
 from mtlcompress.runtime.keyframes import KeyframePolicy
+from mtlcompress.runtime.runner import BundleRunner
 from mtlcompress.tasks.registry import get_task
 
 if TYPE_CHECKING:
     from mtlcompress.bundle.bundle import Bundle
-    from mtlcompress.runtime.dense_engine import DenseEngine
-    from mtlcompress.runtime.shared_engine import SharedEngine
 
 OVERVIEW_NAME = "overview"  # OUT/<input>/overview.png; no task may take this name
 PHOTO_LABEL = "photo"
@@ -135,7 +134,8 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
                  keyframe_every: int = 16, max_drift: float = 0.25, batch_size: int = 8,
                  device: str = "cpu", save_raw: bool = False, max_pixels: int | None = None,
                  frames: bool | None = None, overview: bool = True,
-                 fps: float = DEFAULT_FOLDER_FPS) -> dict[str, Any]:
+                 fps: float = DEFAULT_FOLDER_FPS, precision: str = "auto",
+                 show_progress: bool = False) -> dict[str, Any]:
     """Predict every input with ``bundle`` and write ``out/<input>/<task>.png`` (and
     ``overview.png``), every map at the input's own size.
 
@@ -148,7 +148,9 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
     files. Returns a JSON-ready summary: counts, engine seconds (reading and writing
     excluded), measured activation-delta densities per task, per clip the keyframes and
     each frame's seconds, and the input warnings. Inputs over ``max_pixels`` (default
-    ``mtlcompress.io.images.MAX_PIXELS``) are refused.
+    ``mtlcompress.io.images.MAX_PIXELS``) are refused. ``precision`` is the compute
+    dtype (``runtime.runner.resolve_precision``). ``show_progress`` counts the images,
+    and each clip's frames, on stderr.
     """
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise MtlCompressError("--device cuda was asked for but no CUDA GPU is available")
@@ -162,7 +164,7 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
         raise MtlCompressError("fps must be > 0")
     limit = image_io.MAX_PIXELS if max_pixels is None else max_pixels
     media = find_inputs(inputs, video=video, video_files=True)
-    runner = make_engine(bundle, engine, tasks=tasks, device=device)
+    runner = BundleRunner(bundle, engine, device=device, tasks=tasks, precision=precision)
     if OVERVIEW_NAME in runner.tasks:
         raise MtlCompressError(f"a task named '{OVERVIEW_NAME}' would collide with the overview image")
     files = OutputFolder(out, protected=[path for item in media for path in item.frames])
@@ -170,54 +172,68 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
     warnings: list[str] = []
     seconds, images, written = 0.0, 0, 0
     stills = [m for m in media if not m.video]
-    for start in range(0, len(stills), batch_size):
-        chunk = stills[start:start + batch_size]
-        photos = [read_photo(m.frames[0], size, limit) for m in chunk]
-        warnings.extend(note for photo in photos for note in photo.notes)
-        begin = time.perf_counter()
-        outputs = runner.predict(torch.stack([photo.pixels for photo in photos]))
-        seconds += time.perf_counter() - begin
-        for i, (item, photo) in enumerate(zip(chunk, photos)):
-            written += len(save_predictions(files.child(item.name), _at_photo_size(outputs, i, photo), save_raw,
-                                            photo.rgb if overview else None))
-        images += len(chunk)
+    with progress_bar("run: images", len(stills), enabled=show_progress and bool(stills)) as advance:
+        for start in range(0, len(stills), batch_size):
+            chunk = stills[start:start + batch_size]
+            photos = [read_photo(m.frames[0], size, limit) for m in chunk]
+            warnings.extend(note for photo in photos for note in photo.notes)
+            begin = time.perf_counter()
+            outputs = runner.predict(torch.stack([photo.pixels for photo in photos]))
+            seconds += time.perf_counter() - begin
+            for i, (item, photo) in enumerate(zip(chunk, photos)):
+                written += len(save_predictions(files.child(item.name), _at_photo_size(outputs, i, photo), save_raw,
+                                                photo.rgb if overview else None))
+            images += len(chunk)
+            advance(len(chunk))
     clips = []
     for clip in (m for m in media if m.video):
         write_frames = (not clip.is_video_file) if frames is None else frames
         summary = _run_clip(runner, clip, files, policy, size, limit, fps, warnings,
-                            write_frames=write_frames, save_raw=save_raw, overview=overview)
+                            write_frames=write_frames, save_raw=save_raw, overview=overview,
+                            show_progress=show_progress)
         seconds += sum(summary["frame_seconds"])
         images += summary["frames"]
         written += summary.pop("files_written")
         clips.append(summary)
-    densities = {task: sum(layers.values()) / len(layers) for task, layers in runner.stats.mean().items() if layers}
+    densities = {task: sum(layers.values()) / len(layers)
+                 for task, layers in runner.engine.stats.mean().items() if layers}
     return {"inputs": len(media), "images": images, "videos": len(clips),
             "keyframes": sum(len(c["keyframes"]) for c in clips), "tasks": list(runner.tasks), "engine": engine,
-            "device": str(device), "seconds": seconds, "images_per_second": images / seconds if seconds > 0 else None,
+            "device": str(device), "precision": runner.precision, "seconds": seconds,
+            "images_per_second": images / seconds if seconds > 0 else None,
             "activation_density": densities, "files_written": written, "out": str(out), "clips": clips,
             "warnings": warnings}
 
 
-def _clip_photos(clip: MediaInput, size: int, limit: int) -> tuple[Iterator[tuple[str, Photo]], Fraction | None]:
-    """The clip's frames as ``(output name, photo)``, read lazily, and its frame rate
-    (None for a frame folder)."""
+def _clip_photos(clip: MediaInput, size: int,
+                 limit: int) -> tuple[Iterator[tuple[str, Photo]], Fraction | None, int]:
+    """The clip's frames as ``(output name, photo)``, read lazily, its frame rate (None
+    for a frame folder) and its frame count (0 where a video's header does not say)."""
     if clip.is_video_file:
         path = clip.frames[0]
-        rate = probe_video(path, limit).fps
+        probed = probe_video(path, limit)
         decoded = read_video_frames(path, limit)
         return ((f"frame_{i:06d}", photo_from_image(Image.fromarray(rgb), size, path.name))
-                for i, rgb in enumerate(decoded)), rate
-    return ((name, read_photo(p, size, limit)) for name, p in zip(clip.frame_names, clip.frames)), None
+                for i, rgb in enumerate(decoded)), probed.fps, probed.frames
+    return ((name, read_photo(p, size, limit)) for name, p in zip(clip.frame_names, clip.frames)), None, len(clip.frames)
 
 
-def _run_clip(runner: SharedEngine | DenseEngine, clip: MediaInput, files: OutputFolder, policy: KeyframePolicy,
+def _run_clip(runner: BundleRunner, clip: MediaInput, files: OutputFolder, policy: KeyframePolicy,
               size: int, limit: int, fps: float, warnings: list[str], *, write_frames: bool, save_raw: bool,
-              overview: bool) -> dict[str, Any]:
+              overview: bool, show_progress: bool = False) -> dict[str, Any]:
     """Stream one clip: frames are read only as the engine asks for them, and each
     result is written (to the task videos and, with ``write_frames``, as PNGs) before
     the next frame is read."""
-    photos, rate = _clip_photos(clip, size, limit)
-    rate = rate or Fraction(fps).limit_denominator(1001)
+    photos, rate, total = _clip_photos(clip, size, limit)
+    with progress_bar(f"run: {clip.name} frames", total, enabled=show_progress and total > 0) as advance:
+        return _stream_clip(runner, clip, files, policy, photos, rate or Fraction(fps).limit_denominator(1001),
+                            warnings, write_frames=write_frames, save_raw=save_raw, overview=overview,
+                            advance=advance)
+
+
+def _stream_clip(runner: BundleRunner, clip: MediaInput, files: OutputFolder, policy: KeyframePolicy,
+                 photos: Iterator[tuple[str, Photo]], rate: Fraction, warnings: list[str], *, write_frames: bool,
+                 save_raw: bool, overview: bool, advance: Advance) -> dict[str, Any]:
     folder = files.folder(clip.name)
     pending: deque[tuple[str, Photo, float]] = deque()  # read, not yet answered: one frame in practice
     seen_notes: set[str] = set()
@@ -251,6 +267,7 @@ def _run_clip(runner: SharedEngine | DenseEngine, clip: MediaInput, files: Outpu
             if write_frames:
                 written += len(save_predictions(files.child(clip.name, name), maps, save_raw,
                                                 photo.rgb if overview else None))
+            advance()
             begin = time.perf_counter()
     except BaseException:
         for writer in writers.values():

@@ -44,7 +44,8 @@ class DenseEngine:
         self.bundle = bundle
         self.tasks = select_tasks(bundle, tasks)
         self.device = resolve_device(device)
-        self.models = {t: bundle.task_model(t).to(self.device) for t in {bundle.base_task, *self.tasks}}
+        self.models = {t: bundle.task_model(t).to(self.device, bundle.dtype)  # computes in the bundle's dtype
+                       for t in {bundle.base_task, *self.tasks}}
         # Tapped layers this backbone has (a SwiGLU MLP has fc1_g and fc1_x, no fc1).
         modules = dict(self.models[bundle.base_task].backbone.named_modules())
         self.layers = [name for name in shared_linear_names(bundle.backbone.depth) if name in modules]

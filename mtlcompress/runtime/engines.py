@@ -15,11 +15,16 @@ ENGINES = ("shared", "dense")
 
 
 def make_engine(bundle: Bundle, kind: str, tasks: Sequence[str] | None = None,
-                device: str | torch.device = "cpu") -> SharedEngine | DenseEngine:
+                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SharedEngine | DenseEngine:
     """``"shared"``: real shared computation; ``"dense"``: the simulated reference.
+
+    The engine computes in ``dtype`` (the bundle is cast once, ``Bundle.cast``) and
+    expects inputs in it; fp32 by default, whatever the bundle stores, so callers that
+    pass fp32 images work with 16-bit bundles (``BundleRunner`` handles precision).
 
     A backbone the shared engine cannot share (``BackboneConfig.dense_path_reason``,
     e.g. qk-norm blocks) runs by the dense path whichever engine is asked for."""
+    bundle = bundle.cast(dtype)
     if kind == "dense" or (kind == "shared" and bundle.backbone.dense_path_reason):
         return DenseEngine(bundle, tasks, device)
     if kind == "shared":

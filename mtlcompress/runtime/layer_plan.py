@@ -72,7 +72,7 @@ class EngineTask:
 def build_engine_task(bundle: Bundle, name: str, layer_names: list[str], device) -> EngineTask:
     """The task's dense model on ``device`` and its shared layers' delta operands."""
     entry = bundle.task(name)
-    model = bundle.task_model(name).to(device)
+    model = bundle.task_model(name).to(device, bundle.dtype)  # computes in the bundle's dtype
     check_supported(model.backbone)
     modules = dict(model.backbone.named_modules())
     activation = entry.activation

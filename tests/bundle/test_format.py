@@ -324,7 +324,7 @@ def test_wrong_head_shape(saved):
 def test_wrong_dtype(saved):
     path, _ = saved
     rewrite(path, lambda t, m: t.update({"head.depth.conv.bias": t["head.depth.conv.bias"].double()}))
-    assert "tensor 'head.depth.conv.bias' is float64, the manifest's architecture needs one of" in load_error(path)
+    assert "tensor 'head.depth.conv.bias' is float64, the manifest's dtype is float32" in load_error(path)
 
 
 def test_huge_declared_delta_shape_is_refused_before_allocating(saved):
@@ -385,7 +385,7 @@ def test_delta_dtype_must_be_its_base_weights(saved):
         tensors[key] = tensors[key].half()
         entry.update(dtype="float16", bytes=layout_nbytes(entry["shape"], torch.float16, entry["nnz"], "coo"))
     rewrite(path, half)
-    assert "'delta.depth.blocks.1.attn.proj.bias' is float16 but its base weight is torch.float32" in load_error(path)
+    assert "is float16, the bundle's dtype is float32" in load_error(path)
 
 
 def test_delta_density_must_be_exactly_the_writers(saved):

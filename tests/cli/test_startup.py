@@ -75,11 +75,13 @@ def test_every_command_has_json_and_quiet(words, command):
 
 def test_option_names_listed_in_help_match_their_sources():
     from mtlcompress.demo import DEMO_PRESETS, DEMO_STAGES
+    from mtlcompress.runtime.runner import PRECISIONS
     from mtlcompress.tasks.registry import task_names
 
     assert _options.TASK_NAMES == task_names()
     assert _options.DEMO_PRESET_NAMES == tuple(DEMO_PRESETS)
     assert _options.DEMO_STEPS == DEMO_STAGES
+    assert _options.PRECISION_NAMES == PRECISIONS
 
 
 def test_train_help_lists_the_tasks():
