@@ -83,7 +83,8 @@ def one_of(names: tuple[str, ...]):
     return check
 
 
-PrecisionOpt = Annotated[str, typer.Option(
+# Inference precision (run, bench): unlike training's autocast, a bundle's weights are cast once.
+InferencePrecisionOpt = Annotated[str, typer.Option(
     "--precision", callback=one_of(PRECISION_NAMES),
     help=f"Compute dtype: {', '.join(PRECISION_NAMES)}. auto: fp32 on cpu, the bundle's stored dtype (`export "
          "--dtype`) on cuda. Weights are cast once; outputs are fp32 either way. 16-bit on cpu works, but is only "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, PrecisionOpt, QuietOpt
+from mtlcompress.cli._options import DeviceOpt, InferencePrecisionOpt, JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 
@@ -35,8 +35,8 @@ def bench(
     keyframe_every: Annotated[int, typer.Option(min=1, help="Video: a keyframe (every task exactly) every K "
                                                           "frames.")] = 16,
     max_drift: Annotated[float, typer.Option(help="Video: keyframe once the unpropagated error passes this.")] = 0.25,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    precision: PrecisionOpt = "auto",
+    device: DeviceOpt = "auto",
+    precision: InferencePrecisionOpt = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
     no_profile: Annotated[bool, typer.Option("--no-profile", help="Skip the per-layer-kind breakdown pass.")
                           ] = False,
@@ -52,7 +52,7 @@ def bench(
     from mtlcompress.runtime.devices import resolve_device
     from mtlcompress.runtime.keyframes import KeyframePolicy
 
-    resolve_device(device)
+    device = str(resolve_device(device))  # "auto" -> the device it means here
     if max_drift <= 0:
         raise MtlCompressError("--max-drift must be > 0")
     if threads:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, PrecisionOpt, QuietOpt
+from mtlcompress.cli._options import DeviceOpt, InferencePrecisionOpt, JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.limits import MAX_PIXELS
@@ -45,8 +45,8 @@ def run(
     max_drift: Annotated[float, typer.Option(help="Video: force a keyframe once the unpropagated error "
                                                   "passes this relative size (> 0).")] = 0.25,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    precision: PrecisionOpt = "auto",
+    device: DeviceOpt = "auto",
+    precision: InferencePrecisionOpt = "auto",
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse input images or video frames with more pixels "
                                                         "than this (width x height), read from the header first.")
                           ] = MAX_PIXELS,
@@ -56,7 +56,7 @@ def run(
     """Run a bundle on images or videos and write one viewable PNG per task.
 
     Photos of any size and aspect: the network sees each photo resized (stretched) to
-    the bundle's square image size, and every map is resized back to the photo's own
+    the bundle's image size, and every map is resized back to the photo's own
     width x height (bilinear on the raw outputs; class maps take the argmax after), so
     each PNG, .npy and overview matches its photo pixel for pixel.
     """
@@ -68,7 +68,7 @@ def run(
 
     if engine not in ENGINES:
         raise MtlCompressError(f"unknown engine '{engine}'; choose from {', '.join(ENGINES)}")
-    resolve_device(device)
+    device = str(resolve_device(device))  # "auto" -> the device it means here
     keep_freed_memory()
     loaded = load_bundle(bundle)
     selected = [t.strip() for t in tasks.split(",") if t.strip()] or None

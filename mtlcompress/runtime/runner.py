@@ -54,7 +54,7 @@ class BundleRunner:
     Args:
         bundle: the plain-data bundle (``load_bundle`` or ``Bundle.from_checkpoints``).
         engine: ``"shared"`` (real shared computation) or ``"dense"`` (the reference).
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"`` (CUDA when present).
         tasks: tasks to return (default: all); the base task always runs.
         precision: compute dtype, ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (module doc).
     """
@@ -95,7 +95,7 @@ def load(path: str | os.PathLike, engine: str = "shared", device: str | torch.de
         path: a bundle written by ``export_bundle`` / ``mtlcompress export``.
         engine: ``"shared"`` (computes the base once and each sub-task's deltas) or
             ``"dense"`` (every task as its own model: the reference).
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"`` (CUDA when present).
         tasks: tasks to return (default: all); the base task always runs.
         precision: compute dtype: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (fp32
             on CPU, the bundle's stored dtype on a GPU). Outputs are fp32 either way.
