@@ -200,10 +200,14 @@ def limit_flops(bundle: Bundle) -> dict[str, dict[str, int]]:
 
 def flops_report(bundle: Bundle, densities: Mapping[str, Mapping[str, float]] | None = None,
                  default_density: float = 1.0) -> dict[str, Any]:
-    """(a), (b) and (c) per task and in total (see the module docstring for what counts)."""
-    scenarios = {"independent": independent_flops(bundle),
-                 "bundle": bundle_flops(bundle, densities, default_density),
-                 "limit": limit_flops(bundle)}
+    """(a), (b) and (c) per task and in total (see the module docstring for what counts).
+
+    A backbone the shared engine cannot share (``dense_path_reason``) runs every task as
+    its own dense model, so its (b) is (a): no savings are claimed that do not run."""
+    independent = independent_flops(bundle)
+    shared = (bundle_flops(bundle, densities, default_density) if not bundle.backbone.dense_path_reason else
+              {task: {**parts, "fixed": parts["total"], "slope": 0} for task, parts in independent.items()})
+    scenarios = {"independent": independent, "bundle": shared, "limit": limit_flops(bundle)}
     totals = {name: {part: sum(t[part] for t in per_task.values()) for part in (*PARTS, "total")}
               for name, per_task in scenarios.items()}
     totals["bundle"]["fixed"] = sum(t["fixed"] for t in scenarios["bundle"].values())

@@ -90,3 +90,12 @@ def test_bundle_flops_follow_the_formula(bundle):
     totals = report["totals"]
     assert totals["limit"]["total"] < totals["bundle"]["total"]
     assert totals["independent"]["total"] == sum(t["total"] for t in report["per_task"]["independent"].values())
+
+
+def test_a_bundle_run_by_the_dense_path_claims_no_savings(bundle):
+    dense_path = dataclasses.replace(bundle, backbone=dataclasses.replace(MICRO, qk_norm=True))
+    assert dense_path.backbone.dense_path_reason
+    report = flops.flops_report(dense_path, {"depth": {"blocks.0.attn.qkv": 0.25}})
+    assert report["totals"]["bundle"]["total"] == report["totals"]["independent"]["total"]
+    assert report["per_task"]["bundle"]["depth"]["slope"] == 0
+    assert flops.flops_report(bundle)["totals"]["bundle"]["total"] < report["totals"]["bundle"]["total"]
