@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, QuietOpt
+from mtlcompress.cli._options import DeviceOpt, JsonOpt, QuietOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io.outputs import HTML_SUFFIXES, check_output
@@ -24,6 +24,7 @@ def inspect(
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")] = None,
     max_images: Annotated[int, typer.Option("--max-images", help="Val images to run with --data.")] = 64,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the --html file if it exists.")] = False,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -34,13 +35,15 @@ def inspect(
         check_output(html, [bundle_path, data], overwrite=overwrite, suffixes=HTML_SUFFIXES, label="--html")
     # torch: imported once a command runs, so that `--help` answers at once.
     from mtlcompress.bundle.format import load_bundle
+    from mtlcompress.devices import resolve_device
     from mtlcompress.report.html import write_html_report
     from mtlcompress.report.inspect import HTML_EXAMPLES, inspect_bundle
 
+    target = resolve_device(device)  # --data runs the bundle there
     bundle = load_bundle(bundle_path)
     report = inspect_bundle(bundle, bundle_path, data=data, max_images=max_images,
                             show_progress=not (quiet or as_json),
-                            examples=HTML_EXAMPLES if html is not None else 0)
+                            examples=HTML_EXAMPLES if html is not None else 0, device=target)
     if html is not None:
         write_html_report(report, html)
         info(f"wrote {html}", quiet=quiet or as_json)

@@ -41,7 +41,8 @@ _TOKEN_TENSORS = ("cls_token", "reg_token", "pos_embed")
 
 def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | os.PathLike,
                    data: str | os.PathLike | None = None, max_images: int = 64,
-                   show_progress: bool = False, examples: int = 0) -> dict[str, Any]:
+                   show_progress: bool = False, examples: int = 0,
+                   device: str | torch.device = "cpu") -> dict[str, Any]:
     """The full report of ``bundle`` (see ``docs/inspect-schema.md``).
 
     Args:
@@ -55,10 +56,11 @@ def inspect_bundle(bundle: Bundle, manifest_or_path: Mapping[str, Any] | str | o
         examples: with ``data``, keep this many of those images with every task's
             predicted map from the bundle and from the original model, as base64 PNGs
             (for the HTML report; 0 keeps the JSON small).
+        device: where the engine and the original models run with ``data``.
     """
     path, manifest = _manifest(manifest_or_path)
     measured = measure_on_data(bundle, data, max_images, show_progress=show_progress,
-                                          examples=examples) if data is not None else None
+                               examples=examples, device=device) if data is not None else None
     task_density = measured["activation_density"] if measured else None
     flop = flops.flops_report(bundle, task_density, ASSUMED_DENSITY)
     tasks = {task: _task_report(bundle, manifest, task, measured, flop) for task in bundle.tasks}
@@ -237,7 +239,8 @@ def _totals(tasks: Mapping[str, dict[str, Any]], flop: dict[str, Any]) -> dict[s
 
 @torch.inference_mode()
 def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 64,
-                    batch_size: int = 16, show_progress: bool = False, examples: int = 0) -> dict[str, Any]:
+                    batch_size: int = 16, show_progress: bool = False, examples: int = 0,
+                    device: str | torch.device = "cpu") -> dict[str, Any]:
     """Run the shared engine on the first ``max_images`` val images and the first clip.
 
     Returns activation densities (task domain, from the images only), temporal
@@ -267,7 +270,7 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
     subset = Subset(dataset, range(min(max_images, len(dataset))))
     if len(subset) == 0:
         raise DataError(f"{data}: no images to inspect in the '{split}' split")
-    engine = make_engine(bundle, "shared")
+    engine = make_engine(bundle, "shared", device=device)
     metrics = {t: get_task(t).metric(bundle.task(t).info.num_classes) for t in labelled}
     originals = {t: find_original(bundle, t) for t in (bundle.tasks if examples > 0 else labelled)}
     original_metrics = {t: get_task(t).metric(bundle.task(t).info.num_classes)
@@ -277,11 +280,12 @@ def measure_on_data(bundle: Bundle, data: str | os.PathLike, max_images: int = 6
     kept: list[dict[str, Any]] = []
     with progress_bar("inspect: images", len(subset), enabled=show_progress) as advance:
         for batch in DataLoader(subset, batch_size=batch_size):
-            outputs = engine.predict(batch["image"])
+            outputs = {t: o.cpu() for t, o in engine.predict(batch["image"]).items()}
             # Unlabelled tasks' originals only run while example pictures are still wanted.
             wanted = [t for t, o in originals.items() if o.model is not None and (t in original_metrics or
                                                                                   len(kept) < examples)]
-            original_outputs = {t: o.model(batch["image"]) if t in wanted else None for t, o in originals.items()}
+            original_outputs = {t: o.model.to(device)(batch["image"].to(device)).cpu() if t in wanted else None
+                                for t, o in originals.items()}
             for task, metric in metrics.items():
                 metric.update(get_task(task).predict(outputs[task]), batch[task])
                 if task in original_metrics:

@@ -12,7 +12,14 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes a run may train in
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters shared by every training stage."""
+    """Hyper-parameters shared by every training stage, and how its steps run.
+
+    ``batch_size`` is the global batch (split across ``torchrun`` ranks, then into
+    ``accumulate`` micro-batches); ``precision`` is the autocast dtype (``fp32``,
+    ``bf16``, ``fp16``); ``device`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+    (under torchrun ``auto``/``cuda`` mean the rank's own GPU); ``workers`` DataLoader
+    processes load batches ahead. A resume may change ``lr``, ``device`` and ``workers``.
+    """
 
     steps: int = 300
     batch_size: int = 32
