@@ -43,7 +43,7 @@ from mtlcompress.report.compile_peer import compile_models  # noqa: E402
 from mtlcompress.runtime.shared_engine import SharedEngine  # noqa: E402
 from mtlcompress.sparsify.common import evaluate_on, stage_data, student_from, weight_delta  # noqa: E402
 from mtlcompress.sparsify.magnitude import magnitude_masks  # noqa: E402
-from mtlcompress.sparsify.structures import structured_deltas  # noqa: E402
+from mtlcompress.sparsify.structures import add_delta_, structured_deltas  # noqa: E402
 
 BYTES = (0.01, 0.02, 0.05)
 STRUCTURES = (("unstructured", None), ("block", "8x8"), ("block", "16x16"), ("block", "1x16"), ("lowrank", None))
@@ -92,9 +92,10 @@ def accuracy(demo: Path, log) -> list[dict[str, Any]]:
                 else:
                     kept, _ = structured_deltas(full, budget, structure, block or "8x8")
                 student = student_from(base, task_model).eval()
+                base_weights = dict(base.backbone.named_parameters())
                 with torch.no_grad():
                     for name, parameter in student.backbone.named_parameters():
-                        parameter.add_(kept[name])
+                        add_delta_(parameter, base_weights[name], kept[name])
                 value = evaluate_on(student, data_)[metric.primary]
                 change = (value - original) / abs(original) * (1 if metric.higher_is_better else -1)
                 row = {"task": info.task, "structure": _label(structure, block), "budget": budget,
@@ -119,7 +120,7 @@ def _variant_bundle(structure: str, block: str | None, budget: float, thresholds
     return bundle
 
 
-def speed(runs: int, repeats: int, log) -> dict[str, Any]:
+def speed(runs: int, repeats: int, log, compile_models_too: bool = True) -> dict[str, Any]:
     images = synthetic_images(1, 224, seed=0)
     reference = random_bundle(BundleSpec("vit_small_patch16_224", 0.02 / CSR_BYTES_PER_VALUE, 0.02))
     for entry in reference.tasks.values():
@@ -129,7 +130,8 @@ def speed(runs: int, repeats: int, log) -> dict[str, Any]:
     log(f"calibrated in {time.perf_counter() - start:.0f} s: {calibration['density']}")
     thresholds = {t: reference.tasks[t].activation.task_thresholds for t in reference.sub_tasks}
     eager = {t: reference.task_model(t).eval() for t in reference.tasks}
-    compiled, reason, compile_s = compile_models(reference, images, torch.device("cpu"))
+    compiled, reason, compile_s = (compile_models(reference, images, torch.device("cpu")) if compile_models_too
+                                   else (None, "not run (--no-compile)", 0.0))
     log(f"compiled: {compiled is not None} {reason} in {compile_s:.0f} s")
     engines = {}
     for structure, block in SPEED_STRUCTURES:
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the JSON here")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled T models")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("accuracy", "both"):
         result["accuracy"] = accuracy(args.demo, log)
     if args.part in ("speed", "both"):
-        result["speed"] = speed(args.runs, args.repeats, log)
+        result["speed"] = speed(args.runs, args.repeats, log, not args.no_compile)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")
