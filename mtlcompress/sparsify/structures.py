@@ -113,7 +113,8 @@ def add_delta_(weight: Tensor, base: Tensor, delta: Tensor) -> Tensor:
     (a low-rank delta has none, and its layout must give them back exactly)."""
     summed = base + delta
     absorbed = summed.eq(base) & delta.ne(0)
-    summed[absorbed] = torch.nextafter(base[absorbed], base[absorbed] + delta[absorbed])
+    toward = torch.where(delta[absorbed] > 0, torch.inf, -torch.inf).to(base.dtype)  # (base + delta is base)
+    summed[absorbed] = torch.nextafter(base[absorbed], toward)
     return weight.copy_(summed)
 
 
