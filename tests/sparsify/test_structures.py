@@ -88,8 +88,9 @@ def test_a_low_rank_delta_added_to_weights_is_still_stored_as_low_rank():
     """What export sees is ``(W_0 + A B) - W_0``: W's rounding, and entries the sum absorbed."""
     gen = torch.Generator().manual_seed(4)
     base = torch.randn(96, 64, generator=gen) * 0.05  # ViT-like weights against a 1e-3 delta
-    delta = (torch.randn(96, 2, generator=gen) @ torch.randn(2, 64, generator=gen)) * 1e-3
-    delta[0, 0] = 1e-12  # vanishes in base + delta
+    left = torch.randn(96, 2, generator=gen)
+    left[0] *= 1e-9  # row 0 of the delta vanishes in base + delta
+    delta = (left @ torch.randn(2, 64, generator=gen)) * 1e-3
     weight = add_delta_(torch.empty_like(base), base, delta)
     seen = weight - base
     assert bool(seen.ne(0).all())
