@@ -36,6 +36,7 @@ from make_bundles import DEFAULT_CACHE, RANDOM_WEIGHTS_NOTE, BundleSpec, all_spe
 
 from mtlcompress.bundle.format import load_bundle  # noqa: E402
 from mtlcompress.report.benchmark import benchmark_bundle, static_clip, synthetic_images  # noqa: E402
+from mtlcompress.report.compile_peer import compiled_peer  # noqa: E402
 from mtlcompress.runtime.allocator import keep_freed_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,8 @@ DEFAULT_JSON = ROOT / "docs" / "benchmarks-runtime.json"
 INPUT_SEED = 0
 FULL = {"repeats": 5, "warmup": 1, "frames": 16}  # video: one period of the default keyframe policy
 QUICK = {"repeats": 2, "warmup": 1, "frames": 4}
+# Issue #20's trained-like point: a weight delta of 2 % and token deltas of at most 2 %.
+TRAINED_LIKE = BundleSpec("vit_small_patch16_224", 0.02, 0.02)
 
 
 # ------------------------------------------------------------------------------------
@@ -174,6 +177,27 @@ def profile_table(profile: dict[str, Any]) -> list[str]:
     return lines
 
 
+def compile_peer_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Images: the shared engine against the T models eager and under torch.compile."""
+    peers = [row for row in rows if row.get("compile_peer")]
+    if not peers:
+        return []
+    out = ["### Images: against the T models under torch.compile", "",
+           "`mtlcompress.report.compile_peer`: eager T models, compiled T models (`torch.compile`, default mode) and "
+           "the shared engine, interleaved in one loop of their own (same repeats).", "",
+           "| operating point | T models eager, ms | T models compiled, ms | shared, ms | x vs eager | x vs compiled | "
+           "x vs the faster |", "|---|---|---|---|---|---|---|"]
+    for row in peers:
+        peer = row["compile_peer"]
+        img, r = peer["images"], peer["ratios"]
+        compiled = (_spread(img["independent_compiled"]) if peer["available"]
+                    else f"unavailable ({peer['reason']})")
+        out.append(f"| {_title(row['spec'])} | {_spread(img['independent'])} | {compiled} | {_spread(img['shared'])} "
+                   f"| {_x(r['independent/shared'])} | {_x(r.get('independent_compiled/shared'))} | "
+                   f"{_x(r['best_models/shared'])} |")
+    return out
+
+
 def render(doc: dict[str, Any]) -> str:
     env, rows = doc["environment"], doc["rows"]
     headline = next(row for row in rows if row["headline"])
@@ -211,6 +235,7 @@ def render(doc: dict[str, Any]) -> str:
         out += [f"### Where the shared engine's time goes (headline, {section}, one profiled call)", "",
                 "A separate pass with `SharedEngine(profile=True)`, which synchronises around every part; the timed "
                 "runs above are not profiled.", "", *profile_table(profile), ""]
+    out += [*compile_peer_table(rows), ""]
     out += ["Ratios are ratios of medians. The full results (every sample, per-layer densities, kernel paths) "
             f"are in `{DEFAULT_JSON.relative_to(ROOT)}`."]
     return "\n".join(out)
@@ -219,7 +244,8 @@ def render(doc: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------
 # Running.
 # ------------------------------------------------------------------------------------
-def run_row(spec: BundleSpec, cache: Path, settings: dict[str, int], log: Any) -> dict[str, Any]:
+def run_row(spec: BundleSpec, cache: Path, settings: dict[str, int], log: Any, compiled: bool = True
+            ) -> dict[str, Any]:
     path, meta = make_bundle(spec, cache, log=log)
     bundle = load_bundle(path)
     size = bundle.backbone.img_size
@@ -227,6 +253,8 @@ def run_row(spec: BundleSpec, cache: Path, settings: dict[str, int], log: Any) -
     frames = static_clip(settings["frames"], size, seed=INPUT_SEED) if settings["frames"] else None
     log(f"benchmarking {path.name}")
     result = benchmark_bundle(bundle, images, frames, repeats=settings["repeats"], warmup=settings["warmup"])
+    peer = (compiled_peer(bundle, images, repeats=settings["repeats"], warmup=settings["warmup"])
+            if compiled else None)
     heads = sum(h.numel() * h.element_size() for t in bundle.tasks.values() for h in t.head.values())
     base = sum(w.numel() * w.element_size() for w in bundle.base_weights.values())
     sizes = {"bundle": meta["bundle_bytes"], "checkpoint_bytes": meta["checkpoint_bytes"],
@@ -234,7 +262,7 @@ def run_row(spec: BundleSpec, cache: Path, settings: dict[str, int], log: Any) -
     del bundle
     gc.collect()
     return {"spec": dict(spec.__dict__), "bundle": str(path), "sizes": sizes, "calibration": meta["calibration"],
-            "result": result}
+            "result": result, "compile_peer": peer}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="override the clip length")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--headline-only", action="store_true", help="only the headline operating point")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the T models under torch.compile")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: rewrite the markdown section from the existing --json-out file")
     args = parser.parse_args(argv)
@@ -265,11 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    specs = all_specs(args.quick)[:1] if args.headline_only else all_specs(args.quick)
+    specs = all_specs(args.quick)[:1] if args.headline_only else [*all_specs(args.quick), TRAINED_LIKE]
     command = "python benchmarks/run_all.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     rows = []
     for index, spec in enumerate(specs):
-        row = run_row(spec, args.cache, settings, log)
+        row = run_row(spec, args.cache, settings, log, compiled=not args.no_compiled)
         row["headline"] = index == 0
         rows.append(row)
         # Written after every row, so an interrupted run keeps what it measured (and says so).

@@ -40,6 +40,9 @@ def bench(
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice).")] = None,
     no_profile: Annotated[bool, typer.Option("--no-profile", help="Skip the per-layer-kind breakdown pass.")
                           ] = False,
+    compiled: Annotated[bool, typer.Option("--compiled", help="Also time the T models under torch.compile (the "
+                                           "honest CPU peer; compiling takes minutes; reported as unavailable "
+                                           "where it cannot compile).")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -68,7 +71,30 @@ def bench(
                               precision=precision, show_progress=not (quiet or as_json))
     result["bundle"] = str(bundle)
     result["inputs"] = source
-    emit(result, as_json, *tables(result))
+    if compiled:
+        result["compile_peer"] = _compile_peer(loaded, images, repeats, warmup, device, quiet or as_json)
+    emit(result, as_json, *tables(result), *compile_peer_tables(result))
+
+
+def _compile_peer(bundle, images, repeats: int, warmup: int, device: str, quiet: bool) -> dict[str, Any]:
+    from mtlcompress.report.compile_peer import compiled_peer
+
+    info("compiling the T models (torch.compile) and timing them beside the eager ones", quiet)
+    return compiled_peer(bundle, images, repeats=repeats, warmup=warmup, device=device)
+
+
+def compile_peer_tables(result: dict[str, Any]) -> list:
+    """The shared engine against the eager and the compiled T models (with ``--compiled``)."""
+    peer = result.get("compile_peer")
+    if not peer:
+        return []
+    title = "images: T models eager and under torch.compile vs the shared engine, ms per call"
+    if not peer["available"]:
+        title += f" (torch.compile unavailable: {peer['reason']})"
+    rows = [[name, _ms(s["median_s"]), _ms(s["min_s"]), _ms(s["max_s"])] for name, s in peer["images"].items()]
+    return [make_table(title, ["variant", "median", "min", "max"], rows),
+            make_table("ratios of medians (x faster: the right-hand side)", ["ratio", "value"],
+                       [[name, value] for name, value in peer["ratios"].items()])]
 
 
 def _inputs(paths: list[Path] | None, size: int, batch: int, frames: int) -> tuple[torch.Tensor, list | None, str]:

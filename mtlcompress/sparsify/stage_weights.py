@@ -34,7 +34,7 @@ from mtlcompress.sparsify.delta_model import DeltaModel
 from mtlcompress.sparsify.density_control import DEFAULT_LAMBDA_LR, LagrangianDensityController
 from mtlcompress.sparsify.magnitude import magnitude_masks, project_to_density
 from mtlcompress.sparsify.config import WeightsConfig
-from mtlcompress.sparsify.structures import structured_deltas
+from mtlcompress.sparsify.structures import add_delta_, structured_deltas
 from mtlcompress.sparsify.supervision import make_objective
 from mtlcompress.training.distributed import maybe_ddp, to_device, training_device
 from mtlcompress.training.loop import TrainConfig, resume_state_path, run_training
@@ -121,9 +121,10 @@ def sparsify_weights(
     if structure != "unstructured":
         kept, gate_stats = structured_deltas(start_delta, density, structure, block)
         result_model = student_from(base_model, task_model)
+        base_weights = dict(base_model.backbone.named_parameters())
         with torch.no_grad():
             for name, parameter in result_model.backbone.named_parameters():
-                parameter.add_(kept[name])
+                add_delta_(parameter, base_weights[name], kept[name])
         result_model.eval()
     elif method == "magnitude":
         masks = magnitude_masks(start_delta, density)

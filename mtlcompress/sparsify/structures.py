@@ -26,7 +26,7 @@ STRUCTURES: tuple[str, ...] = ("unstructured", "block", "lowrank")
 BLOCK_SIZES: tuple[str, ...] = ("1x16", "4x4", "8x8", "16x16", "32x32")  # bundle/structured_codecs.BLOCK_SHAPES
 
 __all__ = ["STRUCTURES", "BLOCK_SIZES", "parse_block", "lowrank_rank", "structured_deltas", "project_to_ranks",
-           "keep_ranks_"]
+           "keep_ranks_", "add_delta_"]
 
 
 def parse_block(text: str) -> tuple[int, int]:
@@ -106,6 +106,18 @@ def structured_deltas(deltas: Mapping[str, Tensor], density: float, structure: s
     raise ValueError(f"structure must be 'block' or 'lowrank' here, got {structure!r}")
 
 
+def add_delta_(weight: Tensor, base: Tensor, delta: Tensor) -> Tensor:
+    """``weight = base + delta``, where no non-zero delta entry vanishes in the rounding
+    of the sum: such an entry moves ``base`` by one unit of rounding instead, so the
+    delta a bundle later sees, ``weight - base``, keeps the zeros of ``delta``
+    (a low-rank delta has none, and its layout must give them back exactly)."""
+    summed = base + delta
+    absorbed = summed.eq(base) & delta.ne(0)
+    toward = torch.where(delta[absorbed] > 0, torch.inf, -torch.inf).to(base.dtype)  # (base + delta is base)
+    summed[absorbed] = torch.nextafter(base[absorbed], toward)
+    return weight.copy_(summed)
+
+
 def keep_ranks_(model: torch.nn.Module, base: torch.nn.Module, ranks: Mapping[str, int]) -> torch.nn.Module:
     """Project ``model``'s backbone delta from ``base`` back to ``ranks`` in place: fine-tuning
     a low-rank delta's entries (stage 2) leaves it full rank."""
@@ -114,5 +126,5 @@ def keep_ranks_(model: torch.nn.Module, base: torch.nn.Module, ranks: Mapping[st
         weights = dict(model.backbone.named_parameters())
         deltas = {name: weights[name] - base_weights[name] for name in ranks}
         for name, delta in project_to_ranks(deltas, ranks).items():
-            weights[name].copy_(base_weights[name] + delta)
+            add_delta_(weights[name], base_weights[name], delta)
     return model

@@ -7,7 +7,7 @@ import torch
 
 from mtlcompress.bundle import layouts
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.sparsify.structures import lowrank_rank, project_to_ranks, structured_deltas
+from mtlcompress.sparsify.structures import add_delta_, lowrank_rank, project_to_ranks, structured_deltas
 
 
 def _deltas() -> dict[str, torch.Tensor]:
@@ -82,3 +82,18 @@ def test_structured_weights_stage_and_finetune_keep_the_structure(quick_demo, tm
         if name in ranks:
             delta = (weight - base_weights[name]).detach().reshape(weight.shape[0], -1)
             assert int(torch.linalg.matrix_rank(delta, rtol=1e-5)) <= ranks[name], name
+
+
+def test_a_low_rank_delta_added_to_weights_is_still_stored_as_low_rank():
+    """What export sees is ``(W_0 + A B) - W_0``: W's rounding, and entries the sum absorbed."""
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(96, 64, generator=gen) * 0.05  # ViT-like weights against a 1e-3 delta
+    left = torch.randn(96, 2, generator=gen)
+    left[0] *= 1e-9  # row 0 of the delta vanishes in base + delta
+    delta = (left @ torch.randn(2, 64, generator=gen)) * 1e-3
+    weight = add_delta_(torch.empty_like(base), base, delta)
+    seen = weight - base
+    assert bool(seen.ne(0).all())
+    encoded = layouts.encode(seen)
+    assert encoded.layout == "lowrank" and encoded.nbytes == 2 * (96 + 64) * 4
+    assert torch.equal(layouts.decode(encoded).ne(0), seen.ne(0))
