@@ -19,9 +19,11 @@ from typing import Any, ClassVar
 
 from mtlcompress.models.granularities import GRANULARITIES
 from mtlcompress.errors import MtlCompressError
-from mtlcompress.sparsify.structures import BLOCK_SIZES, STRUCTURES
 from mtlcompress.training.config import PRECISIONS, TrainConfig
 
+# Weight-delta structures (sparsify/structures.py); kept here, torch-free, for `--help`.
+STRUCTURES: tuple[str, ...] = ("unstructured", "block", "lowrank")
+BLOCK_SIZES: tuple[str, ...] = ("1x16", "4x4", "8x8", "16x16", "32x32")  # bundle/structured_codecs.BLOCK_SHAPES
 
 @dataclass(frozen=True)
 class OptionSpec:

@@ -20,10 +20,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from mtlcompress.sparsify.config import BLOCK_SIZES, STRUCTURES
 from mtlcompress.sparsify.magnitude import kept_count, magnitude_masks, top_k_masks
 
-STRUCTURES: tuple[str, ...] = ("unstructured", "block", "lowrank")
-BLOCK_SIZES: tuple[str, ...] = ("1x16", "4x4", "8x8", "16x16", "32x32")  # bundle/structured_codecs.BLOCK_SHAPES
 
 __all__ = ["STRUCTURES", "BLOCK_SIZES", "parse_block", "lowrank_rank", "structured_deltas", "project_to_ranks",
            "keep_ranks_", "add_delta_"]

@@ -97,3 +97,10 @@ def test_a_low_rank_delta_added_to_weights_is_still_stored_as_low_rank():
     encoded = layouts.encode(seen)
     assert encoded.layout == "lowrank" and encoded.nbytes == 2 * (96 + 64) * 4
     assert torch.equal(layouts.decode(encoded).ne(0), seen.ne(0))
+
+
+def test_the_block_sizes_offered_are_the_block_layouts_a_bundle_stores():
+    from mtlcompress.bundle.structured_codecs import BLOCK_SHAPES
+    from mtlcompress.sparsify.config import BLOCK_SIZES
+
+    assert BLOCK_SIZES == tuple(f"{h}x{w}" for h, w in BLOCK_SHAPES)
