@@ -157,7 +157,9 @@ def bundle_flops(bundle: Bundle, densities: Mapping[str, Mapping[str, float]] | 
     config, densities = bundle.backbone, densities or {}
     out: dict[str, dict[str, Any]] = {}
     for task, entry in bundle.tasks.items():
-        if task == bundle.base_task:
+        # A backbone the shared engine cannot share (dense_path_reason) runs every task
+        # as its own dense model: no savings are claimed that do not run.
+        if task == bundle.base_task or config.dense_path_reason:
             dense = task_model_flops(bundle, task)
             per_layer = {layer: linear_flops(config, layer) for layer in linear_shapes(config)}
             out[task] = {**dense, "per_layer": per_layer, "fixed": dense["total"], "slope": 0}
@@ -200,14 +202,10 @@ def limit_flops(bundle: Bundle) -> dict[str, dict[str, int]]:
 
 def flops_report(bundle: Bundle, densities: Mapping[str, Mapping[str, float]] | None = None,
                  default_density: float = 1.0) -> dict[str, Any]:
-    """(a), (b) and (c) per task and in total (see the module docstring for what counts).
-
-    A backbone the shared engine cannot share (``dense_path_reason``) runs every task as
-    its own dense model, so its (b) is (a): no savings are claimed that do not run."""
-    independent = independent_flops(bundle)
-    shared = (bundle_flops(bundle, densities, default_density) if not bundle.backbone.dense_path_reason else
-              {task: {**parts, "fixed": parts["total"], "slope": 0} for task, parts in independent.items()})
-    scenarios = {"independent": independent, "bundle": shared, "limit": limit_flops(bundle)}
+    """(a), (b) and (c) per task and in total (see the module docstring for what counts)."""
+    scenarios = {"independent": independent_flops(bundle),
+                 "bundle": bundle_flops(bundle, densities, default_density),
+                 "limit": limit_flops(bundle)}
     totals = {name: {part: sum(t[part] for t in per_task.values()) for part in (*PARTS, "total")}
               for name, per_task in scenarios.items()}
     totals["bundle"]["fixed"] = sum(t["fixed"] for t in scenarios["bundle"].values())
