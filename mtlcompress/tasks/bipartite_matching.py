@@ -74,7 +74,7 @@ def _augment_to_maximum(rows: np.ndarray, cols: np.ndarray, row_match: np.ndarra
         return
     neighbours = cols[np.argsort(rows, kind="stable")]
     indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=len(row_match)))))
-    while True:
+    for _ in range(min(len(row_match), len(col_match)) + 1):  # every round but the last adds a match
         free_rows = np.flatnonzero(row_match < 0)
         if len(free_rows) == 0:
             return
@@ -101,10 +101,18 @@ def _augment_to_maximum(rows: np.ndarray, cols: np.ndarray, row_match: np.ndarra
         if len(ends) == 0:
             return
         _, one_per_tree = np.unique(tree_of_row[parent_of_col[ends]], return_index=True)
-        path_cols = ends[one_per_tree]
-        while len(path_cols):  # walk all chosen paths back to their roots at once
-            path_rows = parent_of_col[path_cols]
-            previous = row_match[path_rows]
-            row_match[path_rows] = path_cols
-            col_match[path_cols] = path_rows
-            path_cols = previous[previous >= 0]
+        _flip_paths(ends[one_per_tree], parent_of_col, row_match, col_match)
+    raise RuntimeError("augmenting rounds did not converge: the matching is inconsistent")
+
+
+def _flip_paths(path_cols: np.ndarray, parent_of_col: np.ndarray, row_match: np.ndarray, col_match: np.ndarray) -> None:
+    """Flip disjoint augmenting paths, walking all of them back to their roots at once."""
+    for _ in range(len(row_match)):  # a path holds each row at most once
+        path_rows = parent_of_col[path_cols]
+        previous = row_match[path_rows]
+        row_match[path_rows] = path_cols
+        col_match[path_cols] = path_rows
+        path_cols = previous[previous >= 0]
+        if len(path_cols) == 0:
+            return
+    raise RuntimeError("augmenting path longer than the graph: the matching is inconsistent")
