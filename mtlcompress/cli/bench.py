@@ -97,7 +97,7 @@ def compile_peer_tables(result: dict[str, Any]) -> list:
                        [[name, value] for name, value in peer["ratios"].items()])]
 
 
-def _inputs(paths: list[Path] | None, size: int, batch: int, frames: int) -> tuple[torch.Tensor, list | None, str]:
+def _inputs(paths: list[Path] | None, size: tuple[int, int], batch: int, frames: int) -> tuple[torch.Tensor, list | None, str]:
     from mtlcompress.io.images import find_inputs, read_images
     from mtlcompress.report.benchmark import static_clip, synthetic_images
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from mtlcompress.bundle.bundle import Bundle
 from mtlcompress.data.synth import random_clip, random_scene, render_scene
+from mtlcompress.io.image_size import SizeLike
 from mtlcompress.progress import Advance, progress_bar
 from mtlcompress.bundle.format import storage_dtype
 from mtlcompress.report import flops
@@ -66,15 +67,15 @@ def _to_tensor(image: np.ndarray) -> Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)
 
 
-def synthetic_images(count: int, size: int, seed: int = 0) -> Tensor:
-    """``count`` rendered rooms ``[count, 3, size, size]`` in [0, 1] (deterministic)."""
+def synthetic_images(count: int, size: SizeLike, seed: int = 0) -> Tensor:
+    """``count`` rendered rooms ``[count, 3, H, W]`` (``size``: a side or (H, W)) in [0, 1] (deterministic)."""
     rng = np.random.default_rng(seed)
     return torch.stack([_to_tensor(render_scene(random_scene(rng), size)["image"]) for _ in range(count)])
 
 
-def static_clip(frames: int, size: int, seed: int = 0) -> list[Tensor]:
+def static_clip(frames: int, size: SizeLike, seed: int = 0) -> list[Tensor]:
     """A static-camera synthetic clip (objects move, the camera does not): ``frames`` x
-    ``[1, 3, size, size]``. Seeds are tried from ``seed`` upward until a clip's camera
+    ``[1, 3, H, W]``. Seeds are tried from ``seed`` upward until a clip's camera
     stays still, so the result is deterministic."""
     for attempt in range(seed, seed + 1000):
         scenes = random_clip(np.random.default_rng(attempt), frames)

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mtlcompress.errors import MtlCompressError
 from mtlcompress.io import images as image_io
 from mtlcompress.io.atomic import atomic_path
+from mtlcompress.io.image_size import SizeLike
 from mtlcompress.io.images import MediaInput, Photo, find_inputs, photo_from_image, read_photo
 from mtlcompress.io.output_paths import OutputFolder
 from mtlcompress.io.video import VideoError, VideoWriter, probe_video, read_video_frames, require_av
@@ -205,7 +206,7 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
             "warnings": warnings}
 
 
-def _clip_photos(clip: MediaInput, size: int,
+def _clip_photos(clip: MediaInput, size: SizeLike,
                  limit: int) -> tuple[Iterator[tuple[str, Photo]], Fraction | None, int]:
     """The clip's frames as ``(output name, photo)``, read lazily, its frame rate (None
     for a frame folder) and its frame count (0 where a video's header does not say)."""
@@ -219,7 +220,7 @@ def _clip_photos(clip: MediaInput, size: int,
 
 
 def _run_clip(runner: BundleRunner, clip: MediaInput, files: OutputFolder, policy: KeyframePolicy,
-              size: int, limit: int, fps: float, warnings: list[str], *, write_frames: bool, save_raw: bool,
+              size: SizeLike, limit: int, fps: float, warnings: list[str], *, write_frames: bool, save_raw: bool,
               overview: bool, show_progress: bool = False) -> dict[str, Any]:
     """Stream one clip: frames are read only as the engine asks for them, and each
     result is written (to the task videos and, with ``write_frames``, as PNGs) before

@@ -16,7 +16,7 @@ def test_gates_and_density_control_stay_fp32_under_autocast(dtype):
     model = build_model(CheckpointInfo(task="depth", backbone=PRESETS["micro"], out_channels=1, head_hidden=8))
     delta_model = DeltaModel(model).train()
     controller = LagrangianDensityController(0.1, warmup_steps=1)
-    images = torch.randn(2, 3, PRESETS["micro"].img_size, PRESETS["micro"].img_size)
+    images = torch.randn(2, 3, *PRESETS["micro"].img_size)
     with torch.autocast("cpu", dtype=dtype):
         raw = delta_model(images)
         expected = delta_model.expected_density()
