@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtlcompress.cli._options import JsonOpt, QuietOpt, SeedOpt
+from mtlcompress.cli._options import JsonOpt, QuietOpt, SeedOpt, WorkersOpt
 from mtlcompress.cli._output import emit, info, make_table
 from mtlcompress.io.outputs import check_output
 from mtlcompress.progress import progress_bar
@@ -24,6 +24,7 @@ def synth(
     frames: Annotated[int, typer.Option(min=2, help="Frames per video clip.")] = 16,
     size: Annotated[int, typer.Option(min=8, help="Image side in pixels.")] = 64,
     seed: SeedOpt = 0,
+    workers: WorkersOpt = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -35,7 +36,7 @@ def synth(
     info(f"writing {images} images and {videos} clips of {frames} frames to {out}", quiet or as_json)
     with progress_bar("rendering", images + videos * frames, enabled=not (quiet or as_json)) as advance:
         manifest = generate_scenes(out, images=images, videos=videos, frames=frames, size=size, seed=seed,
-                                   progress=lambda done, total: advance(1))
+                                   progress=lambda done, total: advance(1), workers=workers)
     rows = [("images", manifest["images"]), ("train / val", f"{manifest['splits']['train']} / {manifest['splits']['val']}"),
             ("video clips", len(manifest["videos"])), ("size", manifest["size"]),
             ("classes", ", ".join(manifest["class_names"]))]

@@ -1,10 +1,11 @@
-"""Writing rendered synthetic samples into the scenes layout, off the rendering thread."""
+"""Writing rendered synthetic samples into the scenes layout, off the rendering thread,
+and rendering them ahead in worker processes."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,18 @@ class SampleWriter:
                 self._finish_one()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ordered_map(pool: Executor | None, render: Callable, jobs: list[tuple], ahead: int = 64) -> Iterator:
+    """``render(*job)`` for each job, in order: here, or in ``pool`` with at most ``ahead``
+    results waiting, so memory stays bounded however many items are made."""
+    if pool is None:
+        yield from (render(*job) for job in jobs)
+        return
+    pending = [pool.submit(render, *job) for job in jobs[:ahead]]
+    for position in range(len(jobs)):
+        result = pending[position].result()
+        pending[position] = None  # let the sample go once written
+        if position + ahead < len(jobs):
+            pending.append(pool.submit(render, *jobs[position + ahead]))
+        yield result

@@ -9,8 +9,10 @@ exactly. ``generate_scenes`` writes the generic folder layout that the loaders r
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from mtlcompress.data import _raycast
 from mtlcompress.data.manifest import SCENES_FORMAT, SCENES_VERSION
-from mtlcompress.data.sample_writer import SampleWriter
+from mtlcompress.data.sample_writer import SampleWriter, ordered_map
 from mtlcompress.errors import DataError
 from mtlcompress.io.atomic import write_json_atomic
 from mtlcompress.io.image_size import SizeLike, image_size
@@ -327,6 +329,7 @@ def generate_scenes(
     seed: int = 0,
     val_fraction: float = 0.2,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 0,
 ) -> dict:
     """Render a dataset in the generic folder layout and return its manifest.
 
@@ -335,7 +338,8 @@ def generate_scenes(
     many items are made. The last ``round(images * val_fraction)`` stems form the val
     split (items are i.i.d., so no shuffle is needed). ``manifest.json`` is written
     last: a folder that has one is complete. ``size`` is one number (square images) or
-    (height, width).
+    (height, width). ``workers`` > 0 renders in that many processes (the files are the
+    same as with 0: every item has its own seed).
     """
     height, width = image_size(size, "size", DataError)
     if images < 0 or videos < 0:
@@ -344,6 +348,8 @@ def generate_scenes(
         raise DataError(f"need frames >= 1 and size >= 8, got frames={frames}, size={size}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if workers < 0:
+        raise DataError(f"workers must be >= 0, got {workers}")
     root = Path(out_dir)
     (root / "manifest.json").unlink(missing_ok=True)  # a half-rewritten folder must not look complete
     _make_folders(root)
@@ -351,20 +357,25 @@ def generate_scenes(
     stems = [f"{i:06d}" for i in range(images)]
     n_val = min(int(round(images * val_fraction)), max(images - 1, 0))
     clips = [{"name": f"clip_{j:03d}", "frames": frames} for j in range(videos)]
-    with SampleWriter(images + videos * frames, progress) as writer:
-        for i, stem in enumerate(stems):
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, i)))
-            writer.submit(root, stem, render_scene(random_scene(rng), size))
-        _write_lines(root / "splits" / "train.txt", stems[: images - n_val])
-        _write_lines(root / "splits" / "val.txt", stems[images - n_val:])
-        for j, clip in enumerate(clips):
-            clip_root = root / "videos" / clip["name"]
-            _make_folders(clip_root)
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, j)))
-            frame_stems = [f"{f:06d}" for f in range(frames)]
-            for frame_stem, scene in zip(frame_stems, random_clip(rng, frames)):
-                writer.submit(clip_root, frame_stem, render_scene(scene, size))
-            _write_lines(clip_root / "splits" / "all.txt", frame_stems)
+    frame_stems = [f"{f:06d}" for f in range(frames)]
+    # spawn, not fork: the parent may hold torch's thread pools, which a fork copies broken.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers else None
+    try:
+        with SampleWriter(images + videos * frames, progress) as writer:
+            for stem, sample in zip(stems, ordered_map(pool, _render_image, [(seed, i, size) for i in range(images)])):
+                writer.submit(root, stem, sample)
+            _write_lines(root / "splits" / "train.txt", stems[: images - n_val])
+            _write_lines(root / "splits" / "val.txt", stems[images - n_val:])
+            for clip, samples in zip(clips, ordered_map(pool, _render_clip, [(seed, j, frames, size)
+                                                                             for j in range(videos)])):
+                clip_root = root / "videos" / clip["name"]
+                _make_folders(clip_root)
+                for frame_stem, sample in zip(frame_stems, samples):
+                    writer.submit(clip_root, frame_stem, sample)
+                _write_lines(clip_root / "splits" / "all.txt", frame_stems)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
     manifest = {
         "format": SCENES_FORMAT, "version": SCENES_VERSION, "seed": seed,
@@ -374,3 +385,14 @@ def generate_scenes(
     }
     write_json_atomic(root / "manifest.json", manifest)
     return manifest
+
+
+def _render_image(seed: int, index: int, size: SizeLike) -> dict[str, np.ndarray]:
+    """Still image ``index``: its own generator, so any process renders the same sample."""
+    return render_scene(random_scene(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, index)))), size)
+
+
+def _render_clip(seed: int, index: int, frames: int, size: SizeLike) -> list[dict[str, np.ndarray]]:
+    """Clip ``index``, every frame (a clip's frames share one camera path, so one task)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, index)))
+    return [render_scene(scene, size) for scene in random_clip(rng, frames)]

@@ -43,6 +43,26 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) 
         assert a[f"images/{stem}.png"] != c[f"images/{stem}.png"]
 
 
+def test_worker_processes_write_the_same_files_in_the_same_order(tmp_path: Path) -> None:
+    kwargs = dict(images=5, videos=2, frames=2, size=SIZE, seed=4)
+    calls: list[list[int]] = [[], []]
+    generate_scenes(tmp_path / "here", progress=lambda done, total: calls[0].append(done), **kwargs)
+    generate_scenes(tmp_path / "workers", progress=lambda done, total: calls[1].append(done), workers=2, **kwargs)
+    assert _files(tmp_path / "here") == _files(tmp_path / "workers")
+    assert calls[0] == calls[1] == list(range(1, 5 + 2 * 2 + 1))
+
+
+def test_ordered_map_keeps_order_with_few_results_ahead() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mtlcompress.data.sample_writer import ordered_map
+
+    jobs = [(i,) for i in range(10)]
+    with ThreadPoolExecutor(3) as pool:
+        assert list(ordered_map(pool, lambda i: i * i, jobs, ahead=2)) == [i * i for i in range(10)]
+    assert list(ordered_map(None, lambda i: i + 1, jobs)) == list(range(1, 11))
+
+
 def test_an_item_does_not_depend_on_how_many_are_made(tmp_path: Path) -> None:
     generate_scenes(tmp_path / "few", images=2, size=SIZE, seed=3)
     generate_scenes(tmp_path / "more", images=4, size=SIZE, seed=3)
@@ -168,7 +188,7 @@ def test_some_clips_keep_the_camera_still_and_move_few_objects() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [dict(images=-1), dict(images=1, size=4), dict(images=1, frames=0),
-                                    dict(images=1, val_fraction=1.0)])
+                                    dict(images=1, val_fraction=1.0), dict(images=1, workers=-1)])
 def test_bad_arguments_are_rejected_before_writing(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(DataError):
         generate_scenes(tmp_path / "out", **kwargs)
