@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from mtlcompress.errors import MtlCompressError
@@ -39,6 +38,7 @@ from mtlcompress.progress import Advance, progress_bar
 from mtlcompress.runtime.keyframes import KeyframePolicy
 from mtlcompress.runtime.runner import BundleRunner
 from mtlcompress.tasks.registry import get_task
+from mtlcompress.training.evaluate import resize_raw
 
 if TYPE_CHECKING:
     from mtlcompress.bundle.bundle import Bundle
@@ -58,15 +58,6 @@ def prediction_image(task: str, raw: torch.Tensor) -> Image.Image:
     spec = get_task(task)
     prediction = spec.predict(raw.detach().float().cpu().unsqueeze(0))[0]
     return Image.fromarray(spec.colormap(prediction.numpy()))
-
-
-def resize_raw(raw: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """A raw head output ``[C, h, w]`` at ``height`` x ``width``: bilinear on the raw
-    values (logits, for class and binary maps), which are decoded afterwards."""
-    if tuple(raw.shape[-2:]) == (height, width):
-        return raw
-    return F.interpolate(raw.detach().float()[None], size=(height, width), mode="bilinear",
-                         align_corners=False)[0]
 
 
 def overview_image(photo: np.ndarray, maps: Mapping[str, Image.Image]) -> Image.Image:
@@ -124,7 +115,7 @@ def save_predictions(out_dir: str | os.PathLike | OutputFolder, outputs: Mapping
 
 
 def _at_photo_size(outputs: Mapping[str, torch.Tensor], index: int, photo: Photo) -> dict[str, torch.Tensor]:
-    return {task: resize_raw(raw[index], photo.height, photo.width) for task, raw in outputs.items()}
+    return {task: resize_raw(raw[index], (photo.height, photo.width)) for task, raw in outputs.items()}
 
 
 # --------------------------------------------------------------------------------------

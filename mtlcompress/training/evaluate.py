@@ -36,10 +36,14 @@ def evaluation_protocol(spec: TaskSpec, dataset: Dataset, num_classes: int | Non
 
 
 def resize_raw(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Raw outputs ``[N, C, h, w]`` (logits, metres, vectors) bilinearly to ``size``; as is when equal."""
+    """Raw outputs ``[N, C, h, w]`` or ``[C, h, w]`` (logits, metres, vectors) bilinearly
+    to ``size`` (height, width), decoded afterwards; as is when already that size."""
     if tuple(raw.shape[-2:]) == tuple(size):
         return raw
-    return F.interpolate(raw.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    maps = raw.detach().float()
+    resized = F.interpolate(maps if maps.dim() == 4 else maps[None], size=tuple(size), mode="bilinear",
+                            align_corners=False)
+    return resized if maps.dim() == 4 else resized[0]
 
 
 @torch.no_grad()

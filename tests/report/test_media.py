@@ -61,12 +61,12 @@ def test_overview_panels_must_match_the_photo():
 
 def test_resize_raw_interpolates_logits_then_class_maps_take_the_argmax():
     logits = torch.tensor([[[0.0, 4.0]], [[1.0, 0.0]]])  # [C=2, 1, 2]: class 1 left, class 0 right
-    wide = resize_raw(logits, 3, 8)
+    wide = resize_raw(logits, (3, 8))
     assert wide.shape == (2, 3, 8)
     ids = wide.argmax(0)
     assert ids[:, :3].eq(1).all() and ids[:, -3:].eq(0).all()  # the border moves smoothly, not in blocks
     same = torch.randn(3, 5, 7)
-    assert resize_raw(same, 5, 7) is same  # the network's size needs no resampling
+    assert resize_raw(same, (5, 7)) is same  # the network's size needs no resampling
 
 
 def test_a_link_at_an_output_file_is_replaced_not_followed(tmp_path):
