@@ -31,3 +31,13 @@ def make_planner(fixed_timings):
         subs = [build_engine_task(bundle, t, layers, torch.device("cpu")) for t in bundle.sub_tasks]
         return planner_class(base, subs, fixed_timings, torch.device("cpu"), bundle.backbone.num_tokens)
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Micro models gain nothing from threads, and a busy 2-core machine makes them stall
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a module)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
