@@ -22,7 +22,8 @@ products). Compare with FlopCounterMode on a model whose attention runs unfused
 CPU tensors it counts 0 (torch 2.14), so it under-reports by ``attention``.
 
 The bundle (b): the base task runs densely. A sub-task's tapped linear layer with an
-activation threshold costs ``2 * nnz(dW) * N`` for ``dW x_0`` plus
+activation threshold costs ``2 * nnz(dW) * N`` for ``dW x_0`` (a low-rank delta
+``A B``: ``2 * r * (in + out) * N``) plus
 ``2 * in * out * N * d`` for ``W_t dx``, where ``d`` is the kept fraction of the
 activation delta (tokens for token granularity; elements for element granularity,
 where ``2 * nnz(dx) * out`` is the same number). A tapped layer without a threshold
@@ -44,6 +45,7 @@ from mtlcompress.models.backbone import BackboneConfig
 from mtlcompress.models.checkpoint import CheckpointInfo
 from mtlcompress.models.heads import build_head
 from mtlcompress.models.taps import layer_kind, shared_linear_names
+from mtlcompress.runtime.structured_kernels import structured_operand
 
 PARTS = ("patch_embed", "linear", "attention", "head")
 PATCH_EMBED_WEIGHT = "patch_embed.proj.weight"
@@ -132,8 +134,13 @@ def independent_flops(bundle: Bundle) -> dict[str, dict[str, int]]:
 
 
 def _nnz(bundle: Bundle, task: str, name: str) -> int:
+    """Multiply-adds per token of ``dW x``: ``nnz(dW)``, but for a low-rank delta (stored
+    as two thin factors, its product dense) the factors' ``r * (in + out)``."""
     delta = bundle.task(task).delta.get(name)
-    return 0 if delta is None else int(delta.count_nonzero())
+    if delta is None:
+        return 0
+    operand = structured_operand(delta) if delta.dim() == 2 else None
+    return operand.macs_per_row if operand is not None else int(delta.count_nonzero())
 
 
 def sub_task_layer_flops(bundle: Bundle, task: str, layer: str, density: float | None) -> int:

@@ -99,3 +99,15 @@ def test_a_bundle_run_by_the_dense_path_claims_no_savings(bundle):
     assert report["totals"]["bundle"]["total"] == report["totals"]["independent"]["total"]
     assert report["per_task"]["bundle"]["depth"]["slope"] == 0
     assert flops.flops_report(bundle)["totals"]["bundle"]["total"] < report["totals"]["bundle"]["total"]
+
+
+def test_a_low_rank_delta_costs_its_thin_factors(bundle):
+    """``dW = A B`` is dense as a matrix, but the runtime multiplies by A and B."""
+    n, d, rank = 17, 32, 2
+    left, right = torch.randn(3 * d, rank), torch.randn(rank, d)
+    tasks = dict(bundle.tasks)
+    tasks["depth"] = dataclasses.replace(tasks["depth"], delta={**tasks["depth"].delta,
+                                                                "blocks.0.attn.qkv.weight": left @ right})
+    low_rank = dataclasses.replace(bundle, tasks=tasks)
+    per_layer = flops.bundle_flops(low_rank, {"depth": {"blocks.0.attn.qkv": 0.0}})["depth"]["per_layer"]
+    assert per_layer["blocks.0.attn.qkv"] == 2 * rank * (d + 3 * d) * n
