@@ -99,13 +99,14 @@ class StaticImageRows:
 
     def capacities(self, batch: int) -> dict[str, int]:
         """Rows gathered per sub-task in each thresholded layer at this batch size:
-        ``headroom`` times the largest last measured density over the sub-tasks, at
-        least one row, at most every row."""
+        ``headroom`` times the largest last measured density over the sub-tasks that
+        gather there, at least one row, at most every row."""
         rows = batch * self.num_tokens
         out = {}
+        subs = self._planner.subs
         for name in self.gathered:
-            density = max(self._planner.densities.get((task.name, name), task.initial_density)
-                          for task in self._planner.subs)
+            density = max(self._planner.densities.get((subs[k].name, name), subs[k].initial_density)
+                          for k in self._gathering[name][0])
             out[name] = max(1, min(rows, math.ceil(rows * density * self.headroom)))
         return out
 

@@ -103,9 +103,9 @@ class SharedEngine:
 
     Attributes:
         stats: kept fraction of activation deltas, keyed like ``DenseEngine.stats``.
-        layer_paths: last path per task and layer: ``"exact"``, ``"dense"``,
-            ``"token"`` or ``"element"`` (``"base"`` for the base task); video
-            non-keyframes under ``"<task>/temporal"``.
+        layer_paths: last path per task and layer: ``"exact"``, ``"dense"``, ``"token"``,
+            ``"element"`` or ``"static"`` (``graphs``) (``"base"`` for the base task);
+            video non-keyframes under ``"<task>/temporal"``.
         network_plan: the last ``predict`` call's ``NetworkPlan`` (path and the costs
             it compared); ``None`` before the first.
         stream_plan: what streams measured and whether they compute every frame in
