@@ -19,7 +19,10 @@ def normalize_images(images: torch.Tensor, config: BackboneConfig) -> torch.Tens
     """Images in [0, 1] -> the input ``config``'s backbone was trained on (its own mean
     and std). The one place normalisation is computed: models, trainers and engines all
     call it, so callers never have to remember it."""
-    mean, std = _normalisation(tuple(config.mean), tuple(config.std), images.device, images.dtype)
+    if torch.compiler.is_compiling():  # traced: constants of the compiled graph
+        mean, std = _normalisation.__wrapped__(tuple(config.mean), tuple(config.std), images.device, images.dtype)
+    else:
+        mean, std = _normalisation(tuple(config.mean), tuple(config.std), images.device, images.dtype)
     return (images - mean) / std
 
 

@@ -136,6 +136,20 @@ def test_the_static_call_never_synchronises_with_the_host(make_micro_bundle, fix
         assert task_domain.ops & HOST_SYNC_OPS
 
 
+def test_the_static_call_traces_as_one_graph(make_micro_bundle, fixed_timings, tmp_path):
+    """``torch.compile(fullgraph=True)`` fails on any graph break: ``.item()``, ``nonzero``,
+    Python branching on a tensor's value (the eager backend: tracing only, seconds)."""
+    bundle = _bundle(make_micro_bundle, tmp_path)
+    rows = SharedEngine(bundle, timings=fixed_timings, graphs="on").graphed.rows
+    capacities = rows.capacities(3)
+    traced = torch.compile(lambda images: rows.forward(images, capacities), fullgraph=True, backend="eager")
+    images = _images()
+    with torch.no_grad():
+        outputs, counts = traced(images)
+        expected, expected_counts = rows.forward(images, capacities)
+    assert torch.equal(counts, expected_counts) and _max_diff(outputs, expected) <= 1e-6
+
+
 def test_modes(make_micro_bundle, fixed_timings, tmp_path):
     bundle = _bundle(make_micro_bundle, tmp_path)
     assert SharedEngine(bundle, timings=fixed_timings).graphed is None  # default: off
