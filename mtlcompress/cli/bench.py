@@ -1,4 +1,9 @@
-"""``mtlcompress bench``: time a bundle against its T independent models (images and video)."""
+"""``mtlcompress bench``: time a bundle against its T independent models (images and video).
+
+With a CUDA ``--device`` it also times the peers a GPU user would deploy: the T models
+and the base model captured as CUDA graphs, and the shared engine's static image path
+captured likewise (:mod:`mtlcompress.report.graph_peer`). Run it once per ``--batch``
+(the issue asks for 1 and 32). That path has not yet run on a GPU here."""
 
 from __future__ import annotations
 
@@ -43,6 +48,10 @@ def bench(
     compiled: Annotated[bool, typer.Option("--compiled", help="Also time the T models under torch.compile (the "
                                            "honest CPU peer; compiling takes minutes; reported as unavailable "
                                            "where it cannot compile).")] = False,
+    graphs: Annotated[bool | None, typer.Option("--graphs/--no-graphs", help=(
+        "Also time the GPU peers at --batch: the T models and the base model each captured as a CUDA graph, and the "
+        "shared engine's static image path captured too (default: on with a CUDA --device, off elsewhere; asked "
+        "for off CUDA, reported as unavailable (needs CUDA)). Not yet run on a GPU."), show_default=False)] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -73,7 +82,14 @@ def bench(
     result["inputs"] = source
     if compiled:
         result["compile_peer"] = _compile_peer(loaded, images, repeats, warmup, device, quiet or as_json)
-    emit(result, as_json, *tables(result), *compile_peer_tables(result))
+    if graphs if graphs is not None else torch.device(device).type == "cuda":
+        from mtlcompress.bundle.format import storage_dtype
+        from mtlcompress.report.graph_peer import graphed_peer
+
+        info("capturing the T models and the shared engine as CUDA graphs and timing them", quiet or as_json)
+        cast = loaded.cast(storage_dtype(result["config"]["precision"]))  # the precision the other variants ran in
+        result["graph_peer"] = graphed_peer(cast, images, repeats=repeats, warmup=warmup, device=device)
+    emit(result, as_json, *tables(result), *compile_peer_tables(result), *graph_peer_tables(result))
 
 
 def _compile_peer(bundle, images, repeats: int, warmup: int, device: str, quiet: bool) -> dict[str, Any]:
@@ -93,6 +109,21 @@ def compile_peer_tables(result: dict[str, Any]) -> list:
         title += f" (torch.compile unavailable: {peer['reason']})"
     rows = [[name, _ms(s["median_s"]), _ms(s["min_s"]), _ms(s["max_s"])] for name, s in peer["images"].items()]
     return [make_table(title, ["variant", "median", "min", "max"], rows),
+            make_table("ratios of medians (x faster: the right-hand side)", ["ratio", "value"],
+                       [[name, value] for name, value in peer["ratios"].items()])]
+
+
+def graph_peer_tables(result: dict[str, Any]) -> list:
+    """Eager against CUDA-graph-captured variants (with a CUDA ``--device`` or ``--graphs``)."""
+    peer = result.get("graph_peer")
+    if not peer:
+        return []
+    if not peer["available"]:
+        return [make_table("images: CUDA graph peers", ["", ""], [["unavailable", peer["reason"]]])]
+    batch = result["config"].get("batch")
+    rows = [[name, _ms(s["median_s"]), _ms(s["min_s"]), _ms(s["max_s"])] for name, s in peer["images"].items()]
+    return [make_table(f"images, batch {batch}: eager and CUDA-graph variants, ms per call",
+                       ["variant", "median", "min", "max"], rows),
             make_table("ratios of medians (x faster: the right-hand side)", ["ratio", "value"],
                        [[name, value] for name, value in peer["ratios"].items()])]
 

@@ -45,6 +45,10 @@ def run(
     max_drift: Annotated[float, typer.Option(help="Video: force a keyframe once the unpropagated error "
                                                   "passes this relative size (> 0).")] = 0.25,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    graphs: Annotated[str, typer.Option(help="Shared engine, images: off; auto (a static-shape path captured as "
+                                        "CUDA graphs, on a CUDA device when every task is token-granular); on "
+                                        "(that path on any device, eager off CUDA). Untested on a GPU so far.")
+                      ] = "off",
     device: DeviceOpt = "auto",
     precision: InferencePrecisionOpt = "auto",
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse input images or video frames with more pixels "
@@ -75,7 +79,8 @@ def run(
     summary = run_on_media(loaded, inputs, out, tasks=selected, engine=engine, video=video,
                            keyframe_every=keyframe_every, max_drift=max_drift, batch_size=batch_size,
                            device=device, save_raw=save_raw, max_pixels=max_pixels, frames=frames,
-                           overview=overview, fps=fps, precision=precision, show_progress=not (quiet or as_json))
+                           overview=overview, fps=fps, precision=precision, graphs=graphs,
+                           show_progress=not (quiet or as_json))
     summary["bundle"] = str(bundle)
     if not as_json:
         for warning in summary["warnings"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -18,9 +19,22 @@ def normalize_images(images: torch.Tensor, config: BackboneConfig) -> torch.Tens
     """Images in [0, 1] -> the input ``config``'s backbone was trained on (its own mean
     and std). The one place normalisation is computed: models, trainers and engines all
     call it, so callers never have to remember it."""
-    mean = torch.tensor(config.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    if torch.compiler.is_compiling():  # traced: constants of the compiled graph
+        mean, std = _normalisation.__wrapped__(tuple(config.mean), tuple(config.std), images.device, images.dtype)
+    else:
+        mean, std = _normalisation(tuple(config.mean), tuple(config.std), images.device, images.dtype)
     return (images - mean) / std
+
+
+@functools.lru_cache(maxsize=16)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as ``[1, 3, 1, 1]`` tensors on ``device``, made once: a tensor
+    made from host values per call is a host-to-device copy per call on a GPU, which a
+    CUDA graph cannot capture (the captured call reads these from device memory)."""
+    with torch.inference_mode(False):  # plain tensors, usable under autograd too
+        return (torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1),
+                torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1))
 
 
 def backbone_patch_tokens(backbone: nn.Module, config: BackboneConfig, images: torch.Tensor) -> torch.Tensor:

@@ -126,7 +126,7 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
                  keyframe_every: int = 16, max_drift: float = 0.25, batch_size: int = 8,
                  device: str = "cpu", save_raw: bool = False, max_pixels: int | None = None,
                  frames: bool | None = None, overview: bool = True,
-                 fps: float = DEFAULT_FOLDER_FPS, precision: str = "auto",
+                 fps: float = DEFAULT_FOLDER_FPS, precision: str = "auto", graphs: str = "off",
                  show_progress: bool = False) -> dict[str, Any]:
     """Predict every input with ``bundle`` and write ``out/<input>/<task>.png`` (and
     ``overview.png``), every map at the input's own size.
@@ -141,7 +141,8 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
     excluded), measured activation-delta densities per task, per clip the keyframes and
     each frame's seconds, and the input warnings. Inputs over ``max_pixels`` (default
     ``mtlcompress.io.images.MAX_PIXELS``) are refused. ``precision`` is the compute
-    dtype (``runtime.runner.resolve_precision``). ``show_progress`` counts the images,
+    dtype (``runtime.runner.resolve_precision``); ``graphs`` the shared engine's static
+    image path (``SharedEngine``). ``show_progress`` counts the images,
     and each clip's frames, on stderr.
     """
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -156,7 +157,7 @@ def run_on_media(bundle: Bundle, inputs: Sequence[str | os.PathLike], out: str |
         raise MtlCompressError("fps must be > 0")
     limit = image_io.MAX_PIXELS if max_pixels is None else max_pixels
     media = find_inputs(inputs, video=video, video_files=True)
-    runner = BundleRunner(bundle, engine, device=device, tasks=tasks, precision=precision)
+    runner = BundleRunner(bundle, engine, device=device, tasks=tasks, precision=precision, graphs=graphs)
     if OVERVIEW_NAME in runner.tasks:
         raise MtlCompressError(f"a task named '{OVERVIEW_NAME}' would collide with the overview image")
     files = OutputFolder(out, protected=[path for item in media for path in item.frames])

@@ -57,16 +57,18 @@ class BundleRunner:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"`` (CUDA when present).
         tasks: tasks to return (default: all); the base task always runs.
         precision: compute dtype, ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (module doc).
+        graphs: the shared engine's static image path, ``"off"``, ``"auto"`` (CUDA graphs
+            where possible) or ``"on"`` (``SharedEngine``).
     """
 
     def __init__(self, bundle: Bundle, engine: str = "shared", device: str | torch.device = "cpu",
-                 tasks: Sequence[str] | None = None, precision: str = "auto") -> None:
+                 tasks: Sequence[str] | None = None, precision: str = "auto", graphs: str = "off") -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, bundle, self.device)
         self.dtype = storage_dtype(self.precision)
         self.bundle = bundle
         self.engine: SharedEngine | DenseEngine = make_engine(bundle, engine, tasks=tasks, device=self.device,
-                                                              dtype=self.dtype)
+                                                              dtype=self.dtype, graphs=graphs)
 
     @property
     def tasks(self) -> list[str]:
@@ -88,7 +90,7 @@ class BundleRunner:
 
 
 def load(path: str | os.PathLike, engine: str = "shared", device: str | torch.device = "cpu",
-         tasks: Sequence[str] | None = None, precision: str = "auto") -> BundleRunner:
+         tasks: Sequence[str] | None = None, precision: str = "auto", graphs: str = "off") -> BundleRunner:
     """Read and fully verify a bundle file and build its engine, once.
 
     Args:
@@ -99,6 +101,8 @@ def load(path: str | os.PathLike, engine: str = "shared", device: str | torch.de
         tasks: tasks to return (default: all); the base task always runs.
         precision: compute dtype: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (fp32
             on CPU, the bundle's stored dtype on a GPU). Outputs are fp32 either way.
+        graphs: ``"off"`` (default), ``"auto"`` or ``"on"``: images by the static-shape
+            path, captured as CUDA graphs on a GPU (``SharedEngine``).
 
     Returns:
         A ``BundleRunner``: call ``predict`` and ``stream`` on it.
@@ -106,4 +110,5 @@ def load(path: str | os.PathLike, engine: str = "shared", device: str | torch.de
     Raises:
         BundleError: the file is damaged, edited or of an unknown version (one line).
     """
-    return BundleRunner(load_bundle(path), engine=engine, device=device, tasks=tasks, precision=precision)
+    return BundleRunner(load_bundle(path), engine=engine, device=device, tasks=tasks, precision=precision,
+                        graphs=graphs)

@@ -55,6 +55,7 @@ from mtlcompress.models.taps import layer_kind, shared_linear_names
 from mtlcompress.runtime import kernels
 from mtlcompress.runtime.cost_model import KernelTimings
 from mtlcompress.runtime.devices import resolve_device
+from mtlcompress.runtime.graphed_images import make_graphed_images
 from mtlcompress.runtime.incremental_embed import PatchEmbedState, embed_tokens
 from mtlcompress.runtime.incremental_head import HeadState
 from mtlcompress.runtime.inputs import check_images, select_tasks
@@ -97,12 +98,14 @@ class SharedEngine:
             run at a batch size; streams: delta against keyframes). Default: only
             when ``timings`` is ``None`` (given timings fix the prices).
         clock: seconds for those measurements (``time.perf_counter``).
+        graphs: images by the static-shape path (:func:`~mtlcompress.runtime.graphed_images.make_graphed_images`):
+            ``"off"`` (default), ``"auto"`` (CUDA graphs where possible) or ``"on"``.
 
     Attributes:
         stats: kept fraction of activation deltas, keyed like ``DenseEngine.stats``.
-        layer_paths: last path per task and layer: ``"exact"``, ``"dense"``,
-            ``"token"`` or ``"element"`` (``"base"`` for the base task); video
-            non-keyframes under ``"<task>/temporal"``.
+        layer_paths: last path per task and layer: ``"exact"``, ``"dense"``, ``"token"``,
+            ``"element"`` or ``"static"`` (``graphs``) (``"base"`` for the base task);
+            video non-keyframes under ``"<task>/temporal"``.
         network_plan: the last ``predict`` call's ``NetworkPlan`` (path and the costs
             it compared); ``None`` before the first.
         stream_plan: what streams measured and whether they compute every frame in
@@ -114,7 +117,7 @@ class SharedEngine:
     def __init__(self, bundle: Bundle, tasks: Sequence[str] | None = None, device: str | torch.device = "cpu", *,
                  timings: KernelTimings | dict[tuple[int, int], KernelTimings] | None = None,
                  profile: bool = False, network_path: str = "shared", measure: bool | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, graphs: str = "off") -> None:
         self.bundle = bundle
         self.tasks = select_tasks(bundle, tasks)
         self.device = resolve_device(device)
@@ -138,6 +141,7 @@ class SharedEngine:
         self._fallback = StreamFallback("per-task" if network_path == "per-task" else "auto",
                                         measure=measure and network_path == "auto")
         self.network_plan: NetworkPlan | None = None
+        self.graphed = make_graphed_images(self.planner, bundle.backbone.num_tokens, graphs, self.device, self.stats)
 
     # ----------------------------------------------------------------------------------
     # Public API.
@@ -150,8 +154,9 @@ class SharedEngine:
         start = self._clock()
         if plan.path == "per-task":
             outputs = self._per_task(images)
-        else:
-            outputs = self._task_domain(images)
+        else:  # the static path where on (None if it overflowed), else the task domain
+            outputs = self.graphed.predict(images) if self.graphed is not None else None
+            outputs = outputs or self._task_domain(images)
             outputs = {t: outputs[t].clone() for t in self.tasks}
         self._sync()
         self._network.record(plan.path, images.shape[0], self._clock() - start)

@@ -53,6 +53,17 @@ def test_json_on_synthetic_inputs(bundle_file):
             data[section]["dense"]["median_s"] / data[section][shared]["median_s"])
     assert data["network_plan"]["path"] in ("shared", "per-task")
     assert data["stream_plan"]["mode"] in ("temporal", "per-frame")
+    assert "graph_peer" not in data  # a CPU device: no CUDA-graph peers unless asked for
+
+
+def test_graph_peers_off_cuda_are_reported_unavailable(bundle_file):
+    result = CliRunner().invoke(app, ["bench", str(bundle_file), "--repeats", "1", "--warmup", "0", "--frames", "0",
+                                      "--no-profile", "--device", "cpu", "--graphs", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["graph_peer"]["reason"] == "unavailable (needs CUDA)"
+    tables = CliRunner().invoke(app, ["bench", str(bundle_file), "--repeats", "1", "--warmup", "0", "--frames", "0",
+                                      "--no-profile", "--device", "cpu", "--graphs"])
+    assert tables.exit_code == 0 and "needs CUDA" in tables.output
 
 
 def test_tables_on_given_images(bundle_file, tmp_path):

@@ -144,6 +144,7 @@ def test_dense_engine_and_table_output(bundle_file, tmp_path):
     (["broken.png"], "cannot read image"),
     (["ok.png", "--tasks", "parts"], "not in the bundle"),
     (["ok.png", "--engine", "fast"], "unknown engine"),
+    (["ok.png", "--graphs", "always"], "unknown graphs mode"),
     (["ok.png", "--max-drift", "0"], "max_drift"),
     (["ok.png", "--max-pixels", "1023"], "ok.png: image is 32x32 (1024 pixels), over the limit of 1023 pixels"),
 ])

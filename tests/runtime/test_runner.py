@@ -70,6 +70,19 @@ def test_runner_arguments_are_checked(bundle_path):
         BundleRunner(bundle, device="tpu")
     with pytest.raises(ValueError, match="keyframe_every"):
         list(BundleRunner(bundle).stream([images(1)], keyframe_every=0))
+    with pytest.raises(MtlCompressError, match="unknown graphs mode"):
+        BundleRunner(bundle, engine="dense", graphs="always")
+
+
+def test_the_static_image_path_through_load(bundle_path):
+    """``graphs="on"``: images by the static-shape path (eager on a CPU), same outputs."""
+    static = mtlcompress.load(bundle_path, graphs="on")
+    assert static.engine.graphed is not None and mtlcompress.load(bundle_path).engine.graphed is None
+    ref = mtlcompress.load(bundle_path, engine="dense").predict(images())
+    for _ in range(2):  # (the first call may overflow the first capacities and run exactly)
+        got = static.predict(images())
+        assert all((got[t] - ref[t]).abs().max() <= 1e-4 for t in ref)
+    assert "static" in static.engine.layer_paths["depth"].values()
 
 
 def test_import_and_version_do_not_import_torch():
