@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import Dataset
 
 from mtlcompress.training.distributed import training_device
 from mtlcompress.training.loop import TrainConfig, run_training
@@ -24,20 +23,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 WORKER = Path(__file__).parents[1] / "training" / "_ddp_worker.py"
 
 
-class _Points(Dataset):
-    def __init__(self):
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.randn(48, 3, 4, 4, generator=generator)
-        self.y = self.x.mean(dim=(1, 2, 3)) * 3
-
-    def __len__(self):
-        return 48
-
-    def __getitem__(self, i):
-        return {"image": self.x[i], "target": self.y[i]}
-
-
-def _train(state, *, device, precision="fp32", steps=6, before_step=None, devices=None, workers=0):
+def _train(dataset, state, *, device, precision="fp32", steps=6, before_step=None, devices=None, workers=0):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8), torch.nn.GELU(), torch.nn.Linear(8, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
@@ -50,7 +36,7 @@ def _train(state, *, device, precision="fp32", steps=6, before_step=None, device
 
     config = TrainConfig(steps=steps, batch_size=8, warmup_steps=1, checkpoint_every=2, eval_every=10**9,
                          device=device, precision=precision, workers=workers)
-    run_training(model=model, optimizer=optimizer, compute_loss=compute_loss, dataset=_Points(), config=config,
+    run_training(model=model, optimizer=optimizer, compute_loss=compute_loss, dataset=dataset, config=config,
                  state_path=state, run_id={"test": 1, "config": config.to_dict()}, show_progress=False,
                  before_step=before_step)
     return model
@@ -58,22 +44,22 @@ def _train(state, *, device, precision="fp32", steps=6, before_step=None, device
 
 @pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16),
                                                   ("fp16", torch.float16)])
-def test_training_runs_on_the_gpu(tmp_path, precision, dtype):
+def test_training_runs_on_the_gpu(points, tmp_path, precision, dtype):
     seen = []
-    model = _train(tmp_path / "s.safetensors", device="cuda", precision=precision, devices=seen, workers=2)
+    model = _train(points, tmp_path / "s.safetensors", device="cuda", precision=precision, devices=seen, workers=2)
     assert set(seen) == {("cuda", dtype)}
     assert all(p.is_cuda and p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_state_written_on_the_gpu_resumes_on_the_cpu(tmp_path):
+def test_state_written_on_the_gpu_resumes_on_the_cpu(points, tmp_path):
     def crash(step):
         if step == 3:
             raise KeyboardInterrupt
 
     state = tmp_path / "state.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        _train(state, device="cuda", before_step=crash)
-    resumed = _train(state, device="cpu")
+        _train(points, state, device="cuda", before_step=crash)
+    resumed = _train(points, state, device="cpu")
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in resumed.parameters())
 
 
