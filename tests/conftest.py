@@ -54,6 +54,17 @@ def fixed_timings() -> KernelTimings:
     return FIXED_TIMINGS
 
 
+@pytest.fixture(scope="session")
+def points() -> list[dict[str, torch.Tensor]]:
+    """A dataset (a list: indexable, with a length, picklable for DataLoader workers) of
+    48 random 3x4x4 images whose target is 3x their mean: a regression that a tiny MLP
+    learns in a few steps, for the training-loop tests (CPU and GPU)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 3, 4, 4, generator=generator)
+    y = x.mean(dim=(1, 2, 3)) * 3
+    return [{"image": x[i], "target": y[i]} for i in range(48)]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _two_threads():
     # CI has 2 cores; more threads only oversubscribe.

@@ -6,6 +6,12 @@ magnitudes (token RMS for token granularity, ``|dx|`` for element), measured wit
 thresholds. A bisection on ``keep`` then finds the sparsest setting whose task metric
 stays within a relative tolerance of the unthresholded model, or whose measured
 density hits a requested target.
+
+Everything runs in fp32 on ``device`` (the stages pass their training device; the
+default is where the student's weights are): the models must already be there, each
+batch is moved to it, and what comes back (thresholds, metrics, densities) is Python
+floats, so a checkpoint records the same kind of values whichever device calibrated it.
+Metrics are accumulated on the CPU, as ``training.evaluate`` does.
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ class Calibration:
     layer_density: dict[str, float]
 
 
+def _device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
+    """``device``, or where ``model``'s weights are."""
+    return next(model.parameters()).device if device is None else torch.device(device)
+
+
 def delta_magnitudes(delta: torch.Tensor, granularity: str) -> torch.Tensor:
     """What a threshold is compared with (see ``runtime.kernels.threshold_delta``)."""
     if granularity == "token":
@@ -53,13 +64,15 @@ def _recorded_pair(student: torch.nn.Module, base: torch.nn.Module, layers: list
 
 @torch.no_grad()
 def layer_magnitudes(student: torch.nn.Module, base: torch.nn.Module, loader: DataLoader, layers: list[str],
-                     granularity: str) -> dict[str, torch.Tensor]:
-    """Unthresholded delta magnitudes per layer (subsampled deterministically)."""
+                     granularity: str, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Unthresholded delta magnitudes per layer (subsampled deterministically), on ``device``."""
+    device = _device(student, device)
     values: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     with _recorded_pair(student, base, layers) as (base_inputs, task_inputs):
         for batch in loader:
-            base(batch["image"])
-            student(batch["image"])
+            images = batch["image"].to(device, non_blocking=True)
+            base(images)
+            student(images)
             for layer in layers:
                 values[layer].append(delta_magnitudes(task_inputs[layer] - base_inputs[layer], granularity))
     out = {}
@@ -67,7 +80,7 @@ def layer_magnitudes(student: torch.nn.Module, base: torch.nn.Module, loader: Da
     for layer, chunks in values.items():
         flat = torch.cat(chunks)
         if flat.numel() > _MAX_SAMPLES:
-            flat = flat[torch.randperm(flat.numel(), generator=generator)[:_MAX_SAMPLES]]
+            flat = flat[torch.randperm(flat.numel(), generator=generator)[:_MAX_SAMPLES].to(flat.device)]
         out[layer] = flat
     return out
 
@@ -81,18 +94,20 @@ def thresholds_for_keep(magnitudes: dict[str, torch.Tensor], keep: float) -> dic
 
 @torch.no_grad()
 def evaluate_thresholded(student: torch.nn.Module, base: torch.nn.Module, loader: DataLoader, spec: TaskSpec,
-                         num_classes: int | None, thresholds: dict[str, float], granularity: str
-                         ) -> tuple[dict[str, float], dict[str, float]]:
-    """Task metrics and kept fraction per layer with thresholds simulated on ``student``."""
+                         num_classes: int | None, thresholds: dict[str, float], granularity: str,
+                         device: str | torch.device | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Task metrics and kept fraction per layer with thresholds simulated on ``student``, on ``device``."""
+    device = _device(student, device)
     metric = spec.metric(num_classes)
     stats: dict[str, list[float]] = {}
     layers = list(thresholds)
     with record_linear_inputs(base.backbone, layers, detach=True) as base_inputs:
         for batch in loader:
-            base(batch["image"])
+            images = batch["image"].to(device, non_blocking=True)
+            base(images)
             with thresholded_linear_inputs(student.backbone, base_inputs, thresholds, granularity, stats):
-                raw = student(batch["image"])
-            metric.update(spec.predict(raw), batch[spec.name])
+                raw = student(images)
+            metric.update(spec.predict(raw).cpu(), batch[spec.name])
     return ({k: float(v) for k, v in metric.compute().items()},
             {layer: sum(v) / len(v) for layer, v in stats.items()})
 
@@ -102,8 +117,11 @@ def within_tolerance(value: float, reference: float, tolerance: float, higher_is
     return value >= reference - slack if higher_is_better else value <= reference + slack
 
 
-def calibration_loader(dataset: Dataset, images: int, batch_size: int = 32) -> DataLoader:
-    return DataLoader(Subset(dataset, range(min(images, len(dataset)))), batch_size=batch_size)
+def calibration_loader(dataset: Dataset, images: int, batch_size: int = 32,
+                       device: str | torch.device = "cpu") -> DataLoader:
+    """The first ``images`` samples in order (pinned for a CUDA ``device``)."""
+    return DataLoader(Subset(dataset, range(min(images, len(dataset)))), batch_size=batch_size,
+                      pin_memory=torch.device(device).type == "cuda")
 
 
 def search_keep(evaluate: Callable[[float], tuple[bool, Calibration]], to_target: bool) -> Calibration:
@@ -153,31 +171,35 @@ def calibrate(
 def calibrate_task_thresholds(
     student: torch.nn.Module, base: torch.nn.Module, dataset: Dataset, spec: TaskSpec, num_classes: int | None,
     layers: list[str], granularity: str, *, tolerance: float = 0.02, target_density: float | None = None,
-    images: int = 128, reference_model: torch.nn.Module | None = None,
+    images: int = 128, reference_model: torch.nn.Module | None = None, device: str | torch.device | None = None,
 ) -> Calibration:
     """Thresholds for ``x_t - x_0``: the sparsest within ``tolerance``, or at ``target_density``.
 
     The tolerance is relative to ``reference_model`` (the original single-task
     checkpoint, so the budget covers every stage's loss), or to the unthresholded
-    ``student`` when there is none.
+    ``student`` when there is none. Runs on ``device`` (default: the student's), where
+    all three models must be.
     """
+    device = _device(student, device)
     student.eval()
     base.eval()
-    loader = calibration_loader(dataset, images)
-    magnitudes = layer_magnitudes(student, base, loader, layers, granularity)
+    loader = calibration_loader(dataset, images, device=device)
+    magnitudes = layer_magnitudes(student, base, loader, layers, granularity, device)
     if reference_model is not None:
-        reference = evaluate_predictor(reference_model.eval(), loader.dataset, spec, num_classes)
+        reference = evaluate_predictor(reference_model.eval(), loader.dataset, spec, num_classes, device=device)
     else:
-        reference, _ = evaluate_thresholded(student, base, loader, spec, num_classes, {}, granularity)
+        reference, _ = evaluate_thresholded(student, base, loader, spec, num_classes, {}, granularity, device)
     return calibrate(
         magnitudes,
-        lambda thresholds: evaluate_thresholded(student, base, loader, spec, num_classes, thresholds, granularity),
+        lambda thresholds: evaluate_thresholded(student, base, loader, spec, num_classes, thresholds, granularity,
+                                                device),
         reference, spec.metric(num_classes), tolerance=tolerance, target_density=target_density)
 
 
 @torch.no_grad()
 def _stream_clip(model: torch.nn.Module, clip: Dataset, layers: list[str], thresholds: dict[str, float] | None,
-                 granularity: str, on_frame: Callable[[torch.Tensor, dict, dict], None]) -> None:
+                 granularity: str, on_frame: Callable[[torch.Tensor, dict, dict], None],
+                 device: torch.device) -> None:
     """Frame 0 exact (the keyframe), later frames through temporal taps (or exact when
     ``thresholds`` is None, recording consecutive-frame deltas)."""
     from mtlcompress.models.taps import propagated_linear_inputs
@@ -185,7 +207,7 @@ def _stream_clip(model: torch.nn.Module, clip: Dataset, layers: list[str], thres
     references: dict[str, torch.Tensor] = {}
     for index in range(len(clip)):
         sample = clip[index]
-        image = sample["image"].unsqueeze(0)
+        image = sample["image"].unsqueeze(0).to(device, non_blocking=True)
         stats: dict[str, list[float]] = {}
         if index == 0 or thresholds is None:
             with record_linear_inputs(model.backbone, layers, detach=True) as recorded:
@@ -203,19 +225,22 @@ def _stream_clip(model: torch.nn.Module, clip: Dataset, layers: list[str], thres
 def calibrate_temporal_thresholds(
     model: torch.nn.Module, clips: list[Dataset], spec: TaskSpec, num_classes: int | None, layers: list[str],
     granularity: str, *, tolerance: float = 0.02, target_density: float | None = None,
+    device: str | torch.device | None = None,
 ) -> Calibration:
-    """Thresholds for ``x^f - x^{f-1}`` on held-out clips streamed from one keyframe."""
+    """Thresholds for ``x^f - x^{f-1}`` on held-out clips streamed from one keyframe, on
+    ``device`` (default: where ``model`` is)."""
+    device = _device(model, device)
     model.eval()
     values: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     reference_metric = spec.metric(num_classes)
 
     def collect(raw: torch.Tensor, sample: dict, deltas: dict) -> None:
-        reference_metric.update(spec.predict(raw), sample[spec.name].unsqueeze(0))
+        reference_metric.update(spec.predict(raw).cpu(), sample[spec.name].unsqueeze(0))
         for layer, delta in deltas.items():
             values[layer].append(delta_magnitudes(delta, granularity))
 
     for clip in clips:
-        _stream_clip(model, clip, layers, None, granularity, collect)
+        _stream_clip(model, clip, layers, None, granularity, collect, device)
     magnitudes = {layer: torch.cat(v) for layer, v in values.items()}
     reference = {k: float(v) for k, v in reference_metric.compute().items()}
 
@@ -224,12 +249,12 @@ def calibrate_temporal_thresholds(
         kept: dict[str, list[float]] = {}
 
         def score(raw: torch.Tensor, sample: dict, stats: dict) -> None:
-            metric.update(spec.predict(raw), sample[spec.name].unsqueeze(0))
+            metric.update(spec.predict(raw).cpu(), sample[spec.name].unsqueeze(0))
             for layer, fractions in stats.items():
                 kept.setdefault(layer, []).extend(fractions)
 
         for clip in clips:
-            _stream_clip(model, clip, layers, thresholds, granularity, score)
+            _stream_clip(model, clip, layers, thresholds, granularity, score, device)
         return ({k: float(v) for k, v in metric.compute().items()},
                 {layer: sum(v) / len(v) for layer, v in kept.items()})
 

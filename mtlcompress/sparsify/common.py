@@ -22,6 +22,7 @@ from mtlcompress.models.checkpoint import CheckpointInfo, load_checkpoint, read_
 from mtlcompress.models.single_task import SingleTaskModel
 from mtlcompress.sparsify.supervision import resolve_supervision
 from mtlcompress.tasks.registry import TaskSpec, get_task
+from mtlcompress.training.distributed import to_device, wait_for_all_ranks
 from mtlcompress.training.evaluate import evaluate_model
 from mtlcompress.training.loop import resume_state_path, world
 
@@ -123,10 +124,11 @@ def stage_data(data: str | os.PathLike, info: CheckpointInfo, supervision: str) 
     return StageData(spec, chosen, train, val, info.num_classes)
 
 
-def evaluate_on(model: SingleTaskModel, data: StageData) -> dict[str, float]:
+def evaluate_on(model: SingleTaskModel, data: StageData, device: torch.device | None = None) -> dict[str, float]:
+    """Held-out metrics (none without labels), in fp32 on ``device`` (default: where the model is)."""
     if data.val is None:
         return {}
-    return evaluate_model(model, data.val, data.spec, data.num_classes)
+    return evaluate_model(model, data.val, data.spec, data.num_classes, device=device)
 
 
 def write_stage_output(model: SingleTaskModel, info: CheckpointInfo, out: str | os.PathLike, *, stage: str,
@@ -148,15 +150,25 @@ def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
 
 def finish_stage(*, stage: str, model: SingleTaskModel, base_model: SingleTaskModel, info: CheckpointInfo,
                  data: StageData, out: Path, run_id: dict[str, Any], sparsity: dict[str, Any],
-                 extra: dict[str, Any] | None = None) -> StageResult:
-    """Measure, evaluate and (on rank 0) write a stage's output; drop its resume state."""
+                 extra: dict[str, Any] | None = None, device: torch.device | None = None) -> StageResult:
+    """Measure and evaluate on ``device`` (default: where ``model`` is), write the stage's
+    output and drop its resume state.
+
+    Under ``torchrun`` every rank measures and evaluates (the same weights, the same
+    images, no collectives: nothing to deadlock on); only rank 0 writes (the state dict
+    goes to the CPU there), and the others wait for the file, which a pipeline's next
+    stage reads.
+    """
+    if device is not None:
+        to_device(model, base_model, device=device)
     achieved = delta_density(model, base_model)
-    metrics = evaluate_on(model, data)
+    metrics = evaluate_on(model, data, device)
     original = sparsity.get("original_metrics", info.sparsity.get("original_metrics", {}))
     if world()[0] == 0:
         write_stage_output(model, info, out, stage=stage, metrics=metrics,
                            sparsity={**sparsity, "delta_density": achieved}, training=run_id)
         resume_state_path(out).unlink(missing_ok=True)
+    wait_for_all_ranks()
     metric = data.spec.metric(data.num_classes)
     return StageResult(stage, info.task, str(out), achieved, metrics, original, metric.primary,
                        metric.higher_is_better, {"supervision": data.supervision, **(extra or {})})

@@ -99,7 +99,8 @@ TRAINING_OPTIONS: dict[str, dict[str, Any]] = {
                                           "need not fit the device at once)."},
     "precision": {"choices": PRECISIONS, "help": "Autocast precision (gates, density control and "
                                                               "thresholds stay fp32)."},
-    "device": {"help": "auto (CUDA when present), cpu, cuda, cuda:N or mps; may change on resume."},
+    "device": {"help": "auto (CUDA when present), cpu, cuda, cuda:N or mps: where the stage trains, "
+                         "calibrates and evaluates; may change on resume."},
     "workers": {"minimum": 0, "help": "DataLoader worker processes; may change on resume."},
 }
 

@@ -110,17 +110,17 @@ def sparsify_activations(
     run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train, config=config,
                  state_path=resume_state_path(out), run_id=run_id, description=f"activations {task_info.task}",
                  resume=resume, show_progress=show_progress)
-    to_device(delta_model, base_model, teacher, device=torch.device("cpu"))  # thresholds are calibrated on the CPU
-    model = delta_model.export()
+    model = delta_model.export()  # thresholds are calibrated (in fp32) on the training device
     calibration = calibrate_task_thresholds(
         model, base_model, data_.train, data_.spec, data_.num_classes, layers, granularity,
-        tolerance=tolerance, target_density=token_density, images=calibration_images, reference_model=original)
+        tolerance=tolerance, target_density=token_density, images=calibration_images, reference_model=original,
+        device=device)
     activation = {"granularity": granularity, "task_thresholds": calibration.thresholds,
                   "temporal_thresholds": task_info.sparsity.get("activation", {}).get("temporal_thresholds", {})}
     if data_.val is not None:
         held_out, held_out_density = evaluate_thresholded(
-            model, base_model, DataLoader(data_.val, batch_size=32), data_.spec, data_.num_classes,
-            calibration.thresholds, granularity)
+            model, base_model, DataLoader(data_.val, batch_size=32, pin_memory=device.type == "cuda"), data_.spec,
+            data_.num_classes, calibration.thresholds, granularity, device)
         calibration_extra = {"thresholded_metrics": held_out,
                              "held_out_activation_density": sum(held_out_density.values()) / len(held_out_density)}
     else:
@@ -129,5 +129,5 @@ def sparsify_activations(
                "calibration_metrics": calibration.metrics, "calibration_reference": calibration.reference_metrics}
     result = finish_stage(stage="activations", model=model, base_model=base_model, info=task_info, data=data_,
                           out=out, run_id=run_id, sparsity={"activation": activation, **summary},
-                          extra={"granularity": granularity, **summary})
+                          extra={"granularity": granularity, **summary}, device=device)
     return result

@@ -62,7 +62,7 @@ def finetune_deltas(
         group["weight_decay"] = 0.0
     teacher = load_source(task_info.sparsity) or task_model
     objective = make_objective(data_.spec, data_.supervision, teacher)
-    to_device(teacher, device=device)
+    to_device(teacher, base_model, device=device)
 
     def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss = objective(batch, wrapped(batch["image"]))
@@ -73,9 +73,9 @@ def finetune_deltas(
     run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train, config=config,
                  state_path=resume_state_path(out), run_id=run_id, description=f"finetune {task_info.task}",
                  resume=resume, show_progress=show_progress)
-    to_device(delta_model, teacher, device=torch.device("cpu"))  # export and evaluation run on the CPU
-    model = delta_model.export()
+    model = delta_model.export()  # on the device, where it is evaluated too
     if task_info.sparsity.get("structure") == "lowrank":  # the support froze entries, not the rank
         keep_ranks_(model, base_model, task_info.sparsity.get("ranks", {}))
     return finish_stage(stage="finetune", model=model, base_model=base_model, info=task_info,
-                        data=data_, out=out, run_id=run_id, sparsity={"supervision": data_.supervision})
+                        data=data_, out=out, run_id=run_id, sparsity={"supervision": data_.supervision},
+                        device=device)

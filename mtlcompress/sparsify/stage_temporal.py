@@ -138,10 +138,9 @@ def sparsify_temporal(
     run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss,
                  dataset=FramePairs(train_clips, max_offset), config=config, state_path=resume_state_path(out),
                  run_id=run_id, description=f"temporal {info.task}", resume=resume, show_progress=show_progress)
-    to_device(forward, teacher, base_model, device=torch.device("cpu"))  # thresholds are calibrated on the CPU
-    model = student.eval() if base is None else delta_model.export()
+    model = student.eval() if base is None else delta_model.export()  # calibrated (fp32) on the training device
     calibration = calibrate_temporal_thresholds(model, held_out, data_.spec, data_.num_classes, layers, granularity,
-                                                tolerance=tolerance, target_density=token_density)
+                                                tolerance=tolerance, target_density=token_density, device=device)
     activation = {"granularity": granularity, "task_thresholds": previous_activation.get("task_thresholds", {}),
                   "temporal_thresholds": calibration.thresholds}
     summary = {"temporal_density": calibration.density, "temporal_keep": calibration.keep,
@@ -149,4 +148,4 @@ def sparsify_temporal(
     # For the base task the fine-tuned model *is* the new base: its delta density is 0.
     return finish_stage(stage="temporal", model=model, base_model=model if base is None else base_model, info=info, data=data_, out=out,
                         run_id=run_id, sparsity={"activation": activation, **summary},
-                        extra={"granularity": granularity, **summary})
+                        extra={"granularity": granularity, **summary}, device=device)

@@ -108,7 +108,9 @@ def sparsify_weights(
     out = check_output(out, overwrite)
     base_model, base_info, task_model, task_info = load_pair(base, task)
     data_ = stage_data(data, task_info, supervision)
-    original = evaluate_on(task_model, data_)
+    device = training_device(config.device)  # for training (l0), and for every method's evaluation
+    to_device(base_model, task_model, device=device)
+    original = evaluate_on(task_model, data_, device)
     start_delta = weight_delta(task_model, base_model)
     run_id: dict[str, Any] = {"stage": "weights", "method": method, "base": str(Path(base).resolve()),
                               "task": str(Path(task).resolve()), "data": str(Path(data).resolve()),
@@ -139,7 +141,6 @@ def sparsify_weights(
                                  per_tensor_gates=per_tensor_gates)
         controller = LagrangianDensityController(density, warmup_steps=max(1, config.steps // 3))
         trainable = _GatedTraining(delta_model, controller)
-        device = training_device(config.device)
         wrapped = maybe_ddp(trainable, device)
         gate_params = [p for n, p in trainable.named_parameters() if "gates" in n]
         optimizer = torch.optim.AdamW([
@@ -148,8 +149,7 @@ def sparsify_weights(
             {"params": list(controller.parameters()), "lr": DEFAULT_LAMBDA_LR, "weight_decay": 0.0, "maximize": True,
              "constant_lr": True},
         ], lr=config.lr, weight_decay=0.0)
-        objective = make_objective(data_.spec, data_.supervision, task_model)
-        to_device(task_model, device=device)  # the distillation teacher
+        objective = make_objective(data_.spec, data_.supervision, task_model)  # the teacher is on the device
 
         def compute_loss(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
             task_loss = objective(batch, wrapped(batch["image"]))
@@ -160,7 +160,6 @@ def sparsify_weights(
         run_training(model=wrapped, optimizer=optimizer, compute_loss=compute_loss, dataset=data_.train,
                      config=config, state_path=resume_state_path(out), run_id=run_id,
                      description=f"weights {task_info.task}", resume=resume, show_progress=show_progress)
-        to_device(trainable, task_model, device=torch.device("cpu"))  # export and calibration run on the CPU
         with torch.no_grad():
             delta_model.eval()
             # How close the gates themselves came, before snapping to the exact target.
@@ -174,4 +173,4 @@ def sparsify_weights(
                 "target_density": density, "supervision": data_.supervision, **gate_stats}
     return finish_stage(stage="weights", model=result_model, base_model=base_model, info=task_info, data=data_,
                         out=out, run_id=run_id, sparsity=sparsity,
-                        extra={"method": method, "target_density": density, **gate_stats})
+                        extra={"method": method, "target_density": density, **gate_stats}, device=device)

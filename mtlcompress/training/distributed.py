@@ -45,6 +45,13 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def wait_for_all_ranks() -> None:
+    """Block until every ``torchrun`` rank gets here (no-op outside torchrun): after
+    rank 0 writes a file that every rank reads next."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def training_device(device: str | torch.device = "auto") -> torch.device:
     """This process's device for ``--device`` (its own GPU under torchrun), with the
     process group joined on it."""

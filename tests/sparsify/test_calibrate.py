@@ -1,19 +1,27 @@
-"""Threshold calibration: which metric values pass the tolerance, and the bisection on ``keep``."""
+"""Threshold calibration: which metric values pass the tolerance, the bisection on
+``keep``, and the device calibration runs on."""
 
 import math
 
 import pytest
 import torch
 
+from mtlcompress.data.layouts import open_dataset
+from mtlcompress.models.checkpoint import load_checkpoint
+from mtlcompress.models.taps import shared_linear_names
 from mtlcompress.sparsify.calibrate import (
     BISECTION_STEPS,
     Calibration,
     calibrate,
+    calibrate_task_thresholds,
+    calibrate_temporal_thresholds,
     delta_magnitudes,
     search_keep,
     thresholds_for_keep,
     within_tolerance,
 )
+from mtlcompress.sparsify.temporal_data import split_clips
+from mtlcompress.tasks.registry import get_task
 
 
 class _Metric:
@@ -93,3 +101,55 @@ def test_search_keep_keeps_everything_when_nothing_is_acceptable():
         return False, Calibration({}, keep, {}, {}, keep, {})
     assert search_keep(evaluate, to_target=False).keep == 1.0
     assert search_keep(evaluate, to_target=True).keep == 0.0
+
+
+@pytest.fixture
+def moved_to_meta(monkeypatch):
+    """Every tensor whose ``.to(meta)`` was asked for. The spy hands it back unmoved (on
+    the CPU), so a calibration told to run on ``meta`` computes here and shows which
+    inputs it moved to its device."""
+    moved = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        target = kwargs.get("device", args[0] if args else None)
+        if isinstance(target, torch.device) and target.type == "meta":
+            moved.append(self)
+            return self
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    return moved
+
+
+def _calibrate_both(quick_demo, **device):
+    """Task thresholds (depth against the semseg base, with a reference model) and
+    temporal thresholds (depth on the held-out clip), with the models on the CPU."""
+    student, info = load_checkpoint(quick_demo["checkpoints"]["depth"])
+    base, _ = load_checkpoint(quick_demo["checkpoints"]["semseg"])
+    spec, layers = get_task("depth"), shared_linear_names(info.backbone.depth)
+    inputs = []
+    for model in (student, base):
+        model.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    train = open_dataset(quick_demo["data"], split="train", tasks=["depth"], size=info.backbone.img_size)
+    task = calibrate_task_thresholds(student, base, train, spec, None, layers, "token", images=6,
+                                     reference_model=student, **device)
+    _, held_out = split_clips(quick_demo["data"], ["depth"], info.backbone.img_size)
+    temporal = calibrate_temporal_thresholds(student, held_out, spec, None, layers, "element", **device)
+    return task, temporal, inputs
+
+
+def test_calibration_moves_every_batch_to_its_device_and_returns_floats(quick_demo, moved_to_meta):
+    task, temporal, inputs = _calibrate_both(quick_demo, device="meta")
+    assert inputs
+    assert all(any(x is moved for moved in moved_to_meta) for x in inputs)
+    for calibration in (task, temporal):
+        values = [*calibration.thresholds.values(), *calibration.metrics.values(),
+                  *calibration.reference_metrics.values(), *calibration.layer_density.values(), calibration.density]
+        assert values and all(type(value) is float for value in values)
+
+
+def test_an_explicit_device_computes_what_the_default_does(quick_demo, moved_to_meta):
+    # The default is the models' device (the CPU); "meta" runs here too (see the spy), through the device path.
+    assert _calibrate_both(quick_demo)[:2] == _calibrate_both(quick_demo, device="meta")[:2]
+    assert _calibrate_both(quick_demo, device="cpu")[:2] == _calibrate_both(quick_demo)[:2]

@@ -1,13 +1,17 @@
-"""Run under torchrun by test_ddp.py: the real `mtlcompress train` command, plus a dump
-of each rank's final weights so the test can compare ranks."""
+"""Run under torchrun by test_ddp.py (and tests/sparsify/test_distributed.py): the real
+`mtlcompress` command, plus a dump of each rank's final weights after `train` so the test
+can compare ranks; rank 0 writes each sparsify stage's output late, so a rank that did
+not wait for it would not find it in the plan's next stage."""
 
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
+import mtlcompress.sparsify.common as sparsify_common
 import mtlcompress.training.single_task as single_task
 from mtlcompress.cli.main import main
 
@@ -23,6 +27,15 @@ def run_training_and_dump(*, model, **kwargs):
     return result
 
 
+real_write_stage_output = sparsify_common.write_stage_output
+
+
+def write_stage_output_late(*args, **kwargs):
+    time.sleep(2)
+    return real_write_stage_output(*args, **kwargs)
+
+
 single_task.run_training = run_training_and_dump
+sparsify_common.write_stage_output = write_stage_output_late
 torch.set_num_threads(1)
 main()

@@ -4,7 +4,6 @@ weights), workers change nothing, and a resume may change device and workers."""
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from mtlcompress.errors import CheckpointError, MtlCompressError
 from mtlcompress.io.container import read_container_header
@@ -12,20 +11,7 @@ from mtlcompress.training.loop import TrainConfig, run_training
 from mtlcompress.training.precision import autocast, grad_scaler
 
 
-class _Points(Dataset):
-    def __init__(self):
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.randn(48, 3, 4, 4, generator=generator)
-        self.y = self.x.mean(dim=(1, 2, 3)) * 3
-
-    def __len__(self):
-        return 48
-
-    def __getitem__(self, i):
-        return {"image": self.x[i], "target": self.y[i]}
-
-
-def _train(state, *, steps=6, sgd=False, before_step=None, seen=None, loss_factor=1.0, **settings):
+def _train(dataset, state, *, steps=6, sgd=False, before_step=None, seen=None, loss_factor=1.0, **settings):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8), torch.nn.GELU(), torch.nn.Linear(8, 1))
     optimizer = (torch.optim.SGD(model.parameters(), lr=0.05) if sgd
@@ -40,7 +26,7 @@ def _train(state, *, steps=6, sgd=False, before_step=None, seen=None, loss_facto
 
     config = TrainConfig(**{"steps": steps, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 2,
                             "eval_every": 10**9, "grad_clip": 0.0, "device": "cpu", **settings})
-    run_training(model=model, optimizer=optimizer, compute_loss=compute_loss, dataset=_Points(), config=config,
+    run_training(model=model, optimizer=optimizer, compute_loss=compute_loss, dataset=dataset, config=config,
                  state_path=state, run_id={"test": 1, "config": config.to_dict()}, show_progress=False,
                  before_step=before_step)
     return model
@@ -51,29 +37,29 @@ def _close(a, b, **tolerance):
 
 
 @pytest.mark.parametrize("parts", [2, 3])  # 3: micro-batches of 3, 3 and 2 samples, weighted by size
-def test_accumulated_micro_batches_equal_one_batch(tmp_path, parts):
-    whole = _train(tmp_path / "a.safetensors", sgd=True)
-    accumulated = _train(tmp_path / "b.safetensors", sgd=True, accumulate=parts)
+def test_accumulated_micro_batches_equal_one_batch(points, tmp_path, parts):
+    whole = _train(points, tmp_path / "a.safetensors", sgd=True)
+    accumulated = _train(points, tmp_path / "b.safetensors", sgd=True, accumulate=parts)
     assert _close(whole, accumulated, rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights(tmp_path):
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights(points, tmp_path):
     seen = []
-    reference = _train(tmp_path / "fp32.safetensors")
-    model = _train(tmp_path / "bf16.safetensors", precision="bf16", seen=seen)
+    reference = _train(points, tmp_path / "fp32.safetensors")
+    model = _train(points, tmp_path / "bf16.safetensors", precision="bf16", seen=seen)
     assert seen and set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert not _close(model, reference, rtol=0, atol=0)  # it did train differently...
     assert _close(model, reference, rtol=0.05, atol=0.02)  # ...but to nearly the same weights
 
 
-def test_fp16_uses_a_grad_scaler_whose_state_resumes(tmp_path):
+def test_fp16_uses_a_grad_scaler_whose_state_resumes(points, tmp_path):
     assert grad_scaler(torch.device("cpu"), "fp16") is not None
     assert grad_scaler(torch.device("cpu"), "bf16") is None
     seen = []
     # At 10x the loss, fp16 gradients overflow at the initial scale (2**16): the scaler
     # skips the first steps and backs off, so a resume that forgot its scale would differ.
-    reference = _train(tmp_path / "reference.safetensors", precision="fp16", seen=seen, loss_factor=10)
+    reference = _train(points, tmp_path / "reference.safetensors", precision="fp16", seen=seen, loss_factor=10)
     assert set(seen) == {torch.float16}
 
     def crash(step):
@@ -82,22 +68,22 @@ def test_fp16_uses_a_grad_scaler_whose_state_resumes(tmp_path):
 
     state = tmp_path / "state.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        _train(state, precision="fp16", before_step=crash, loss_factor=10)
+        _train(points, state, precision="fp16", before_step=crash, loss_factor=10)
     _, document = read_container_header(state, format_name="mtlcompress.train_state", versions=(1,),
                                         error=CheckpointError)
     assert 1.0 < document["grad_scaler"]["scale"] < 2.0**16
-    resumed = _train(state, precision="fp16", loss_factor=10)
+    resumed = _train(points, state, precision="fp16", loss_factor=10)
     assert _close(resumed, reference, rtol=0, atol=0)
 
 
-def test_workers_give_the_same_batches(tmp_path):
-    reference = _train(tmp_path / "a.safetensors")
-    with_workers = _train(tmp_path / "b.safetensors", workers=2)
+def test_workers_give_the_same_batches(points, tmp_path):
+    reference = _train(points, tmp_path / "a.safetensors")
+    with_workers = _train(points, tmp_path / "b.safetensors", workers=2)
     assert _close(reference, with_workers, rtol=0, atol=0)
 
 
-def test_a_resume_may_change_device_and_workers_but_not_precision(tmp_path):
-    reference = _train(tmp_path / "reference.safetensors")
+def test_a_resume_may_change_device_and_workers_but_not_precision(points, tmp_path):
+    reference = _train(points, tmp_path / "reference.safetensors")
 
     def crash(step):
         if step == 3:
@@ -105,10 +91,10 @@ def test_a_resume_may_change_device_and_workers_but_not_precision(tmp_path):
 
     state = tmp_path / "state.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        _train(state, before_step=crash)
+        _train(points, state, before_step=crash)
     with pytest.raises(CheckpointError, match="different settings"):
-        _train(state, precision="bf16")
-    resumed = _train(state, device="auto", workers=1)  # "auto" is the CPU here, or a GPU
+        _train(points, state, precision="bf16")
+    resumed = _train(points, state, device="auto", workers=1)  # "auto" is the CPU here, or a GPU
     assert _close(resumed.cpu(), reference, rtol=1e-5, atol=1e-6)
 
 
