@@ -139,8 +139,10 @@ def _nnz(bundle: Bundle, task: str, name: str) -> int:
     delta = bundle.task(task).delta.get(name)
     if delta is None:
         return 0
-    operand = structured_operand(delta) if delta.dim() == 2 else None
-    return operand.macs_per_row if operand is not None else int(delta.count_nonzero())
+    nnz = int(delta.count_nonzero())
+    # Only a mostly non-zero delta can be a low-rank product (looking costs a sketch).
+    operand = structured_operand(delta) if delta.dim() == 2 and 2 * nnz > delta.numel() else None
+    return operand.macs_per_row if operand is not None else nnz
 
 
 def sub_task_layer_flops(bundle: Bundle, task: str, layer: str, density: float | None) -> int:
