@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    specs = all_specs(args.quick)[:1] if args.headline_only else [*all_specs(args.quick), TRAINED_LIKE]
+    headline, *others = all_specs(args.quick)
+    # The trained-like point second: an interrupted run (rows are written as they finish) keeps it.
+    specs = [headline] if args.headline_only else [headline, TRAINED_LIKE, *others]
     command = "python benchmarks/run_all.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     rows = []
     for index, spec in enumerate(specs):
