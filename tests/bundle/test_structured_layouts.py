@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mtlcompress.bundle import layouts
+from mtlcompress.bundle.structured_codecs import lowrank_factors
 from mtlcompress.errors import BundleError
 
 
@@ -70,3 +71,23 @@ def test_lowrank_parts_are_checked_before_use():
         _decode(encoded, values=bad)
     with pytest.raises(BundleError, match="rank r factors"):  # rank above min(rows, cols)
         layouts.decode_parts("lowrank", (2, 3), torch.float32, {"values": torch.ones(3 * 5)})
+
+
+@pytest.mark.parametrize("rank", [1, 16, 17, 40])  # one sketch; the first sketch exactly full; grown once, twice
+def test_lowrank_factors_find_the_rank_through_growing_sketches(rank):
+    generator = torch.Generator().manual_seed(rank)
+    view = torch.randn(200, rank, generator=generator) @ torch.randn(rank, 300, generator=generator)
+    left, right = lowrank_factors(view)
+    assert left.shape == (200, rank) and right.shape == (rank, 300)
+    assert torch.allclose(left @ right, view, atol=1e-4 * float(view.abs().max()))
+    if rank > 1:
+        assert lowrank_factors(view, max_rank=rank - 1) is None
+
+
+def test_lowrank_factors_above_the_useful_rank_fall_back_to_a_full_svd():
+    """A 6 x 6 matrix of rank 5 is larger factored than dense; asked for, it still factors."""
+    generator = torch.Generator().manual_seed(0)
+    view = torch.randn(6, 5, generator=generator) @ torch.randn(5, 6, generator=generator)
+    left, right = lowrank_factors(view)
+    assert left.shape == (6, 5) and torch.allclose(left @ right, view, atol=1e-5)
+    assert lowrank_factors(torch.randn(64, 64, generator=generator), max_rank=8) is None
