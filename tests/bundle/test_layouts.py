@@ -81,6 +81,10 @@ def test_auto_picks_the_smallest_layout_with_documented_tie_break(tensor: torch.
     sizes = {layout: encode(tensor, layout).nbytes for layout in LAYOUTS}
     chosen = encode(tensor)
     smallest = min(sizes.values())
+    if chosen.layout not in LAYOUTS:  # structured (a small tensor can be an exact low-rank product)
+        assert chosen.nbytes < smallest  # only when strictly smaller
+        assert torch.allclose(decode(chosen).float(), tensor.float(), rtol=1e-2, atol=1e-3)
+        return
     assert chosen.nbytes == smallest
     assert chosen.layout == next(name for name in LAYOUTS if sizes[name] == smallest)
 
