@@ -39,8 +39,9 @@ from make_bundles import BundleSpec, calibrate_task_domain, random_bundle  # noq
 from mtlcompress.bundle import layouts  # noqa: E402
 from mtlcompress.models.checkpoint import load_checkpoint  # noqa: E402
 from mtlcompress.report import flops  # noqa: E402
-from mtlcompress.report.benchmark import interleaved_samples, synthetic_images  # noqa: E402
+from mtlcompress.report.benchmark import synthetic_images  # noqa: E402
 from mtlcompress.report.compile_peer import compile_models  # noqa: E402
+from mtlcompress.report.timing import interleaved_samples, run_models  # noqa: E402
 from mtlcompress.runtime.shared_engine import SharedEngine  # noqa: E402
 from mtlcompress.sparsify.common import evaluate_on, stage_data, student_from, weight_delta  # noqa: E402
 from mtlcompress.sparsify.magnitude import magnitude_masks  # noqa: E402
@@ -140,14 +141,10 @@ def speed(runs: int, repeats: int, log, compile_models_too: bool = True) -> dict
                                    else (None, "not run (--no-compile)", 0.0))
     log(f"compiled: {compiled is not None} {reason} in {compile_s:.0f} s")
 
-    def models(which) -> None:
-        with torch.inference_mode():
-            for model in which.values():
-                model(images)
-
-    variants = {"independent": lambda: models(eager), "base alone": lambda: models({0: eager[reference.base_task]})}
+    variants = {"independent": lambda: run_models(eager.values(), images),
+                "base alone": lambda: run_models([eager[reference.base_task]], images)}
     if compiled is not None:
-        variants["independent_compiled"] = lambda: models(compiled)
+        variants["independent_compiled"] = lambda: run_models(compiled.values(), images)
     for name, engine in engines.items():
         variants[name] = lambda engine=engine: engine.predict(images)
     medians: dict[str, list[float]] = {name: [] for name in variants}

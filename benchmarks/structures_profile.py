@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from structures import _variant_bundle  # noqa: E402
 
-from mtlcompress.report.benchmark import interleaved_samples, synthetic_images  # noqa: E402
+from mtlcompress.report.benchmark import synthetic_images  # noqa: E402
+from mtlcompress.report.timing import interleaved_samples, run_models  # noqa: E402
 from mtlcompress.runtime.shared_engine import SharedEngine  # noqa: E402
 
 
@@ -54,12 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     default, static = SharedEngine(bundle), SharedEngine(bundle, graphs="on")
     models = {task: bundle.task_model(task).eval() for task in bundle.tasks}
 
-    def run(which) -> None:
-        with torch.inference_mode():
-            for model in which:
-                model(images)
-
-    variants = {"T models": lambda: run(models.values()), "base alone": lambda: run([models[bundle.base_task]]),
+    variants = {"T models": lambda: run_models(models.values(), images),
+                "base alone": lambda: run_models([models[bundle.base_task]], images),
                 "shared (default path)": lambda: default.predict(images),
                 "shared (static path, graphs=on)": lambda: static.predict(images)}
     for index in range(args.runs):

@@ -16,7 +16,7 @@ activation densities measured in the timed shared runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,8 @@ from mtlcompress.io.image_size import SizeLike
 from mtlcompress.progress import Advance, progress_bar
 from mtlcompress.bundle.format import storage_dtype
 from mtlcompress.report import flops
-from mtlcompress.report.timing import environment, interleaved_samples, summarize_samples, synchronize
+from mtlcompress.report.timing import (environment, interleaved_samples, median_ratios, run_models, summarize_samples,
+                                       synchronize)
 from mtlcompress.runtime.cost_model import KernelTimings
 from mtlcompress.runtime.dense_engine import DenseEngine
 from mtlcompress.runtime.keyframes import KeyframePolicy
@@ -82,11 +83,6 @@ def static_clip(frames: int, size: SizeLike, seed: int = 0) -> list[Tensor]:
         if all(s.camera == scenes[0].camera for s in scenes):
             return [_to_tensor(render_scene(s, size)["image"]).unsqueeze(0) for s in scenes]
     raise RuntimeError("no static-camera clip found")  # pragma: no cover - half the clips are static
-
-
-def _ratios(section: dict[str, dict[str, Any]], pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
-    return {f"{a}/{b}": section[a]["median_s"] / section[b]["median_s"] for a, b in pairs
-            if a in section and b in section and section[b]["median_s"] > 0}
 
 
 def speedups(ratios: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -220,10 +216,8 @@ def _benchmark(bundle: Bundle, images: Tensor, frames: list[Tensor] | None, repe
     dense = DenseEngine(bundle, device=device)
     shared = SharedEngine(bundle, device=device, timings=timings, network_path="auto")
 
-    @torch.inference_mode()
     def independent(batch: Tensor) -> None:
-        for model in models.values():
-            model(batch)
+        run_models(models.values(), batch)
 
     @torch.inference_mode()
     def base_only(batch: Tensor) -> None:
@@ -309,8 +303,8 @@ def _benchmark(bundle: Bundle, images: Tensor, frames: list[Tensor] | None, repe
             "bundle_per_frame": report["totals"]["bundle"]["total"],
             "stream": stream_flops(bundle, video_density.get("temporal", {}), keyframes, len(frames)),
         }
-    ratios = {"images": _ratios(result_images, RATIOS["images"]),
-              "video": _ratios(result_video, RATIOS["video"]) if result_video else {}}
+    ratios = {"images": median_ratios(result_images, RATIOS["images"]),
+              "video": median_ratios(result_video, RATIOS["video"]) if result_video else {}}
     return {
         "environment": environment(device),
         "config": {

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mtlcompress.bundle.bundle import Bundle
-from mtlcompress.report.benchmark import interleaved_samples, summarize_samples
+from mtlcompress.report.timing import interleaved_samples, median_ratios, run_models, summarize_samples
 from mtlcompress.runtime.cost_model import KernelTimings
 from mtlcompress.runtime.shared_engine import SharedEngine
 
@@ -31,9 +31,7 @@ def compile_models(bundle: Bundle, images: Tensor, device: torch.device) -> tupl
     start = time.perf_counter()
     try:
         models = {t: torch.compile(bundle.task_model(t).to(device).eval()) for t in bundle.tasks}
-        with torch.inference_mode():
-            for model in models.values():
-                model(images)
+        run_models(models.values(), images)
     except Exception as exc:  # any backend failure (no C++ compiler, unsupported op) means "unavailable"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, f"{type(exc).__name__}: {reason[:300]}", 0.0
@@ -57,21 +55,14 @@ def compiled_peer(bundle: Bundle, images: Tensor, *, repeats: int = 5, warmup: i
     compiled, reason, compile_s = compile_models(bundle, images, device)
     shared = SharedEngine(bundle, device=device, timings=timings)
 
-    def run(models: dict[str, Any]) -> None:
-        with torch.inference_mode():
-            for model in models.values():
-                model(images)
-
-    variants = {"independent": lambda: run(eager), "shared": lambda: shared.predict(images)}
+    variants = {"independent": lambda: run_models(eager.values(), images), "shared": lambda: shared.predict(images)}
     if compiled is not None:
-        variants["independent_compiled"] = lambda: run(compiled)
+        variants["independent_compiled"] = lambda: run_models(compiled.values(), images)
     samples = interleaved_samples(variants, repeats, warmup, device)
     section = {name: summarize_samples(samples[name], images.shape[0]) for name in COMPILE_VARIANTS if name in samples}
     median = {name: s["median_s"] for name, s in section.items()}
-    ratios = {"independent/shared": median["independent"] / median["shared"]}
-    if compiled is not None:
-        ratios["independent_compiled/shared"] = median["independent_compiled"] / median["shared"]
-        ratios["independent/independent_compiled"] = median["independent"] / median["independent_compiled"]
+    ratios = median_ratios(section, [("independent", "shared"), ("independent_compiled", "shared"),
+                                     ("independent", "independent_compiled")])
     best = min(median["independent"], median.get("independent_compiled", float("inf")))
     ratios["best_models/shared"] = best / median["shared"]
     return {"available": compiled is not None, "reason": reason, "compile_s": compile_s, "images": section,

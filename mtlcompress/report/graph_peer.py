@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from mtlcompress.bundle.bundle import Bundle
-from mtlcompress.report.timing import interleaved_samples, summarize_samples
+from mtlcompress.report.timing import interleaved_samples, median_ratios, run_models, summarize_samples
 from mtlcompress.runtime.cost_model import KernelTimings
 from mtlcompress.runtime.cuda_graphs import CapturedCall, cuda_graphs_available
 from mtlcompress.runtime.shared_engine import SharedEngine
@@ -59,23 +59,17 @@ def graphed_peer(bundle: Bundle, images: Tensor, *, repeats: int = 5, warmup: in
     graphed = SharedEngine(bundle, device=device, timings=shared.timings, graphs="auto")
     base = bundle.base_task
 
-    @torch.inference_mode()
-    def run(models: dict[str, Any]) -> None:
-        for model in models.values():
-            model(images)
-
-    variants = {"independent": lambda: run(eager), "independent_graphed": lambda: run(captured),
-                "base_only": lambda: run({base: eager[base]}), "base_only_graphed": lambda: captured[base](images),
+    variants = {"independent": lambda: run_models(eager.values(), images),
+                "independent_graphed": lambda: run_models(captured.values(), images),
+                "base_only": lambda: run_models([eager[base]], images), "base_only_graphed": lambda: captured[base](images),
                 "shared": lambda: shared.predict(images)}
     if graphed.graphed is not None:
         variants["shared_graphed"] = lambda: graphed.predict(images)
     samples = interleaved_samples(variants, repeats, warmup, device)
     section = {name: summarize_samples(samples[name], images.shape[0]) for name in GRAPH_VARIANTS if name in samples}
-    median = {name: s["median_s"] for name, s in section.items()}
-    pairs = [("independent", "independent_graphed"), ("independent_graphed", "shared"),
-             ("independent_graphed", "shared_graphed"), ("base_only_graphed", "shared_graphed"),
-             ("shared", "shared_graphed")]
-    ratios = {f"{a}/{b}": median[a] / median[b] for a, b in pairs if a in median and b in median}
+    ratios = median_ratios(section, [("independent", "independent_graphed"), ("independent_graphed", "shared"),
+                                     ("independent_graphed", "shared_graphed"), ("base_only_graphed", "shared_graphed"),
+                                     ("shared", "shared_graphed")])
     static = None if graphed.graphed is None else {"capacities": graphed.graphed.capacities,
                                                     "overflows": graphed.graphed.overflows}
     return {"available": True, "reason": "", "images": section, "ratios": ratios, "static_path": static}

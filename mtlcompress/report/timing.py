@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ import torch
 from mtlcompress.progress import Advance
 from mtlcompress.runtime.calibration import cpu_model
 
-__all__ = ["environment", "interleaved_samples", "summarize_samples", "synchronize"]
+__all__ = ["environment", "interleaved_samples", "median_ratios", "run_models", "summarize_samples", "synchronize"]
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -51,6 +51,20 @@ def summarize_samples(samples: Sequence[float], items: int = 1) -> dict[str, Any
     median = statistics.median(values)
     return {"median_s": median, "min_s": values[0], "max_s": values[-1], "q1_s": q1, "q3_s": q3,
             "per_item_s": median / max(1, items), "repeats": len(values), "samples_s": values}
+
+
+def median_ratios(section: dict[str, dict[str, Any]], pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """``{"a/b": median(a) / median(b)}`` for the ``pairs`` both timed in ``section``
+    (``summarize_samples`` results by name): how many times faster ``b`` is."""
+    return {f"{a}/{b}": section[a]["median_s"] / section[b]["median_s"] for a, b in pairs
+            if a in section and b in section and section[b]["median_s"] > 0}
+
+
+@torch.inference_mode()
+def run_models(models: Iterable[Callable[[torch.Tensor], object]], images: torch.Tensor) -> None:
+    """Every model on ``images`` in turn: the T single-task models a user would run."""
+    for model in models:
+        model(images)
 
 
 def synchronize(device: torch.device) -> None:
